@@ -1,0 +1,256 @@
+"""Diffusion backbones: a frozen diffusers pipeline plus the grad-enabled sampler the SISO loop needs.
+
+The loop only uses the `Backbone` interface (`encode_prompt`, `sample`, `generate`, `decode`, the LoRA targets), so
+a transformer denoiser with packed latents (FLUX, Sana) is added by writing another subclass and registering it,
+without touching the loop. The sampler composes the pipeline's own parts (``encode_prompt``, ``prepare_latents``,
+the denoiser, ``scheduler.step``) rather than copying the pipeline: diffusers' ``__call__`` runs under no-grad.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from siso.hub import ModelLoadError, load_pretrained
+from siso.images import tensor_to_pil
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CLIP_TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+class Backbone:
+    """A frozen few-step text-to-image model.
+
+    Attributes:
+        pipe: The diffusers pipeline; its components are frozen (``requires_grad=False``).
+        resolution: Image side in pixels (default: the stock pipeline's, ``sample_size * vae_scale_factor``).
+        denoiser_name: Pipeline attribute of the denoiser that gets LoRA.
+        lora_targets: Module names in the denoiser that get LoRA (METHOD.md Sec. 1).
+        text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
+    """
+
+    pipeline_class: type[DiffusionPipeline]
+    denoiser_name: str
+    lora_targets: tuple[str, ...]
+    text_encoder_names: tuple[str, ...]
+
+    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
+        self.pipe = pipe
+        self.resolution = resolution or self.denoiser.config.sample_size * pipe.vae_scale_factor
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self.pipe, name) for name in self.text_encoder_names}
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def encode_prompt(self, prompt: str, guidance_scale: float = 0.0) -> dict[str, torch.Tensor]:
+        """Text conditioning for `sample`; differentiable w.r.t. text-encoder LoRA when grad is enabled."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        cond: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        num_inference_steps: int,
+        grad_steps: int,
+        guidance_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Generate one image, keeping the autograd graph of the last ``grad_steps`` steps and the VAE decode.
+
+        With the same generator state, steps and guidance, this matches the stock pipeline's ``__call__``.
+
+        Returns:
+            Image tensor of shape (1, 3, H, W) in [0, 1].
+        """
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode (differentiable): latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1]."""
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 0.0) -> Image.Image:
+        """Generate with the stock pipeline ``__call__`` (and whatever LoRA is loaded), seeded like diffusers.
+
+        The seed drives a CPU ``torch.Generator`` for the initial latents and any sampler noise, so a stock pipeline
+        called with ``generator=torch.Generator().manual_seed(seed)`` gives the same image.
+        """
+        latents = self.pipe(
+            prompt=prompt,
+            height=self.resolution,
+            width=self.resolution,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+        ).images
+        return tensor_to_pil(self.decode(latents))[0]
+
+
+class UNetBackbone(Backbone):
+    """SD-family models: UNet denoiser, epsilon/v prediction, a diffusers discrete-time scheduler."""
+
+    denoiser_name = "unet"
+    lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+
+    def unet_kwargs(self, cond: dict[str, torch.Tensor]) -> dict:
+        return {"encoder_hidden_states": cond["prompt_embeds"]}
+
+    def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
+        pipe, scheduler = self.pipe, self.pipe.scheduler
+        cfg = guidance_scale > 1.0
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        latents = pipe.prepare_latents(
+            1,
+            self.denoiser.config.in_channels,
+            self.resolution,
+            self.resolution,
+            cond["prompt_embeds"].dtype,
+            self.device,
+            generator,
+        )
+        step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
+        unet_kwargs = self.unet_kwargs(cond)
+        first_grad_step = num_inference_steps - grad_steps
+        for i, t in enumerate(scheduler.timesteps):
+            with nullcontext() if i >= first_grad_step else torch.no_grad():
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                noise_pred = self.denoiser(model_input, t, **unet_kwargs, return_dict=False)[0]
+                if cfg:
+                    uncond, text = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (text - uncond)
+                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+        return self.decode(latents)
+
+
+class SDBackbone(UNetBackbone):
+    """Stable Diffusion 1.x/2.x pipelines (SD-Turbo)."""
+
+    pipeline_class = StableDiffusionPipeline
+    text_encoder_names = ("text_encoder",)
+
+    def encode_prompt(self, prompt, guidance_scale=0.0):
+        cfg = guidance_scale > 1.0
+        embeds, negative = self.pipe.encode_prompt(prompt, self.device, 1, cfg)
+        return {"prompt_embeds": torch.cat([negative, embeds]) if cfg else embeds}
+
+
+class SDXLBackbone(UNetBackbone):
+    """Stable Diffusion XL pipelines (SDXL-Turbo)."""
+
+    pipeline_class = StableDiffusionXLPipeline
+    text_encoder_names = ("text_encoder", "text_encoder_2")
+
+    def encode_prompt(self, prompt, guidance_scale=0.0):
+        cfg = guidance_scale > 1.0
+        embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg
+        )
+        size = (self.resolution, self.resolution)
+        time_ids = self.pipe._get_add_time_ids(
+            size,
+            (0, 0),
+            size,
+            dtype=embeds.dtype,
+            text_encoder_projection_dim=self.pipe.text_encoder_2.config.projection_dim,
+        ).to(self.device)
+        if cfg:
+            embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+        return {"prompt_embeds": embeds, "text_embeds": pooled, "time_ids": time_ids}
+
+    def unet_kwargs(self, cond):
+        return {
+            "encoder_hidden_states": cond["prompt_embeds"],
+            "added_cond_kwargs": {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]},
+        }
+
+
+# Named backbones: name -> (Hub id, backbone class, resolution the model was distilled at).
+BACKBONES: dict[str, tuple[str, type[Backbone], int]] = {
+    "sdxl-turbo": ("stabilityai/sdxl-turbo", SDXLBackbone, 512),
+    "sd-turbo": ("stabilityai/sd-turbo", SDBackbone, 512),
+}
+# Any diffusers directory or Hub repo whose model_index.json names one of these pipelines loads too.
+FAMILIES: dict[str, type[Backbone]] = {
+    "StableDiffusionPipeline": SDBackbone,
+    "StableDiffusionXLPipeline": SDXLBackbone,
+}
+
+
+def resolve_model(model: str) -> tuple[str, type[Backbone], int | None]:
+    """Map a backbone name, Hub id or local directory to (what to load, backbone class, default resolution).
+
+    Raises:
+        ModelLoadError: unknown name, missing directory, unsupported pipeline, or a Hub id not available offline.
+    """
+    if model in BACKBONES:
+        return BACKBONES[model]
+    path = Path(model).expanduser()
+    if not path.is_dir() and (path.exists() or "/" not in model or model.startswith((".", "/", "~"))):
+        raise ModelLoadError(
+            f"unknown model {model!r}: use a backbone name ({', '.join(BACKBONES)}), a Hub id "
+            "(org/name) or a local diffusers directory"
+        )
+    index = load_pretrained(DiffusionPipeline.load_config, model, "pipeline config (model_index.json) of")
+    family = index.get("_class_name")
+    if family not in FAMILIES:
+        raise ModelLoadError(f"{model} is a {family}; supported pipelines: {', '.join(FAMILIES)}")
+    return (str(path) if path.is_dir() else model), FAMILIES[family], None
+
+
+def default_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def load_backbone(
+    model: str = "sdxl-turbo", dtype: str = "fp32", device: str | None = None, resolution: int | None = None
+) -> Backbone:
+    """Load a frozen backbone.
+
+    Args:
+        model: Backbone name (``sdxl-turbo``, ``sd-turbo``), Hub id, or local diffusers directory.
+        dtype: ``fp32``, ``bf16`` or ``fp16`` for the frozen weights.
+        device: Torch device; ``None`` picks cuda, then mps, then cpu.
+        resolution: Image side in pixels; ``None`` means 512 for the named turbo backbones, else the pipeline's
+            default.
+
+    Raises:
+        ModelLoadError: the model cannot be found or is of an unsupported family.
+    """
+    source, cls, default_resolution = resolve_model(model)
+    torch_dtype = TORCH_DTYPES[dtype]
+    pipe = load_pretrained(cls.pipeline_class.from_pretrained, source, "diffusion model", dtype=torch_dtype)
+    pipe.to(device or default_device())
+    if torch_dtype == torch.float16 and isinstance(pipe, StableDiffusionXLPipeline) and pipe.vae.config.force_upcast:
+        # The SDXL VAE overflows in fp16; the stock pipeline upcasts it for every decode, we keep it fp32.
+        pipe.vae.to(torch.float32)
+    return cls(pipe, resolution or default_resolution)

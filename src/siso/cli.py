@@ -1,0 +1,162 @@
+"""Command line: ``siso generate``. Parses, validates and calls `siso.run`; bad input ends in one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from siso.backbones import BACKBONES
+from siso.config import DTYPES, LoraSettings, OptimSettings, SimilaritySettings, SisoConfig
+from siso.hub import ModelLoadError
+from siso.images import ImageError, load_subject
+from siso.run import GenerationJob, OutputExistsError, RunFolder, run_generate, run_reuse
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siso", description="Single-image subject-driven generation (SISO).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser(
+        "generate",
+        help="learn a subject from one photo and generate it, or generate from a saved subject (--lora)",
+        description="Learn a subject from one photo (--subject) and generate every --prompt with it, or reuse a "
+        "saved subject (--lora) without optimizing.",
+    )
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--subject", metavar="PHOTO", help="the subject photo (non-square photos are centre-cropped)")
+    src.add_argument("--lora", metavar="DIR", help="a saved subject: the lora/ folder of an earlier run")
+    gen.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt to generate; repeat")
+    gen.add_argument(
+        "--train-prompt",
+        metavar="TEXT",
+        help="prompt to optimize with (default: the first --prompt); a simple one such as "
+        "'a photo of a dog' transfers best to rich prompts (two-stage use)",
+    )
+    gen.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help=f"backbone: {', '.join(BACKBONES)} (default sdxl-turbo), a Hub id or a local diffusers "
+        "folder; with --lora, defaults to the subject's model",
+    )
+    gen.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
+    gen.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the optimization noise and first image (0)")
+    gen.add_argument(
+        "--num-images", type=int, default=1, metavar="K", help="images per prompt, seeds SEED..SEED+K-1 (1)"
+    )
+    gen.add_argument(
+        "--steps", type=int, metavar="N", help="denoising steps of the final images (default: --train-steps)"
+    )
+    gen.add_argument("--train-steps", type=int, default=1, metavar="N", help="denoising steps while optimizing (1)")
+    gen.add_argument(
+        "--grad-steps", type=int, default=1, metavar="K", help="last steps that keep gradients while optimizing (1)"
+    )
+    gen.add_argument("--guidance-scale", type=float, default=0.0, help="CFG scale; turbo models use 0 (0)")
+    gen.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
+    gen.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4, the paper's)")
+    gen.add_argument(
+        "--patience",
+        type=int,
+        default=OptimSettings.patience,
+        help="early stopping: iterations without improvement (7)",
+    )
+    gen.add_argument(
+        "--min-improvement",
+        type=float,
+        default=OptimSettings.min_improvement,
+        help="early stopping: relative improvement that counts (0.03)",
+    )
+    gen.add_argument("--rank", type=int, default=LoraSettings.rank, help="LoRA rank (4)")
+    gen.add_argument("--text-encoder-lora", action="store_true", help="also train LoRA on the text encoder(s)")
+    gen.add_argument(
+        "--dino-model",
+        default=SimilaritySettings.dino_model,
+        metavar="ID|DIR",
+        help=f"DINOv2 model ({SimilaritySettings.dino_model})",
+    )
+    gen.add_argument(
+        "--ir-model",
+        default=SimilaritySettings.ir_model,
+        metavar="ID|DIR",
+        help=f"CLIP vision model for the IR term ({SimilaritySettings.ir_model}, a substitute for the "
+        "paper's GUIE model)",
+    )
+    gen.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
+    gen.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
+    gen.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def generate(args: argparse.Namespace, argv: list[str]) -> int:
+    job = GenerationJob(
+        prompts=args.prompt,
+        seeds=[args.seed + k for k in range(args.num_images)],
+        num_inference_steps=args.steps or args.train_steps,
+        guidance_scale=args.guidance_scale,
+    )
+    if args.lora:
+        out = RunFolder(args.out, args.overwrite)
+        run_reuse(out, args.lora, job, args.model, args.dtype, args.device, command=argv)
+        print(f"siso: wrote {len(job.prompts) * len(job.seeds)} image(s) to {out.path}/images")
+        return 0
+    config = SisoConfig(
+        model=args.model or "sdxl-turbo",
+        train_prompt=args.train_prompt or args.prompt[0],
+        resolution=args.resolution,
+        dtype=args.dtype,
+        device=args.device,
+        lora=LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
+        similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
+        optim=OptimSettings(
+            lr=args.lr,
+            max_iters=args.max_iters,
+            patience=args.patience,
+            min_improvement=args.min_improvement,
+            num_inference_steps=args.train_steps,
+            grad_steps=args.grad_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+        ),
+    )
+    subject = load_subject(args.subject)
+    out = RunFolder(args.out, args.overwrite)
+    try:
+        metrics = run_generate(
+            out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
+        )
+    except KeyboardInterrupt:
+        if (out.path / "best.png").is_file():
+            print(
+                f"siso: interrupted; best-so-far image, LoRA and config are in {out.path} (marked incomplete)",
+                file=sys.stderr,
+            )
+        else:
+            print("siso: interrupted before the first iteration finished; nothing to keep", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"siso: stopped ({metrics['stop_reason']}) with the best image at iteration {metrics['best_iteration']}; "
+        f"wrote {out.path}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return generate(args, ["siso", *argv])
+    except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
+        print(f"siso: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Typed, validated configuration of a SISO run.
+
+Defaults follow the SISO paper (arXiv 2503.16025) unless the docstring says otherwise; the README has a table that
+maps each default to the paper's and the reference code's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters on the denoiser (paper Sec. 3.1).
+
+    Attributes:
+        rank: LoRA rank r (paper: 4).
+        alpha: LoRA alpha; ``None`` means ``alpha = rank`` so that a stock ``load_lora_weights`` (which assumes
+            alpha = r when no metadata is read) reproduces our images.
+        train_text_encoder: Also put LoRA on the CLIP text encoder(s) (the reference code does for SDXL).
+        text_encoder_lr: Learning rate of the text-encoder LoRA; ``None`` means the denoiser's lr.
+    """
+
+    rank: int = 4
+    alpha: float | None = None
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = None
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.alpha is not None and self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
+        if self.text_encoder_lr is not None and self.text_encoder_lr <= 0:
+            raise ValueError(f"text_encoder_lr must be > 0, got {self.text_encoder_lr}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+
+@dataclass
+class SimilaritySettings:
+    """The similarity loss ``a * (1 - cos DINO) + b * (1 - cos IR)`` (paper Eq. 2, a = b = 1).
+
+    Attributes:
+        dino_model: Hub id or local directory of a ``Dinov2Model`` (paper: DINOv2 ViT-L/14).
+        ir_model: Hub id or local directory of a ``CLIPVisionModelWithProjection``. The paper's IR model (the GUIE
+            first-place checkpoint) is not on any hub; the default is the LAION ViT-H/14 CLIP it was fine-tuned
+            from: a substitute, and results made with it must say so.
+        dino_weight: a in Eq. 2.
+        ir_weight: b in Eq. 2.
+        dino_resolution: Input side in pixels; ``None`` means the model config's ``image_size`` (518 for
+            dinov2-large, as the reference code feeds).
+        ir_resolution: Input side in pixels; ``None`` means the model config's ``image_size``.
+    """
+
+    dino_model: str = "facebook/dinov2-large"
+    ir_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    dino_weight: float = 1.0
+    ir_weight: float = 1.0
+    dino_resolution: int | None = None
+    ir_resolution: int | None = None
+
+    def __post_init__(self):
+        if self.dino_weight < 0 or self.ir_weight < 0:
+            raise ValueError(f"loss weights must be >= 0, got dino={self.dino_weight}, ir={self.ir_weight}")
+        if self.dino_weight == 0 and self.ir_weight == 0:
+            raise ValueError("at least one of dino_weight and ir_weight must be > 0")
+        for name in ("dino_resolution", "ir_resolution"):
+            value = getattr(self, name)
+            if value is not None and value < 14:
+                raise ValueError(f"{name} must be >= 14 pixels, got {value}")
+
+
+@dataclass
+class OptimSettings:
+    """The test-time optimization loop (paper Sec. 3.2 and Appendix C).
+
+    Attributes:
+        lr: AdamW learning rate (paper: 3e-4; reference README: 2e-4 for SDXL-Turbo).
+        max_iters: Iteration cap (reference code: 50).
+        patience: Early stopping n: stop after this many iterations without improvement (paper: 7).
+        min_improvement: Early stopping x as a fraction: an iteration improves iff
+            ``best - loss > min_improvement * |best|`` (paper: 3 %).
+        weight_decay: AdamW weight decay (reference code: 1e-2).
+        grad_clip: Gradient-norm clip (reference code: 1.0).
+        num_inference_steps: Denoising steps per iteration during optimization (reference: 1).
+        grad_steps: How many of the last steps keep their graph (reference: 1); earlier steps run under no-grad.
+        guidance_scale: Classifier-free guidance during optimization; turbo models use 0 (off).
+        seed: Seed of the fixed starting noise (and of any sampler noise).
+    """
+
+    lr: float = 3e-4
+    max_iters: int = 50
+    patience: int = 7
+    min_improvement: float = 0.03
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    num_inference_steps: int = 1
+    grad_steps: int = 1
+    guidance_scale: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_iters < 1:
+            raise ValueError(f"max_iters must be >= 1, got {self.max_iters}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement is a fraction in [0, 1), got {self.min_improvement}")
+        if self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not 1 <= self.grad_steps <= self.num_inference_steps:
+            raise ValueError(
+                f"grad_steps must be between 1 and num_inference_steps ({self.num_inference_steps}), "
+                f"got {self.grad_steps}"
+            )
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+
+
+@dataclass
+class SisoConfig:
+    """Everything that determines a SISO optimization run.
+
+    Attributes:
+        model: Backbone name (``sdxl-turbo``, ``sd-turbo``), Hub id or local diffusers directory.
+        train_prompt: The prompt optimized with (paper Sec. 3.3: keep it simple, "a photo of a dog").
+        resolution: Image side in pixels; ``None`` means the backbone's default (512 for both turbo models).
+        dtype: Weights dtype of the frozen models: fp32, bf16 or fp16. LoRA weights and Adam state stay fp32.
+        device: Torch device string; ``None`` picks cuda, then mps, then cpu.
+    """
+
+    model: str = "sdxl-turbo"
+    train_prompt: str = "a photo of a subject"
+    resolution: int | None = None
+    dtype: str = "fp32"
+    device: str | None = None
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.train_prompt.strip():
+            raise ValueError("train_prompt must not be empty")
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise ValueError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SisoConfig:
+        data = dict(data)
+        return cls(
+            lora=LoraSettings(**data.pop("lora", {})),
+            similarity=SimilaritySettings(**data.pop("similarity", {})),
+            optim=OptimSettings(**data.pop("optim", {})),
+            **data,
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SisoConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,36 @@
+"""Loading pretrained models by Hub id or local directory, with errors that say how to fix them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model and the fix."""
+
+
+def load_pretrained(loader: Callable[..., T], name: str, what: str, **kwargs) -> T:
+    """Call ``loader(name, **kwargs)`` (a ``from_pretrained``) and turn loading failures into `ModelLoadError`.
+
+    Args:
+        loader: e.g. ``Dinov2Model.from_pretrained``.
+        name: Hub id or local directory.
+        what: What the model is for, used in the message (e.g. "DINO similarity model").
+    """
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelLoadError(f"{what} {name!r} is a file; pass a model directory or a Hub id")
+    try:
+        return loader(str(path) if path.is_dir() else name, **kwargs)
+    except OSError as err:
+        if path.is_dir():
+            raise ModelLoadError(f"cannot load {what} from directory {name}: {err}") from None
+        raise ModelLoadError(
+            f"cannot load {what} {name!r}: it is not in the local Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}). Fix: run once with internet access (and HF_HUB_OFFLINE unset), or "
+            f"`hf download {name}`, or pass a local directory."
+        ) from None

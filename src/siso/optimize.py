@@ -1,0 +1,170 @@
+"""The SISO test-time optimization loop (paper Sec. 3, Algorithm 1) with early stopping (Appendix C)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from siso.backbones import Backbone
+from siso.config import SisoConfig
+from siso.images import tensor_to_pil
+from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
+from siso.losses import SimilarityLoss
+
+# callback(iteration, image, loss terms) -> True to stop the run.
+IterationCallback = Callable[[int, Image.Image, dict[str, float]], "bool | None"]
+
+
+class EarlyStopping:
+    """Stop when the loss has not improved by ``min_improvement`` (relative) for ``patience`` iterations.
+
+    An iteration improves iff ``best - loss > min_improvement * |best|`` (valid for losses of either sign; the
+    reference code's ``loss < best * (1 + x)`` is only right for negative losses). The same rule decides which
+    iteration is "best" for the returned image and weights, so the three always agree.
+    """
+
+    def __init__(self, min_improvement: float = 0.03, patience: int = 7):
+        self.min_improvement = min_improvement
+        self.patience = patience
+        self.best = math.inf
+        self.stale = 0
+
+    def update(self, loss: float) -> bool:
+        """Record one iteration's loss; returns whether it improved (and became the new best)."""
+        improved = self.best == math.inf or self.best - loss > self.min_improvement * abs(self.best)
+        if improved:
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stale >= self.patience
+
+
+@dataclass
+class SisoResult:
+    """Outcome of `optimize_subject`.
+
+    Attributes:
+        best_image: The image of the best iteration.
+        best_iteration: Its index (0 = the base model, before any update).
+        best_loss: Its loss.
+        best_lora: A copy of the LoRA weights that produced ``best_image`` (also loaded into the backbone).
+        history: Per iteration: ``iteration``, the loss terms, ``seconds``.
+        stop_reason: ``converged`` (early stopping), ``max_iters``, ``callback``, ``non-finite loss`` or
+            ``interrupted`` (Ctrl-C / SIGTERM).
+    """
+
+    best_image: Image.Image
+    best_iteration: int
+    best_loss: float
+    best_lora: LoraSnapshot
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "max_iters"
+
+    @property
+    def complete(self) -> bool:
+        return self.stop_reason != "interrupted"
+
+
+def optimize_subject(
+    backbone: Backbone,
+    subject: Image.Image,
+    config: SisoConfig,
+    callback: IterationCallback | None = None,
+    loss_fn: SimilarityLoss | None = None,
+    progress: bool = True,
+) -> SisoResult:
+    """Learn a LoRA that makes ``backbone`` draw ``subject`` for ``config.train_prompt``.
+
+    Each iteration samples one image from the same fixed noise with gradients through the last
+    ``config.optim.grad_steps`` denoising steps and the VAE decode, scores it with the similarity loss and takes one
+    AdamW step on the LoRA weights only. On return the backbone carries the best iteration's LoRA weights.
+
+    Args:
+        backbone: A frozen backbone without LoRA (`siso.backbones.load_backbone`).
+        subject: The subject photo (RGB).
+        config: Run configuration.
+        callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
+        loss_fn: A prebuilt `SimilarityLoss` (built from ``config.similarity`` when omitted).
+        progress: Show a tqdm bar.
+
+    Returns:
+        The best image, its iteration, loss and LoRA weights, the per-iteration history and why the run stopped.
+        A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) ends the run with ``stop_reason =
+        "interrupted"`` and the best result so far; if it comes before the first image, it propagates.
+    """
+    opt = config.optim
+    loss_fn = loss_fn or SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    modules = add_lora(backbone, config.lora)
+    te_lr = config.lora.text_encoder_lr or opt.lr
+    groups = [
+        {"params": list(trainable(m).values()), "lr": opt.lr if m is backbone.denoiser else te_lr}
+        for m in modules.values()
+    ]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=opt.weight_decay)
+    stopper = EarlyStopping(opt.min_improvement, opt.patience)
+
+    def conditioning():
+        return backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
+
+    if not config.lora.train_text_encoder:
+        with torch.no_grad():
+            cond = conditioning()
+
+    best: dict = {}
+    history: list[dict] = []
+    stop_reason = "max_iters"
+    bar = tqdm(range(opt.max_iters), desc="SISO", unit="it", disable=not progress)
+    try:
+        for iteration in bar:
+            start = time.perf_counter()
+            if config.lora.train_text_encoder:
+                cond = conditioning()
+            generator = torch.Generator().manual_seed(opt.seed)
+            image = backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
+            terms = loss_fn(image)
+            loss = terms["loss"]
+            values = {name: float(term.detach().float().mean()) for name, term in terms.items()}
+            pil = tensor_to_pil(image)[0]
+            if not math.isfinite(values["loss"]):
+                history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
+                stop_reason = "non-finite loss"
+                break
+            if stopper.update(values["loss"]):
+                # Snapshot before the optimizer step: these are the weights that produced this image.
+                best = {"image": pil, "iteration": iteration, "loss": values["loss"], "lora": snapshot(modules)}
+            user_stop = callback is not None and callback(iteration, pil, values)
+            if stopper.should_stop:
+                stop_reason = "converged"
+            elif user_stop:
+                stop_reason = "callback"
+            elif iteration < opt.max_iters - 1:  # an update after the last iteration would never be seen
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
+            bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}")
+            if stop_reason != "max_iters":
+                break
+    except KeyboardInterrupt:
+        if not best:
+            raise
+        stop_reason = "interrupted"
+    finally:
+        bar.close()
+        optimizer.zero_grad(set_to_none=True)
+    if not best:
+        raise FloatingPointError("the loss was not finite at the first iteration; try --dtype fp32")
+    restore(modules, best["lora"])
+    return SisoResult(best["image"], best["iteration"], best["loss"], best["lora"], history, stop_reason)

@@ -1,0 +1,242 @@
+"""A run folder: everything a SISO run writes, laid out so the run can be inspected and reproduced.
+
+Layout::
+
+    config.json          what reproduces the run (the command line, the SisoConfig, prompts, seeds, versions)
+    metrics.json         per-iteration loss terms, stop reason, timings, "complete"
+    best.png             the best iteration's image (optimization prompt)
+    iterations/NNNN.png  the image of every iteration, written as it is made
+    iterations.png       all iterations on one contact sheet
+    loss.png             loss curve
+    lora/                the subject: diffusers LoRA (pytorch_lora_weights.safetensors) + siso_subject.json
+    images/              final images, one per prompt x seed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from siso.backbones import Backbone, load_backbone
+from siso.config import SisoConfig
+from siso.images import contact_sheet, loss_plot
+from siso.lora import add_lora, read_subject_info, save_lora
+from siso.optimize import SisoResult, optimize_subject
+
+
+class OutputExistsError(FileExistsError):
+    """The output folder exists and may not be overwritten."""
+
+
+@dataclass
+class GenerationJob:
+    """Final images to make: every prompt x seed, with ``num_inference_steps`` steps."""
+
+    prompts: list[str]
+    seeds: list[int]
+    num_inference_steps: int = 1
+    guidance_scale: float = 0.0
+
+    def __post_init__(self):
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise ValueError("at least one non-empty prompt is needed")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+
+
+@dataclass
+class RunFolder:
+    """An output folder; refuses to reuse a non-empty folder unless ``overwrite`` (and then only a siso run's)."""
+
+    path: Path
+    overwrite: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputExistsError(f"output {self.path} exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not self.overwrite:
+                raise OutputExistsError(f"output folder {self.path} is not empty; pass --overwrite to replace it")
+            if not (self.path / "config.json").is_file():
+                raise OutputExistsError(
+                    f"output folder {self.path} is not empty and has no siso config.json; refusing to delete it"
+                )
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, name: str, data: dict) -> None:
+        """Write atomically: a reader never sees a half-written file."""
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.path / name)
+
+    def save_iteration(self, iteration: int, image: Image.Image) -> None:
+        (self.path / "iterations").mkdir(exist_ok=True)
+        image.save(self.path / "iterations" / f"{iteration:04d}.png")
+
+    def save_optimization(self, result: SisoResult, backbone: Backbone, modules, subject_info: dict) -> None:
+        result.best_image.save(self.path / "best.png")
+        save_lora(backbone, modules, self.path / "lora", **subject_info)
+        frames = sorted((self.path / "iterations").glob("*.png"))
+        if frames:
+            images = [Image.open(f).convert("RGB") for f in frames]
+            contact_sheet(images, [f.stem for f in frames]).save(self.path / "iterations.png")
+        terms = [k for k in result.history[0] if k not in ("iteration", "seconds")]
+        loss_plot({k: [h[k] for h in result.history] for k in terms}, result.best_iteration).save(
+            self.path / "loss.png"
+        )
+
+    def generate_images(self, backbone: Backbone, job: GenerationJob) -> list[dict]:
+        """Make every prompt x seed image into ``images/``; returns one record per image."""
+        (self.path / "images").mkdir(exist_ok=True)
+        records = []
+        pairs = [(i, p, s) for i, p in enumerate(job.prompts) for s in job.seeds]
+        for index, prompt, seed in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
+            image = backbone.generate(prompt, seed, job.num_inference_steps, job.guidance_scale)
+            name = f"images/{index:02d}-{_slug(prompt)}-seed{seed}.png"
+            image.save(self.path / name)
+            records.append({"file": name, "prompt": prompt, "seed": seed})
+        return records
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def _versions() -> dict[str, str]:
+    return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
+
+
+def run_generate(
+    out: RunFolder,
+    config: SisoConfig,
+    subject: Image.Image,
+    job: GenerationJob,
+    command: list[str] | None = None,
+    subject_path: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Optimize a subject, save it, then generate every prompt x seed with the learned LoRA.
+
+    On Ctrl-C / SIGTERM (as KeyboardInterrupt) during optimization, the best-so-far image, LoRA, config and
+    metrics are still written, with ``"complete": false`` in metrics.json.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    out.write_json(
+        "config.json",
+        {
+            "command": command,
+            "subject": subject_path,
+            "job": job.__dict__,
+            "siso": config.to_dict(),
+            "versions": _versions(),
+        },
+    )
+    metrics: dict = {"complete": False, "timings": out.timings}
+    start = time.perf_counter()
+    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
+    out.timings["load_seconds"] = time.perf_counter() - start
+
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> None:
+        out.save_iteration(iteration, image)
+
+    start = time.perf_counter()
+    result = optimize_subject(backbone, subject, config, callback=on_iteration, progress=progress)
+    out.timings["optimize_seconds"] = time.perf_counter() - start
+    metrics.update(
+        stop_reason=result.stop_reason,
+        best_iteration=result.best_iteration,
+        best_loss=result.best_loss,
+        iterations=result.history,
+        ir_model_note=None
+        if config.similarity.ir_weight == 0
+        else (
+            "IR term computed with the CLIP image embedding of "
+            + config.similarity.ir_model
+            + " (a substitute for the paper's GUIE IR model unless you passed that checkpoint)"
+        ),
+    )
+    modules = {name: getattr(backbone.pipe, name) for name in _lora_modules(backbone)}
+    out.save_optimization(result, backbone, modules, {"model": config.model, "train_prompt": config.train_prompt})
+    if not result.complete:
+        out.write_json("metrics.json", metrics)
+        raise KeyboardInterrupt
+    try:
+        start = time.perf_counter()
+        metrics["images"] = out.generate_images(backbone, job)
+        out.timings["generate_seconds"] = time.perf_counter() - start
+        metrics["complete"] = True
+    finally:
+        out.write_json("metrics.json", metrics)
+    return metrics
+
+
+def _lora_modules(backbone: Backbone) -> list[str]:
+    names = [backbone.denoiser_name, *backbone.text_encoder_names]
+    return [n for n in names if getattr(getattr(backbone.pipe, n), "peft_config", None)]
+
+
+def run_reuse(
+    out: RunFolder,
+    lora_dir: str | Path,
+    job: GenerationJob,
+    model: str | None = None,
+    dtype: str = "fp32",
+    device: str | None = None,
+    command: list[str] | None = None,
+) -> dict:
+    """Generate every prompt x seed from a saved subject (stage two of prompt simplification), no optimization.
+
+    Args:
+        lora_dir: A folder written by `siso.lora.save_lora` (or any diffusers LoRA folder, with ``model`` given).
+        model: Backbone to load; defaults to the one named in the folder's ``siso_subject.json``.
+
+    Raises:
+        FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
+        ValueError: no model given and none recorded in the folder.
+    """
+    lora_dir = Path(lora_dir)
+    if not (lora_dir / "pytorch_lora_weights.safetensors").is_file():
+        raise FileNotFoundError(f"{lora_dir} has no pytorch_lora_weights.safetensors; pass the 'lora' folder of a run")
+    info = read_subject_info(lora_dir)
+    model = model or info.get("model")
+    if model is None:
+        raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
+    out.write_json(
+        "config.json",
+        {
+            "command": command,
+            "lora": str(lora_dir),
+            "model": model,
+            "dtype": dtype,
+            "job": job.__dict__,
+            "versions": _versions(),
+        },
+    )
+    backbone = load_backbone(model, dtype, device, info.get("resolution"))
+    backbone.pipe.load_lora_weights(lora_dir)
+    metrics: dict = {"complete": False}
+    try:
+        metrics["images"] = out.generate_images(backbone, job)
+        metrics["complete"] = True
+    finally:
+        out.write_json("metrics.json", metrics)
+    return metrics
+
+
+__all__ = ["GenerationJob", "OutputExistsError", "RunFolder", "add_lora", "run_generate", "run_reuse"]

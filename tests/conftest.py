@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny real models built once per session, offline, and a subject photo."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may touch the network
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+from PIL import Image
+
+from siso import OptimSettings, SimilaritySettings, SisoConfig
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    # Built once per session: building all four takes well under a second.
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "sd": tiny.make_sd_turbo(root / "sd-turbo"),
+        "sdxl": tiny.make_sdxl_turbo(root / "sdxl-turbo"),
+        "dino": tiny.make_dino(root / "dino"),
+        "clip": tiny.make_clip_vision(root / "clip-vision"),
+    }
+
+
+@pytest.fixture(scope="session")
+def subject() -> Image.Image:
+    """A 64x48 photo-like image: smooth colour gradients plus a bright disc (the "subject")."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    img = np.stack([xx * 4, yy * 5, 255 - xx * 2], axis=-1).astype(np.float64)
+    img[(xx - 32) ** 2 + (yy - 24) ** 2 < 150] = (250, 220, 40)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def subject_path(subject, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("subject") / "subject.png"
+    subject.save(path)
+    return path
+
+
+@pytest.fixture
+def make_config(model_dirs):
+    """SisoConfig for a tiny backbone ("sd" or "sdxl") and the tiny similarity networks."""
+
+    def make(family: str = "sd", **optim) -> SisoConfig:
+        optim = {"lr": 1e-2, "max_iters": 4, **optim}
+        return SisoConfig(
+            model=str(model_dirs[family]),
+            train_prompt="a photo of a dog",
+            similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
+            optim=OptimSettings(**optim),
+        )
+
+    return make

@@ -1,0 +1,206 @@
+"""Tiny, seeded, *real* diffusers/transformers models saved as local directories, for offline tests.
+
+Each `make_*` builder writes a directory that the ordinary loaders read without network access
+(`StableDiffusionPipeline.from_pretrained(dir)`, `Dinov2Model.from_pretrained(dir)`, ...), so code under test takes
+exactly the path it takes with the real checkpoints. The configs copy the real models' *layout* (block types,
+schedulers, activation functions, tokenizer padding) and shrink only the widths, modelled on the dummy components in
+diffusers' own fast tests. `torch.manual_seed(0)` runs before each component so a directory's weights do not depend
+on which other components were built first.
+
+Sizes: pipelines generate 32x32 px images (16x16 latents, VAE downsampling factor 2), which is also their default
+size; the vision encoders take 28x28 px images (7x7 patches of 4 px).
+"""
+
+from os import PathLike
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    Dinov2Config,
+    Dinov2Model,
+)
+
+TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tokenizer"  # written by fixtures/make_tokenizer.py
+
+# Schedulers as in the real turbo checkpoints' scheduler_config.json (steps_offset=1 also keeps
+# StableDiffusionPipeline from warning and rewriting the config at load time).
+_SCHEDULER_KW = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "timestep_spacing": "trailing",
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+}
+
+
+def make_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """The fixture CLIP BPE tokenizer (790 tokens; any text encodes, unknown words fall back to bytes).
+
+    transformers 5 wants `vocab=`/`merges=` file paths; the old `vocab_file=` names silently build a 2-token
+    tokenizer. Without `model_max_length` the pipelines would pad prompts to ~1e30 tokens.
+    """
+    return CLIPTokenizer(
+        vocab=str(TOKENIZER_DIR / "vocab.json"),
+        merges=str(TOKENIZER_DIR / "merges.txt"),
+        model_max_length=77,
+        pad_token=pad_token,
+    )
+
+
+def _text_config(tokenizer: CLIPTokenizer, hidden_act: str, **kw) -> CLIPTextConfig:
+    # Special-token ids come from the tokenizer: with eos_token_id != 2 transformers pools at the first EOS.
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,  # SDXL reads hidden_states[-2], so at least two layers keep that a real layer output
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **kw,
+    )
+
+
+def _vae(**kw) -> AutoencoderKL:
+    # Two blocks -> one downsampling -> factor 2: 32 px images <-> 16x16x4 latents.
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=32,
+        **kw,
+    )
+
+
+def make_sd_turbo(path: str | PathLike) -> Path:
+    """A tiny stabilityai/sd-turbo (SD 2.1 layout) saved as a StableDiffusionPipeline directory; returns its path."""
+    path = Path(path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,  # latent size: the pipeline's default output is sample_size * vae factor = 32 px
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        # SD 2.1 puts attention in the high-resolution blocks and none in the lowest one.
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,  # = text encoder hidden size
+        attention_head_dim=(2, 4),  # diffusers' misnomer: the number of heads per block
+        use_linear_projection=True,  # SD 2.x
+    )
+    # SD 2.x uses OpenCLIP ViT-H (gelu) and its tokenizer pads with "!" rather than <|endoftext|>.
+    tokenizer = make_tokenizer(pad_token="!")
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, "gelu"))
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER_KW),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def make_sdxl_turbo(path: str | PathLike) -> Path:
+    """A tiny stabilityai/sdxl-turbo saved as a StableDiffusionXLPipeline directory; returns its path."""
+    path = Path(path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        # SDXL has no attention in the highest-resolution block.
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=64,  # both text encoders' hidden states concatenated: 32 + 32
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        # 6 micro-conditioning ids (original size, crop top-left, target size; 2 each) * 8 + pooled text (32).
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+    )
+    # As in SDXL: encoder 1 is OpenAI CLIP ViT-L (quick_gelu, pads with <|endoftext|>), encoder 2 is OpenCLIP bigG
+    # (gelu, pads with "!") and adds the text projection whose output is the pooled embedding.
+    tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer(pad_token="!")
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, "quick_gelu"))
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, "gelu", projection_dim=32))
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(scaling_factor=0.13025),  # the SDXL VAE's latent scale
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerAncestralDiscreteScheduler(**_SCHEDULER_KW),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,  # never depend on the optional invisible-watermark package
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def make_dino(path: str | PathLike) -> Path:
+    """A tiny DINOv2 ViT (28 px input, 7x7 patches, hidden 32) saved with save_pretrained; returns its path."""
+    path = Path(path)
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        mlp_ratio=4,  # Dinov2Config has no intermediate_size; 4 is the real models' ratio
+        patch_size=4,
+        image_size=28,
+    )
+    Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def make_clip_vision(path: str | PathLike) -> Path:
+    """A tiny CLIP vision tower with projection (28 px input, 16-d image embeds) saved with save_pretrained."""
+    path = Path(path)
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        patch_size=4,
+        image_size=28,
+        projection_dim=16,
+    )
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    return path
