@@ -28,10 +28,10 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def subject() -> Image.Image:
-    """A 64x48 photo-like image: smooth colour gradients plus a bright disc (the "subject")."""
-    yy, xx = np.mgrid[0:48, 0:64]
-    img = np.stack([xx * 4, yy * 5, 255 - xx * 2], axis=-1).astype(np.float64)
-    img[(xx - 32) ** 2 + (yy - 24) ** 2 < 150] = (250, 220, 40)
+    """A 96x72 photo-like image: smooth colour gradients plus a bright disc (the "subject")."""
+    yy, xx = np.mgrid[0:72, 0:96]
+    img = np.stack([xx * 2.6, yy * 3.4, 255 - xx * 1.3], axis=-1)
+    img[(xx - 48) ** 2 + (yy - 36) ** 2 < 340] = (250, 220, 40)
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 

@@ -22,8 +22,13 @@ def test_sampler_matches_stock_pipeline(model_dirs, family, steps, guidance):
     assert ours.shape == (1, 3, 32, 32)
 
     stock = PIPELINES[family].from_pretrained(model_dirs[family])
-    expected = stock(PROMPT, num_inference_steps=steps, guidance_scale=guidance, output_type="pt",
-                     generator=torch.Generator().manual_seed(7)).images
+    expected = stock(
+        PROMPT,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(7),
+    ).images
     # Same operations in the same order on CPU fp32: identical up to float rounding.
     torch.testing.assert_close(ours.detach(), expected, atol=1e-5, rtol=0)
 

@@ -6,6 +6,10 @@ import argparse
 import signal
 import sys
 
+import diffusers
+import huggingface_hub
+import transformers
+
 from siso.backbones import BACKBONES
 from siso.config import DTYPES, LoraSettings, OptimSettings, SimilaritySettings, SisoConfig
 from siso.hub import ModelLoadError
@@ -150,12 +154,18 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Per-component "Loading ..." bars would bury our own; keep the Hub's download bars (first run).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
         return generate(args, ["siso", *argv])
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"siso: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

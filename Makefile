@@ -1,0 +1,22 @@
+# `make test` sets up a virtual environment (once) and runs the offline CPU test suite; .ci/run calls it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: an unpinned torch (or one pulled in by another package) can be a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+test: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
