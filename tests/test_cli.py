@@ -181,11 +181,13 @@ def test_unknown_model(capsys, base_args, tmp_path):
 def test_uncached_hub_id_offline(capsys, base_args, tmp_path):
     args = [*base_args, "--model", "someone/not-cached-model", "--prompt", "x", "--out", str(tmp_path / "o")]
     assert "not in the local Hugging Face cache" in _error(capsys, args)
+    assert not (tmp_path / "o").exists()  # a run that fails while loading leaves nothing behind
 
 
 def test_uncached_similarity_model_offline(capsys, base_args, tmp_path):
     args = [*base_args, "--dino-model", "facebook/dinov2-large", "--prompt", "x", "--out", str(tmp_path / "o")]
     assert "DINO similarity model 'facebook/dinov2-large'" in _error(capsys, args)
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_config_value(capsys, base_args, tmp_path):

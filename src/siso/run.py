@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from siso.backbones import Backbone, load_backbone
 from siso.config import SisoConfig
 from siso.images import contact_sheet, loss_plot
-from siso.lora import add_lora, read_subject_info, save_lora
+from siso.lora import read_subject_info, save_lora
+from siso.losses import SimilarityLoss
 from siso.optimize import SisoResult, optimize_subject
 
 
@@ -57,7 +58,11 @@ class GenerationJob:
 
 @dataclass
 class RunFolder:
-    """An output folder; refuses to reuse a non-empty folder unless ``overwrite`` (and then only a siso run's)."""
+    """An output folder; refuses to reuse a non-empty folder unless ``overwrite`` (and then only a siso run's).
+
+    The check happens at once, so a bad ``--out`` fails before any slow loading; the folder is created (and an
+    earlier run in it removed) only at the first write, so a run that fails while loading leaves nothing behind.
+    """
 
     path: Path
     overwrite: bool = False
@@ -67,18 +72,25 @@ class RunFolder:
         self.path = Path(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise OutputExistsError(f"output {self.path} exists and is not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()):
+        if self._nonempty():
             if not self.overwrite:
                 raise OutputExistsError(f"output folder {self.path} is not empty; pass --overwrite to replace it")
             if not (self.path / "config.json").is_file():
                 raise OutputExistsError(
                     f"output folder {self.path} is not empty and has no siso config.json; refusing to delete it"
                 )
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._started = False
+
+    def _nonempty(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
 
     def write_json(self, name: str, data: dict) -> None:
-        """Write atomically: a reader never sees a half-written file."""
+        """Write atomically (a reader never sees a half-written file); the first write creates the folder."""
+        if not self._started:
+            if self._nonempty():
+                shutil.rmtree(self.path)  # an earlier siso run, allowed by --overwrite (checked above)
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._started = True
         tmp = self.path / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.path / name)
@@ -137,6 +149,10 @@ def run_generate(
     Returns:
         The metrics written to ``metrics.json``.
     """
+    start = time.perf_counter()
+    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
+    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
         "config.json",
         {
@@ -147,31 +163,24 @@ def run_generate(
             "versions": _versions(),
         },
     )
-    metrics: dict = {"complete": False, "timings": out.timings}
-    start = time.perf_counter()
-    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
-    out.timings["load_seconds"] = time.perf_counter() - start
 
     def on_iteration(iteration: int, image: Image.Image, terms: dict) -> None:
         out.save_iteration(iteration, image)
 
     start = time.perf_counter()
-    result = optimize_subject(backbone, subject, config, callback=on_iteration, progress=progress)
+    result = optimize_subject(backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress)
     out.timings["optimize_seconds"] = time.perf_counter() - start
-    metrics.update(
-        stop_reason=result.stop_reason,
-        best_iteration=result.best_iteration,
-        best_loss=result.best_loss,
-        iterations=result.history,
-        ir_model_note=None
-        if config.similarity.ir_weight == 0
-        else (
-            "IR term computed with the CLIP image embedding of "
-            + config.similarity.ir_model
-            + " (a substitute for the paper's GUIE IR model unless you passed that checkpoint)"
-        ),
-    )
-    modules = {name: getattr(backbone.pipe, name) for name in _lora_modules(backbone)}
+    metrics = {
+        "complete": False,
+        "stop_reason": result.stop_reason,
+        "best_iteration": result.best_iteration,
+        "best_loss": result.best_loss,
+        "iterations": result.history,
+        "timings": out.timings,
+        "ir_model_note": f"IR term: CLIP image embedding of {config.similarity.ir_model}, a substitute for the "
+        "paper's GUIE model unless that checkpoint was passed",
+    }
+    modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
     out.save_optimization(result, backbone, modules, {"model": config.model, "train_prompt": config.train_prompt})
     if not result.complete:
         out.write_json("metrics.json", metrics)
@@ -184,11 +193,6 @@ def run_generate(
     finally:
         out.write_json("metrics.json", metrics)
     return metrics
-
-
-def _lora_modules(backbone: Backbone) -> list[str]:
-    names = [backbone.denoiser_name, *backbone.text_encoder_names]
-    return [n for n in names if getattr(getattr(backbone.pipe, n), "peft_config", None)]
 
 
 def run_reuse(
@@ -217,6 +221,7 @@ def run_reuse(
     model = model or info.get("model")
     if model is None:
         raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
+    backbone = load_backbone(model, dtype, device, info.get("resolution"))
     out.write_json(
         "config.json",
         {
@@ -228,7 +233,6 @@ def run_reuse(
             "versions": _versions(),
         },
     )
-    backbone = load_backbone(model, dtype, device, info.get("resolution"))
     backbone.pipe.load_lora_weights(lora_dir)
     metrics: dict = {"complete": False}
     try:
@@ -237,6 +241,3 @@ def run_reuse(
     finally:
         out.write_json("metrics.json", metrics)
     return metrics
-
-
-__all__ = ["GenerationJob", "OutputExistsError", "RunFolder", "add_lora", "run_generate", "run_reuse"]
