@@ -102,7 +102,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
     job = GenerationJob(
         prompts=args.prompt,
         seeds=[args.seed + k for k in range(args.num_images)],
-        num_inference_steps=args.steps or args.train_steps,
+        num_inference_steps=args.train_steps if args.steps is None else args.steps,
         guidance_scale=args.guidance_scale,
     )
     if args.lora:
