@@ -62,7 +62,7 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
         ]
     )
     assert proc.returncode == 0, proc.stderr
-    assert "siso: stopped (max_iters)" in proc.stdout
+    assert "siso: stopped (max_iters)" in proc.stdout and "wrote 4 image(s)" in proc.stdout
     for name in (
         "best.png",
         "iterations.png",
@@ -145,7 +145,7 @@ def test_sigterm_keeps_best_so_far(base_args, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert "interrupted; best-so-far image, LoRA and config" in stderr and "Traceback" not in stderr
+    assert "interrupted; the best-so-far image, LoRA and config are in" in stderr and "Traceback" not in stderr
     for name in ("best.png", "config.json", "metrics.json", "lora/pytorch_lora_weights.safetensors", "loss.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

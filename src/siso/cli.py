@@ -107,47 +107,53 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.lora:
         out = RunFolder(args.out, args.overwrite)
-        run_reuse(out, args.lora, job, args.model, args.dtype, args.device, command=argv)
-        print(f"siso: wrote {len(job.prompts) * len(job.seeds)} image(s) to {out.path}/images")
-        return 0
-    config = SisoConfig(
-        model=args.model or "sdxl-turbo",
-        train_prompt=args.train_prompt or args.prompt[0],
-        resolution=args.resolution,
-        dtype=args.dtype,
-        device=args.device,
-        lora=LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
-        similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
-        optim=OptimSettings(
-            lr=args.lr,
-            max_iters=args.max_iters,
-            patience=args.patience,
-            min_improvement=args.min_improvement,
-            num_inference_steps=args.train_steps,
-            grad_steps=args.grad_steps,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-        ),
-    )
-    subject = load_subject(args.subject)
-    out = RunFolder(args.out, args.overwrite)
-    try:
-        metrics = run_generate(
-            out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
+
+        def work():
+            return run_reuse(out, args.lora, job, args.model, args.dtype, args.device, command=argv)
+
+    else:
+        config = SisoConfig(
+            model=args.model or "sdxl-turbo",
+            train_prompt=args.train_prompt or args.prompt[0],
+            resolution=args.resolution,
+            dtype=args.dtype,
+            device=args.device,
+            lora=LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
+            similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
+            optim=OptimSettings(
+                lr=args.lr,
+                max_iters=args.max_iters,
+                patience=args.patience,
+                min_improvement=args.min_improvement,
+                num_inference_steps=args.train_steps,
+                grad_steps=args.grad_steps,
+                guidance_scale=args.guidance_scale,
+                seed=args.seed,
+            ),
         )
+        subject = load_subject(args.subject)
+        out = RunFolder(args.out, args.overwrite)
+
+        def work():
+            return run_generate(
+                out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
+            )
+
+    try:
+        metrics = work()
     except KeyboardInterrupt:
         if (out.path / "best.png").is_file():
-            print(
-                f"siso: interrupted; best-so-far image, LoRA and config are in {out.path} (marked incomplete)",
-                file=sys.stderr,
-            )
+            kept = "best-so-far image, LoRA and config are"
+        elif (out.path / "metrics.json").is_file():
+            kept = "the images made so far are"
         else:
-            print("siso: interrupted before the first iteration finished; nothing to keep", file=sys.stderr)
+            print("siso: interrupted before anything was made; nothing to keep", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"siso: interrupted; the {kept} in {out.path} (metrics.json: complete = false)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(
-        f"siso: stopped ({metrics['stop_reason']}) with the best image at iteration {metrics['best_iteration']}; "
-        f"wrote {out.path}"
-    )
+    if "stop_reason" in metrics:
+        print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
+    print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
     return 0
 
 
