@@ -31,6 +31,8 @@ def base_args(model_dirs, subject_path):
         str(model_dirs["clip"]),
         "--lr",
         "1e-2",
+        "--dino-resolution",
+        "28",
     ]
 
 
@@ -88,6 +90,7 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
     ]
     config = json.loads((out / "config.json").read_text())
     assert config["siso"]["train_prompt"] == "a photo of a dog" and config["siso"]["optim"]["seed"] == 3
+    assert config["siso"]["similarity"]["dino_resolution"] == 28
     assert config["command"][:2] == ["siso", "generate"]
 
     # Stage two: the saved subject regenerates the same images without optimizing.
@@ -214,6 +217,17 @@ def test_overwrite_replaces_a_previous_run(capsys, base_args, tmp_path):
     (out / "stale.txt").write_text("old")
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "stale.txt").exists() and (out / "best.png").is_file()
+
+
+def test_diverging_run_stops_and_keeps_the_best(capsys, base_args, tmp_path):
+    # lr 1e30 blows the weights up after the first step: the loss turns NaN and the run keeps iteration 0.
+    out = tmp_path / "o"
+    args = [*base_args, "--prompt", "x", "--lr", "1e30", "--max-iters", "5", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "stopped (non-finite loss), best image at iteration 0" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN is written as null
+    assert metrics["stop_reason"] == "non-finite loss" and metrics["iterations"][-1]["loss"] is None
+    assert (out / "best.png").is_file() and (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_lora_folder_without_weights(capsys, tmp_path):

@@ -22,6 +22,18 @@ def test_directory_is_not_a_photo(tmp_path):
         load_subject(tmp_path)
 
 
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.jpg"
+    _photo().save(path)
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Image, "open", deny)  # root ignores file modes, so simulate what open() raises
+    with pytest.raises(ImageError, match="permission denied"):
+        load_subject(path)
+
+
 def test_not_an_image(tmp_path):
     path = tmp_path / "notes.jpg"
     path.write_text("this is not a picture")

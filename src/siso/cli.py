@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CLIP vision model for the IR term ({SimilaritySettings.ir_model}, a substitute for the "
         "paper's GUIE model)",
     )
+    gen.add_argument("--dino-resolution", type=int, metavar="PX", help="DINO input side (model config: 518)")
+    gen.add_argument("--ir-resolution", type=int, metavar="PX", help="IR input side (model config: 224)")
     gen.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     gen.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     gen.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
@@ -119,7 +121,12 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
             dtype=args.dtype,
             device=args.device,
             lora=LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
-            similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
+            similarity=SimilaritySettings(
+                dino_model=args.dino_model,
+                ir_model=args.ir_model,
+                dino_resolution=args.dino_resolution,
+                ir_resolution=args.ir_resolution,
+            ),
             optim=OptimSettings(
                 lr=args.lr,
                 max_iters=args.max_iters,

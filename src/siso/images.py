@@ -33,6 +33,8 @@ def load_subject(path: str | Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
+    except PermissionError:
+        raise ImageError(f"cannot read {path}: permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image PIL can read (PNG, JPEG, WebP, ... expected)") from None
     except (OSError, SyntaxError) as err:
@@ -69,8 +71,11 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """Float tensor (B, 3, H, W) in [0, 1] -> list of RGB PIL images (rounded like diffusers' ``numpy_to_pil``)."""
-    arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    """Float tensor (B, 3, H, W) in [0, 1] -> list of RGB PIL images (rounded like diffusers' ``numpy_to_pil``).
+
+    NaN pixels (a diverged run) become black rather than undefined.
+    """
+    arr = images.detach().float().nan_to_num(0.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 

@@ -154,7 +154,7 @@ def optimize_subject(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
-            bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}", refresh=False)
             if stop_reason != "max_iters":
                 break
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -92,7 +93,7 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             self._started = True
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(json.dumps(_strict_json(data), indent=2, allow_nan=False) + "\n")
         os.replace(tmp, self.path / name)
 
     def save_iteration(self, iteration: int, image: Image.Image) -> None:
@@ -122,6 +123,17 @@ class RunFolder:
             image.save(self.path / name)
             records.append({"file": name, "prompt": prompt, "seed": seed})
         return records
+
+
+def _strict_json(value):
+    """NaN and infinities (a diverged loss) become null: JSON has no literal for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def _slug(text: str, limit: int = 40) -> str:
