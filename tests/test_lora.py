@@ -15,7 +15,7 @@ from siso.optimize import optimize_subject
 PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
 
-@pytest.mark.parametrize(("family", "text_encoder"), [("sd", False), ("sdxl", False), ("sdxl", True)])
+@pytest.mark.parametrize(("family", "text_encoder"), [("sd", False), ("sd", True), ("sdxl", False), ("sdxl", True)])
 def test_saved_lora_reproduces_images_in_stock_pipeline(
     model_dirs, subject, make_config, tmp_path, family, text_encoder
 ):

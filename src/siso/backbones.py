@@ -19,7 +19,6 @@ from siso.hub import ModelLoadError, load_pretrained
 from siso.images import tensor_to_pil
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CLIP_TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 class Backbone:
@@ -31,12 +30,14 @@ class Backbone:
         denoiser_name: Pipeline attribute of the denoiser that gets LoRA.
         lora_targets: Module names in the denoiser that get LoRA (METHOD.md Sec. 1).
         text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
+        text_encoder_lora_targets: Module names in the text encoders that get LoRA.
     """
 
     pipeline_class: type[DiffusionPipeline]
     denoiser_name: str
     lora_targets: tuple[str, ...]
     text_encoder_names: tuple[str, ...]
+    text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
 
     def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
         self.pipe = pipe

@@ -15,7 +15,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from siso.backbones import CLIP_TEXT_LORA_TARGETS, Backbone
+from siso.backbones import Backbone
 from siso.config import LoraSettings
 
 ADAPTER = "default"
@@ -39,7 +39,7 @@ def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.M
     for name, module in modules.items():
         if getattr(module, "peft_config", None):
             raise ValueError(f"{name} already has a LoRA adapter; load a fresh backbone for a new subject")
-        targets = backbone.lora_targets if module is backbone.denoiser else CLIP_TEXT_LORA_TARGETS
+        targets = backbone.lora_targets if module is backbone.denoiser else backbone.text_encoder_lora_targets
         module.add_adapter(
             LoraConfig(
                 r=settings.rank, lora_alpha=settings.lora_alpha, init_lora_weights=True, target_modules=list(targets)
