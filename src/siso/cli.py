@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 
 import diffusers
 import huggingface_hub
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     huggingface_hub.utils.enable_progress_bars()
+    # diffusers 0.42 passes an argument huggingface_hub deprecated; the warning is noise for our users.
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
         return generate(args, ["siso", *argv])

@@ -29,8 +29,9 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str, **kwargs) ->
     except OSError as err:
         if path.is_dir():
             raise ModelLoadError(f"cannot load {what} from directory {name}: {err}") from None
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
         raise ModelLoadError(
             f"cannot load {what} {name!r}: it is not in the local Hugging Face cache and could not be downloaded "
-            f"({type(err).__name__}). Fix: run once with internet access (and HF_HUB_OFFLINE unset), or "
-            f"`hf download {name}`, or pass a local directory."
+            f"({reason}). Fix: run once with internet access (and HF_HUB_OFFLINE unset; log in for gated models), "
+            f"or `hf download {name}`, or pass a local directory."
         ) from None
