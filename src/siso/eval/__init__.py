@@ -1,0 +1,1 @@
+"""Evaluation: distribution distances now; metrics, suites and commands follow (issue 4)."""
