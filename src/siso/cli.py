@@ -112,7 +112,9 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
         out = RunFolder(args.out, args.overwrite)
 
         def work():
-            return run_reuse(out, args.lora, job, args.model, args.dtype, args.device, command=argv)
+            return run_reuse(
+                out, args.lora, job, args.model, args.dtype, args.device, command=argv, progress=not args.quiet
+            )
 
     else:
         config = SisoConfig(

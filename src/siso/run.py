@@ -105,19 +105,22 @@ class RunFolder:
         save_lora(backbone, modules, self.path / "lora", **subject_info)
         frames = sorted((self.path / "iterations").glob("*.png"))
         if frames:
-            images = [Image.open(f).convert("RGB") for f in frames]
+            images = []
+            for frame in frames:
+                with Image.open(frame) as img:
+                    images.append(img.convert("RGB"))
             contact_sheet(images, [f.stem for f in frames]).save(self.path / "iterations.png")
         terms = [k for k in result.history[0] if k not in ("iteration", "seconds")]
         loss_plot({k: [h[k] for h in result.history] for k in terms}, result.best_iteration).save(
             self.path / "loss.png"
         )
 
-    def generate_images(self, backbone: Backbone, job: GenerationJob) -> list[dict]:
+    def generate_images(self, backbone: Backbone, job: GenerationJob, progress: bool = True) -> list[dict]:
         """Make every prompt x seed image into ``images/``; returns one record per image."""
         (self.path / "images").mkdir(exist_ok=True)
         records = []
         pairs = [(i, p, s) for i, p in enumerate(job.prompts) for s in job.seeds]
-        for index, prompt, seed in tqdm(pairs, desc="images", unit="img", disable=len(pairs) < 2):
+        for index, prompt, seed in tqdm(pairs, desc="images", unit="img", disable=not progress or len(pairs) < 2):
             image = backbone.generate(prompt, seed, job.num_inference_steps, job.guidance_scale)
             name = f"images/{index:02d}-{_slug(prompt)}-seed{seed}.png"
             image.save(self.path / name)
@@ -199,7 +202,7 @@ def run_generate(
         raise KeyboardInterrupt
     try:
         start = time.perf_counter()
-        metrics["images"] = out.generate_images(backbone, job)
+        metrics["images"] = out.generate_images(backbone, job, progress)
         out.timings["generate_seconds"] = time.perf_counter() - start
         metrics["complete"] = True
     finally:
@@ -215,6 +218,7 @@ def run_reuse(
     dtype: str = "fp32",
     device: str | None = None,
     command: list[str] | None = None,
+    progress: bool = True,
 ) -> dict:
     """Generate every prompt x seed from a saved subject (stage two of prompt simplification), no optimization.
 
@@ -248,7 +252,7 @@ def run_reuse(
     backbone.pipe.load_lora_weights(lora_dir)
     metrics: dict = {"complete": False}
     try:
-        metrics["images"] = out.generate_images(backbone, job)
+        metrics["images"] = out.generate_images(backbone, job, progress)
         metrics["complete"] = True
     finally:
         out.write_json("metrics.json", metrics)
