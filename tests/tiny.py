@@ -24,6 +24,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import (
+    CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -32,6 +34,8 @@ from transformers import (
     CLIPVisionModelWithProjection,
     Dinov2Config,
     Dinov2Model,
+    ViTConfig,
+    ViTModel,
 )
 
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tokenizer"  # written by fixtures/make_tokenizer.py
@@ -203,4 +207,46 @@ def make_clip_vision(path: str | PathLike) -> Path:
         projection_dim=16,
     )
     CLIPVisionModelWithProjection(config).save_pretrained(path)
+    return path
+
+
+def make_dino_v1(path: str | PathLike) -> Path:
+    """A tiny DINO (v1) ViT like facebook/dino-vits16, no pooler (28 px input, hidden 32) saved with save_pretrained."""
+    path = Path(path)
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        patch_size=4,
+        image_size=28,
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+    return path
+
+
+def make_clip(path: str | PathLike) -> Path:
+    """A tiny full CLIPModel (text + vision, 16-d projections) with the fixture tokenizer, like
+    openai/clip-vit-base-patch32: loadable as CLIPTextModelWithProjection, CLIPVisionModelWithProjection and
+    CLIPTokenizer from one folder."""
+    path = Path(path)
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        # Each sub-config carries projection_dim too: the *WithProjection classes read theirs from the sub-config.
+        text_config=_text_config(tokenizer, "quick_gelu", projection_dim=16).to_dict(),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            patch_size=4,
+            image_size=28,
+            projection_dim=16,
+        ).to_dict(),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path

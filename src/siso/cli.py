@@ -13,6 +13,7 @@ import transformers
 
 from siso.backbones import BACKBONES
 from siso.config import DTYPES, LoraSettings, OptimSettings, SimilaritySettings, SisoConfig
+from siso.eval import cli as eval_cli
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.run import GenerationJob, OutputExistsError, RunFolder, run_generate, run_reuse
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     gen.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    eval_cli.add_parser(sub)
     return parser
 
 
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
+        if args.command == "eval":
+            print(eval_cli.run(args), end="")
+            return 0
         return generate(args, ["siso", *argv])
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"siso: error: {err}", file=sys.stderr)

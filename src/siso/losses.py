@@ -62,7 +62,7 @@ class ClipImageEmbedding(torch.nn.Module):
     def __init__(self, model: str, resolution: int | None, device, dtype):
         super().__init__()
         self.net = load_pretrained(
-            CLIPVisionModelWithProjection.from_pretrained, model, "IR similarity model", dtype=dtype
+            CLIPVisionModelWithProjection.from_pretrained, model, "IR similarity model", one_tower=True, dtype=dtype
         )
         self.net.to(device).eval().requires_grad_(False)
         self.resolution = resolution or self.net.config.image_size

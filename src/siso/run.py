@@ -14,9 +14,6 @@ Layout::
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
 import shutil
 import time
@@ -30,6 +27,7 @@ from tqdm.auto import tqdm
 from siso.backbones import Backbone, load_backbone
 from siso.config import SisoConfig
 from siso.images import contact_sheet, loss_plot
+from siso.jsonio import write_json
 from siso.lora import read_subject_info, save_lora
 from siso.losses import SimilarityLoss
 from siso.optimize import SisoResult, optimize_subject
@@ -92,9 +90,7 @@ class RunFolder:
                 shutil.rmtree(self.path)  # an earlier siso run, allowed by --overwrite (checked above)
             self.path.mkdir(parents=True, exist_ok=True)
             self._started = True
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(_strict_json(data), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, self.path / name)
+        write_json(self.path / name, data)
 
     def save_iteration(self, iteration: int, image: Image.Image) -> None:
         (self.path / "iterations").mkdir(exist_ok=True)
@@ -126,17 +122,6 @@ class RunFolder:
             image.save(self.path / name)
             records.append({"file": name, "prompt": prompt, "seed": seed})
         return records
-
-
-def _strict_json(value):
-    """NaN and infinities (a diverged loss) become null: JSON has no literal for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(v) for v in value]
-    return value
 
 
 def _slug(text: str, limit: int = 40) -> str:

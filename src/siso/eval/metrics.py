@@ -1,0 +1,167 @@
+"""Per-item metrics: a registry of same-signature scorers, each built from a model id or local folder.
+
+A metric is built once with ``METRICS[name].build(model, device)`` and then called as
+``metric(generated, item) -> float`` on the item's generated images (RGB PIL). Identity metrics average the cosine
+similarity of every generated image with every real photo of the subject (the DreamBench protocol); CLIP-T averages
+image-prompt cosine similarity; ``mse`` is the paper's diversity measure against the one subject photo given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
+
+from siso.eval.suites import EvalItem, SuiteError
+from siso.hub import load_pretrained
+from siso.images import pil_to_tensor
+from siso.losses import IMAGENET_MEAN, IMAGENET_STD, ClipImageEmbedding, DinoEmbedding, preprocess
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """Read an image file as RGB.
+
+    Raises:
+        SuiteError: the file is missing, not an image, or damaged.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise SuiteError(f"cannot read image {path}: {err}") from None
+
+
+def _batch(images: list[Image.Image]) -> torch.Tensor:
+    """Images of any sizes -> (N, 3, 256, 256) in [0, 1] (short side resized, centre-cropped)."""
+    return torch.cat([preprocess(pil_to_tensor(img), 256, (0, 0, 0), (1, 1, 1)) for img in images])
+
+
+class DinoV1Embedding(torch.nn.Module):
+    """DINO ViT CLS token after the final norm (``facebook/dino-vits16``: the DreamBench DINO metric)."""
+
+    def __init__(self, model: str, resolution: int | None, device, dtype):
+        super().__init__()
+        self.net = load_pretrained(ViTModel.from_pretrained, model, "DINO metric model", add_pooling_layer=False)
+        self.net.to(device, dtype).eval().requires_grad_(False)
+        self.resolution = resolution or self.net.config.image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = preprocess(images, self.resolution, IMAGENET_MEAN, IMAGENET_STD).to(self.net.dtype)
+        return self.net(pixel_values=pixels).last_hidden_state[:, 0].float()
+
+
+@cache
+def _image_embedder(kind: str, model: str, device: str) -> torch.nn.Module:
+    # Shared by metrics that use the same network (CLIP-I and CLIP-T on one CLIP), loaded once per process.
+    cls = {"dino": DinoV1Embedding, "dinov2": DinoEmbedding, "clip": ClipImageEmbedding}[kind]
+    return cls(model, None, device, torch.float32)
+
+
+class IdentityMetric:
+    """Mean cosine similarity between each generated image and each real photo of the subject."""
+
+    def __init__(self, kind: str, model: str, device: str):
+        self.embed = _image_embedder(kind, model, device)
+        self.device = device
+        self._references: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _features(self, images: list[Image.Image]) -> torch.Tensor:
+        return F.normalize(self.embed(_batch(images).to(self.device)), dim=-1)
+
+    def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
+        if item.subject not in self._references:
+            self._references[item.subject] = self._features([read_rgb(p) for p in item.references])
+        return float((self._features(generated) @ self._references[item.subject].T).mean())
+
+
+class ClipTextMetric:
+    """CLIP-T: mean cosine similarity between each generated image and the prompt (both projected CLIP embeddings).
+
+    Reported as a plain cosine (not the x100, clipped "CLIPScore" scale).
+    """
+
+    def __init__(self, model: str, device: str):
+        self.image = _image_embedder("clip", model, device)
+        self.text = load_pretrained(
+            CLIPTextModelWithProjection.from_pretrained, model, "CLIP-T text model", one_tower=True
+        )
+        self.text.to(device).eval().requires_grad_(False)
+        self.tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, model, "CLIP-T tokenizer")
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
+        tokens = self.tokenizer([item.prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
+        text = F.normalize(self.text(**tokens).text_embeds, dim=-1)
+        images = F.normalize(self.image(_batch(generated).to(self.device)), dim=-1)
+        return float((images @ text.T).mean())
+
+
+class PixelMSE:
+    """Mean squared error in [0, 1] pixels between each generated image and the subject photo (paper's diversity)."""
+
+    def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
+        subject = _batch([read_rgb(item.subject_image)])
+        return float((_batch(generated) - subject).square().mean())
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registry entry: what the metric measures, its default model, and how to build it."""
+
+    description: str
+    default_model: str | None
+    build: Callable[[str | None, str], Callable[[list[Image.Image], EvalItem], float]]
+
+
+METRICS: dict[str, MetricSpec] = {
+    "dino": MetricSpec(
+        "identity, DINO ViT-S/16 (DreamBench)",
+        "facebook/dino-vits16",
+        lambda model, device: IdentityMetric("dino", model, device),
+    ),
+    "dinov2": MetricSpec(
+        "identity, DINOv2 (the SISO loss network)",
+        "facebook/dinov2-large",
+        lambda model, device: IdentityMetric("dinov2", model, device),
+    ),
+    "clip_i": MetricSpec(
+        "identity, CLIP image embedding",
+        "openai/clip-vit-base-patch32",
+        lambda model, device: IdentityMetric("clip", model, device),
+    ),
+    "ir": MetricSpec(
+        "identity, the IR embedding of the SISO loss (substitute, see README)",
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        lambda model, device: IdentityMetric("clip", model, device),
+    ),
+    "clip_t": MetricSpec(
+        "prompt adherence, CLIP image-text cosine",
+        "openai/clip-vit-base-patch32",
+        lambda model, device: ClipTextMetric(model, device),
+    ),
+    "mse": MetricSpec("diversity, pixel MSE to the subject photo", None, lambda model, device: PixelMSE()),
+}
+DEFAULT_METRICS = ("dino", "clip_i", "clip_t")
+
+
+def build_metrics(names: list[str], models: dict[str, str], device: str) -> dict[str, Callable]:
+    """Build the named metrics; ``models`` overrides default model ids per metric name.
+
+    Raises:
+        ValueError: an unknown metric name, or a model override for a metric that is not requested.
+    """
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    extra = [n for n in models if n not in names]
+    if extra:
+        raise ValueError(f"model given for metric(s) not requested: {', '.join(extra)}")
+    return {name: METRICS[name].build(models.get(name, METRICS[name].default_model), device) for name in names}

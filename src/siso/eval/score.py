@@ -1,0 +1,139 @@
+"""Scoring generated images suite item by suite item, resumably, with a summary table.
+
+Output folder::
+
+    items.jsonl     one JSON line per scored item (appended and fsynced as each item finishes)
+    summary.md      mean +- standard error per metric, Markdown
+    summary.csv     the same, CSV
+    summary.json    the same plus counts and the missing items
+
+A rerun skips the items already in ``items.jsonl``; a line cut short by a crash is dropped and that item rescored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from siso.eval.metrics import build_metrics, read_rgb
+from siso.eval.suites import EvalItem, SuiteError, generated_images
+from siso.jsonio import write_atomic, write_json
+
+ITEMS_FILE = "items.jsonl"
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete records of a JSONL file; a trailing partial line (a crash mid-write) is removed from the file."""
+    if not path.is_file():
+        return []
+    records, good_bytes = [], 0
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes < path.stat().st_size:
+        with path.open("r+b") as f:
+            f.truncate(good_bytes)
+    return records
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def summarize(records: list[dict], metric_names: list[str]) -> list[dict]:
+    """Mean and standard error (sample std / sqrt(n)) over items, per metric."""
+    rows = []
+    for name in metric_names:
+        values = [r["metrics"][name] for r in records if name in r["metrics"]]
+        n = len(values)
+        mean = sum(values) / n if n else math.nan
+        sem = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
+        rows.append({"metric": name, "mean": mean, "sem": sem, "n": n})
+    return rows
+
+
+def write_summary(out: Path, rows: list[dict], missing: list[str]) -> None:
+    table = ["| metric | mean | +- s.e. | items |", "|---|---|---|---|"]
+    table += [f"| {r['metric']} | {r['mean']:.4f} | {r['sem']:.4f} | {r['n']} |" for r in rows]
+    if missing:
+        table.append(f"\n{len(missing)} item(s) had no generated images: {', '.join(missing[:10])}")
+    write_atomic(out / "summary.md", "\n".join(table) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["metric", "mean", "sem", "n"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "summary.csv", buffer.getvalue())
+    write_json(out / "summary.json", {"metrics": rows, "missing": missing})
+
+
+def score(
+    items: list[EvalItem],
+    generated: str | Path,
+    out: str | Path,
+    metric_names: list[str],
+    models: dict[str, str] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Score the generated images of every item and write the per-item records and the summary.
+
+    Args:
+        items: The suite's items (`siso.eval.suites.SUITES`).
+        generated: Root of the generated images, ``<root>/<item id>/*.png``.
+        out: Output folder (created; an earlier run's ``items.jsonl`` there is resumed).
+        metric_names: Keys of `siso.eval.metrics.METRICS`.
+        models: Model id or folder per metric name, overriding the defaults.
+
+    Returns:
+        The summary rows (metric, mean, sem, n).
+
+    Raises:
+        SuiteError: some items have no generated images (after scoring the others, whose results are kept).
+    """
+    generated, out = Path(generated), Path(out)
+    if not generated.is_dir():
+        raise SuiteError(f"generated folder {generated} does not exist")
+    metrics = build_metrics(metric_names, models or {}, device)
+    out.mkdir(parents=True, exist_ok=True)
+    latest = {r["item"]: r for r in read_records(out / ITEMS_FILE)}  # a rescored item's last record wins
+    records = [r for r in latest.values() if set(metric_names) <= set(r["metrics"])]
+    done = {r["item"] for r in records}
+    missing = []
+    for item in tqdm(items, desc="scoring", unit="item", disable=not progress):
+        if item.id in done:
+            continue
+        paths = generated_images(generated, item)
+        if not paths:
+            missing.append(item.id)
+            continue
+        images = [read_rgb(p) for p in paths]
+        record = {
+            "item": item.id,
+            "subject": item.subject,
+            "prompt": item.prompt,
+            "images": [str(p.relative_to(generated)) for p in paths],
+            "metrics": {name: metric(images, item) for name, metric in metrics.items()},
+        }
+        _append(out / ITEMS_FILE, record)
+        records.append(record)
+    rows = summarize(records, metric_names)
+    write_summary(out, rows, missing)
+    if missing:
+        raise SuiteError(
+            f"{len(missing)} of {len(items)} items have no images under {generated} (first: {missing[0]}); "
+            f"the other items are scored in {out}"
+        )
+    return rows

@@ -1,0 +1,99 @@
+"""Benchmark suites: the items to generate and score, read from a local folder.
+
+An item is one (subject, prompt) pair. Generated images of any method are laid out by item::
+
+    GENERATED/<item id>/<k>.png        e.g. GENERATED/backpack/00/0.png, .../backpack/00/1.png
+
+DreamBench (Ruiz et al. 2023, the ``google/dreambooth`` repository layout)::
+
+    DATA/dataset/<subject>/*.jpg
+    DATA/dataset/prompts_and_classes.txt      (``DATA`` may also be the ``dataset`` folder itself)
+
+30 subjects x 25 prompts = 750 items; item id ``<subject>/<prompt index, 2 digits>``. Prompts are written without
+the unique token by default (``a dog in the jungle``): SISO needs none; pass ``unique_token`` for methods that do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+LIVE_CLASSES = ("cat", "dog")  # DreamBench's 9 live subjects get the "Live Subject Prompts"
+
+
+class SuiteError(ValueError):
+    """A suite or generated folder that does not have the expected layout; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One (subject, prompt) pair of a suite.
+
+    Attributes:
+        id: Stable id, also the item's folder under the generated root (``<subject>/<prompt index>``).
+        subject: Subject name.
+        class_name: The subject's class (e.g. ``dog``), used for prompts and for cropping with a detector.
+        prompt: The prompt to generate.
+        subject_image: The one photo a single-image method is given (the subject's first image, sorted by name).
+        references: All real photos of the subject (identity metrics compare against each).
+    """
+
+    id: str
+    subject: str
+    class_name: str
+    prompt: str
+    subject_image: Path
+    references: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
+    """Read DreamBench from a local copy of the ``google/dreambooth`` repository (or its ``dataset`` folder).
+
+    Raises:
+        SuiteError: the folder is missing, has no ``prompts_and_classes.txt``, the file cannot be parsed, or a
+            listed subject has no folder or no images.
+    """
+    root = Path(data)
+    dataset = root / "dataset" if (root / "dataset").is_dir() else root
+    spec = dataset / "prompts_and_classes.txt"
+    if not spec.is_file():
+        raise SuiteError(
+            f"{root} is not a DreamBench folder: expected dataset/prompts_and_classes.txt and dataset/<subject>/*.jpg "
+            "(git clone https://github.com/google/dreambooth)"
+        )
+    text = spec.read_text()
+    table = re.findall(r"^([A-Za-z0-9_]+),([^,\n]+)$", text.split("Prompts")[0], flags=re.M)
+    classes = {subject: class_name.strip() for subject, class_name in table if subject != "subject_name"}
+    sections = re.split(r"^(Object Prompts|Live Subject Prompts)\s*$", text, flags=re.M)
+    templates = {
+        name: re.findall(r"^'(.*)'\.format\(unique_token, class_token\)", body, flags=re.M)
+        for name, body in zip(sections[1::2], sections[2::2], strict=True)
+    }
+    if not classes or set(templates) != {"Object Prompts", "Live Subject Prompts"} or not all(templates.values()):
+        raise SuiteError(f"cannot parse {spec}: expected a 'Classes' table and 'Object'/'Live Subject Prompts' lists")
+    items = []
+    for subject, class_name in classes.items():
+        folder = dataset / subject
+        if not folder.is_dir() or not (photos := _images_in(folder)):
+            raise SuiteError(f"DreamBench subject {subject!r} has no images in {folder}")
+        kind = "Live Subject Prompts" if class_name in LIVE_CLASSES else "Object Prompts"
+        for index, template in enumerate(templates[kind]):
+            prompt = " ".join(template.format(unique_token, class_name).split())
+            items.append(EvalItem(f"{subject}/{index:02d}", subject, class_name, prompt, photos[0], tuple(photos)))
+    return items
+
+
+# Suite name -> loader(data folder) -> items.
+SUITES = {"dreambench": load_dreambench}
+
+
+def generated_images(root: str | Path, item: EvalItem) -> list[Path]:
+    """The generated images of ``item`` under ``root``; empty when the item has none yet."""
+    folder = Path(root) / item.id
+    return _images_in(folder) if folder.is_dir() else []

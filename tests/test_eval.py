@@ -1,0 +1,203 @@
+"""Evaluation: DreamBench layout, per-item metrics on tiny real networks, resumable scoring, the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+from PIL import Image
+
+from siso.cli import main
+from siso.eval.metrics import METRICS, build_metrics
+from siso.eval.score import ITEMS_FILE, read_records, score
+from siso.eval.suites import SuiteError, generated_images, load_dreambench
+
+# The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
+PROMPTS_AND_CLASSES = """Classes
+
+subject_name,class
+dog,dog
+red_teapot,teapot
+
+Prompts
+
+Object Prompts
+
+prompt_list = [
+'a {0} {1} in the jungle'.format(unique_token, class_token),
+'a red {0} {1}'.format(unique_token, class_token)
+]
+
+Live Subject Prompts
+
+prompt_list = [
+'a {0} {1} in the snow'.format(unique_token, class_token),
+'a {0} {1} wearing a red hat'.format(unique_token, class_token)
+]
+"""
+
+
+def _photo(seed: int, size=(80, 64)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def dreambench(tmp_path) -> Path:
+    dataset = tmp_path / "dreambooth" / "dataset"
+    for seed, subject in enumerate(["dog", "red_teapot"]):
+        (dataset / subject).mkdir(parents=True)
+        _photo(seed).save(dataset / subject / "00.jpg")
+    _photo(9).save(dataset / "dog" / "01.jpg")
+    (dataset / "prompts_and_classes.txt").write_text(PROMPTS_AND_CLASSES)
+    return tmp_path / "dreambooth"
+
+
+@pytest.fixture(scope="session")
+def eval_models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("eval-models")
+    clip = str(tiny.make_clip(root / "clip"))
+    return {
+        "dino": str(tiny.make_dino_v1(root / "dino-v1")),
+        "dinov2": str(tiny.make_dino(root / "dinov2")),
+        "clip_i": clip,
+        "ir": clip,
+        "clip_t": clip,
+    }
+
+
+def _generate(items, root: Path, per_item: int = 2) -> Path:
+    """Fake "generated" images: the subject's first photo itself (item 0) and noise."""
+    for n, item in enumerate(items):
+        folder = root / item.id
+        folder.mkdir(parents=True)
+        Image.open(item.subject_image).save(folder / "0.png")
+        for k in range(1, per_item):
+            _photo(100 + n * 10 + k).save(folder / f"{k}.png")
+    return root
+
+
+def test_dreambench_items(dreambench):
+    items = load_dreambench(dreambench)
+    assert [i.id for i in items] == ["dog/00", "dog/01", "red_teapot/00", "red_teapot/01"]
+    assert [i.prompt for i in items] == [
+        "a dog in the snow",
+        "a dog wearing a red hat",
+        "a teapot in the jungle",
+        "a red teapot",
+    ]
+    assert items[0].subject_image.name == "00.jpg" and len(items[0].references) == 2
+    assert load_dreambench(dreambench / "dataset", unique_token="sks")[0].prompt == "a sks dog in the snow"
+
+
+def test_dreambench_wrong_layout(tmp_path, dreambench):
+    with pytest.raises(SuiteError, match="not a DreamBench folder.*prompts_and_classes.txt"):
+        load_dreambench(tmp_path / "nothing")
+    for photo in (dreambench / "dataset" / "red_teapot").iterdir():
+        photo.unlink()
+    with pytest.raises(SuiteError, match="'red_teapot' has no images"):
+        load_dreambench(dreambench)
+    (dreambench / "dataset" / "prompts_and_classes.txt").write_text("Classes\n\nPrompts\n")
+    with pytest.raises(SuiteError, match="cannot parse"):
+        load_dreambench(dreambench)
+
+
+def test_identity_and_diversity_metrics_on_known_cases(dreambench, eval_models):
+    item = load_dreambench(dreambench)[2]  # red_teapot: a single reference photo
+    metrics = build_metrics(
+        ["dino", "dinov2", "clip_i", "mse"], {k: eval_models[k] for k in ("dino", "dinov2", "clip_i")}, "cpu"
+    )
+    same = [Image.open(item.subject_image).convert("RGB")]
+    for name in ("dino", "dinov2", "clip_i"):
+        assert metrics[name](same, item) == pytest.approx(1.0, abs=1e-5), name
+        assert metrics[name]([_photo(50)], item) < 0.999, name
+    assert metrics["mse"](same, item) == pytest.approx(0.0, abs=1e-12)
+    assert metrics["mse"]([_photo(50)], item) > 0.05
+
+
+def test_clip_t_is_a_cosine_that_depends_on_the_prompt(dreambench, eval_models):
+    items = load_dreambench(dreambench)
+    clip_t = build_metrics(["clip_t"], {"clip_t": eval_models["clip_t"]}, "cpu")["clip_t"]
+    values = [clip_t([_photo(7)], item) for item in items]
+    assert all(-1.0 <= v <= 1.0 for v in values)
+    assert len(set(values)) == len(values)  # the prompt matters
+
+
+def test_unknown_metric_and_stray_model():
+    with pytest.raises(ValueError, match="unknown metric.*fid_typo"):
+        build_metrics(["fid_typo"], {}, "cpu")
+    with pytest.raises(ValueError, match="not requested: dino"):
+        build_metrics(["mse"], {"dino": "x"}, "cpu")
+    assert set(METRICS) >= {"dino", "dinov2", "clip_i", "clip_t", "ir", "mse"}
+
+
+def test_score_writes_records_and_summary_and_resumes(dreambench, eval_models, tmp_path):
+    items = load_dreambench(dreambench)
+    generated = _generate(items, tmp_path / "generated")
+    out = tmp_path / "scores"
+    names = ["dino", "clip_t", "mse"]
+    models = {k: eval_models[k] for k in ("dino", "clip_t")}
+    rows = score(items, generated, out, names, models, progress=False)
+    records = read_records(out / ITEMS_FILE)
+    assert [r["item"] for r in records] == [i.id for i in items]
+    assert records[0]["images"] == ["dog/00/0.png", "dog/00/1.png"]
+    assert [r["metric"] for r in rows] == names and all(r["n"] == 4 for r in rows)
+    dino = [r["metrics"]["dino"] for r in records]
+    assert rows[0]["mean"] == pytest.approx(np.mean(dino))
+    assert rows[0]["sem"] == pytest.approx(np.std(dino, ddof=1) / 2)
+    assert (out / "summary.md").read_text().startswith("| metric | mean | +- s.e. | items |")
+    assert (out / "summary.csv").read_text().splitlines()[0] == "metric,mean,sem,n"
+
+    # Resume: finished items are skipped (their images may even be gone) ...
+    for path in generated_images(generated, items[0]):
+        path.unlink()
+    # ... and a line cut short by a crash is dropped and its item rescored.
+    data = (out / ITEMS_FILE).read_bytes()
+    (out / ITEMS_FILE).write_bytes(data[: len(data) - 20])
+    rows_again = score(items, generated, out, names, models, progress=False)
+    again = read_records(out / ITEMS_FILE)
+    assert [r["item"] for r in again] == [i.id for i in items]
+    assert again[-1] == records[-1]
+    assert rows_again == rows
+
+
+def test_missing_items_are_named_and_the_rest_kept(dreambench, eval_models, tmp_path):
+    items = load_dreambench(dreambench)
+    generated = _generate(items[:3], tmp_path / "generated")
+    out = tmp_path / "scores"
+    with pytest.raises(SuiteError, match="1 of 4 items have no images.*first: red_teapot/01"):
+        score(items, generated, out, ["mse"], progress=False)
+    assert len(read_records(out / ITEMS_FILE)) == 3
+    assert json.loads((out / "summary.json").read_text())["missing"] == ["red_teapot/01"]
+
+
+def test_eval_score_cli(dreambench, eval_models, tmp_path, capsys):
+    items = load_dreambench(dreambench)
+    generated = _generate(items, tmp_path / "generated")
+
+    def args(data=dreambench, metrics="dino,mse"):
+        return [
+            "eval",
+            "score",
+            "--suite",
+            "dreambench",
+            "--data",
+            str(data),
+            "--generated",
+            str(generated),
+            "--out",
+            str(tmp_path / "scores"),
+            "--metrics",
+            metrics,
+            "--metric-model",
+            f"dino={eval_models['dino']}",
+            "--quiet",
+        ]
+
+    assert main(args()) == 0
+    out = capsys.readouterr().out
+    assert "| dino |" in out and "| mse |" in out
+    assert main(args(metrics="dino,fid_typo")) == 2
+    assert "unknown metric(s) fid_typo" in capsys.readouterr().err
+    assert main(args(data=tmp_path)) == 2
+    assert "not a DreamBench folder" in capsys.readouterr().err
