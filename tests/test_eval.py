@@ -161,6 +161,41 @@ def test_score_writes_records_and_summary_and_resumes(dreambench, eval_models, t
     assert rows_again == rows
 
 
+def test_set_metrics_against_a_reference_folder(dreambench, eval_models, tmp_path):
+    items = load_dreambench(dreambench)
+    generated = _generate(items, tmp_path / "generated")
+    models = {"cmmd": eval_models["clip_i"], "fd_dinov2": eval_models["dinov2"], "kd_dinov2": eval_models["dinov2"]}
+    names = ["mse", *models]
+    rows = {
+        r["metric"]: r
+        for r in score(items, generated, tmp_path / "same", names, models, progress=False, reference=generated)
+    }
+    assert rows["cmmd"]["mean"] == 0.0 and rows["cmmd"]["n"] == 8  # identical sets
+    assert rows["fd_dinov2"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    kd_same = rows["kd_dinov2"]["mean"]
+    other = tmp_path / "other"
+    other.mkdir()
+    for k in range(6):
+        _photo(500 + k, size=(48, 48)).save(other / f"{k}.png")
+    rows = {
+        r["metric"]: r
+        for r in score(items, generated, tmp_path / "other-scores", names, models, progress=False, reference=other)
+    }
+    assert rows["cmmd"]["mean"] > 0 and rows["fd_dinov2"]["mean"] > 0 and rows["kd_dinov2"]["mean"] > kd_same
+    summary = json.loads((tmp_path / "other-scores" / "summary.json").read_text())
+    assert [m["metric"] for m in summary["metrics"]] == names and summary["metrics"][1]["sem"] is None
+
+
+def test_set_metric_needs_a_reference(dreambench, tmp_path):
+    items = load_dreambench(dreambench)
+    with pytest.raises(ValueError, match="cmmd compare against a reference set"):
+        score(items, _generate(items, tmp_path / "g"), tmp_path / "o", ["cmmd"], progress=False)
+    with pytest.raises(SuiteError, match="reference folder .* has no images"):
+        score(items, tmp_path / "g", tmp_path / "o", ["cmmd"], progress=False, reference=tmp_path / "nope")
+    with pytest.raises(ValueError, match="not requested: dino"):
+        score(items, tmp_path / "g", tmp_path / "o", ["mse"], {"dino": "x"}, progress=False)
+
+
 def test_missing_items_are_named_and_the_rest_kept(dreambench, eval_models, tmp_path):
     items = load_dreambench(dreambench)
     generated = _generate(items[:3], tmp_path / "generated")

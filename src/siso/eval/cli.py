@@ -7,6 +7,7 @@ from pathlib import Path
 
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
+from siso.eval.setmetrics import SET_METRICS
 from siso.eval.suites import SUITES
 
 
@@ -28,8 +29,10 @@ def add_parser(sub) -> None:
     sc.add_argument(
         "--metrics",
         default=",".join(DEFAULT_METRICS),
-        help=f"comma-separated, from: {', '.join(METRICS)} (default: {','.join(DEFAULT_METRICS)})",
+        help=f"comma-separated; per item: {', '.join(METRICS)}; whole set against --reference: "
+        f"{', '.join(SET_METRICS)} (default: {','.join(DEFAULT_METRICS)})",
     )
+    sc.add_argument("--reference", metavar="DIR", help="reference images for the set metrics (e.g. vanilla outputs)")
     sc.add_argument(
         "--metric-model",
         action="append",
@@ -52,5 +55,7 @@ def run(args: argparse.Namespace) -> str:
         models[name] = model
     items = SUITES[args.suite](args.data, args.unique_token)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
-    score(items, args.generated, args.out, names, models, args.device, progress=not args.quiet)
+    score(
+        items, args.generated, args.out, names, models, args.device, progress=not args.quiet, reference=args.reference
+    )
     return (Path(args.out) / "summary.md").read_text()

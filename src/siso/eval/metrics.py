@@ -37,9 +37,9 @@ def read_rgb(path: str | Path) -> Image.Image:
         raise SuiteError(f"cannot read image {path}: {err}") from None
 
 
-def _batch(images: list[Image.Image]) -> torch.Tensor:
-    """Images of any sizes -> (N, 3, 256, 256) in [0, 1] (short side resized, centre-cropped)."""
-    return torch.cat([preprocess(pil_to_tensor(img), 256, (0, 0, 0), (1, 1, 1)) for img in images])
+def to_batch(images: list[Image.Image], size: int) -> torch.Tensor:
+    """Images of any sizes -> (N, 3, size, size) in [0, 1] (short side resized with antialiasing, centre-cropped)."""
+    return torch.cat([preprocess(pil_to_tensor(img), size, (0, 0, 0), (1, 1, 1)) for img in images])
 
 
 class DinoV1Embedding(torch.nn.Module):
@@ -57,7 +57,7 @@ class DinoV1Embedding(torch.nn.Module):
 
 
 @cache
-def _image_embedder(kind: str, model: str, device: str) -> torch.nn.Module:
+def image_embedder(kind: str, model: str, device: str) -> torch.nn.Module:
     # Shared by metrics that use the same network (CLIP-I and CLIP-T on one CLIP), loaded once per process.
     cls = {"dino": DinoV1Embedding, "dinov2": DinoEmbedding, "clip": ClipImageEmbedding}[kind]
     return cls(model, None, device, torch.float32)
@@ -67,13 +67,13 @@ class IdentityMetric:
     """Mean cosine similarity between each generated image and each real photo of the subject."""
 
     def __init__(self, kind: str, model: str, device: str):
-        self.embed = _image_embedder(kind, model, device)
+        self.embed = image_embedder(kind, model, device)
         self.device = device
         self._references: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def _features(self, images: list[Image.Image]) -> torch.Tensor:
-        return F.normalize(self.embed(_batch(images).to(self.device)), dim=-1)
+        return F.normalize(self.embed(to_batch(images, self.embed.resolution).to(self.device)), dim=-1)
 
     def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
         if item.subject not in self._references:
@@ -88,7 +88,7 @@ class ClipTextMetric:
     """
 
     def __init__(self, model: str, device: str):
-        self.image = _image_embedder("clip", model, device)
+        self.image = image_embedder("clip", model, device)
         self.text = load_pretrained(
             CLIPTextModelWithProjection.from_pretrained, model, "CLIP-T text model", one_tower=True
         )
@@ -100,16 +100,17 @@ class ClipTextMetric:
     def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
         tokens = self.tokenizer([item.prompt], padding=True, truncation=True, return_tensors="pt").to(self.device)
         text = F.normalize(self.text(**tokens).text_embeds, dim=-1)
-        images = F.normalize(self.image(_batch(generated).to(self.device)), dim=-1)
+        images = F.normalize(self.image(to_batch(generated, self.image.resolution).to(self.device)), dim=-1)
         return float((images @ text.T).mean())
 
 
 class PixelMSE:
-    """Mean squared error in [0, 1] pixels between each generated image and the subject photo (paper's diversity)."""
+    """Mean squared error in [0, 1] pixels between each generated image and the subject photo (paper's diversity),
+    both resized and centre-cropped to 256 x 256."""
 
     def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
-        subject = _batch([read_rgb(item.subject_image)])
-        return float((_batch(generated) - subject).square().mean())
+        subject = to_batch([read_rgb(item.subject_image)], 256)
+        return float((to_batch(generated, 256) - subject).square().mean())
 
 
 @dataclass(frozen=True)
@@ -152,16 +153,17 @@ METRICS: dict[str, MetricSpec] = {
 DEFAULT_METRICS = ("dino", "clip_i", "clip_t")
 
 
-def build_metrics(names: list[str], models: dict[str, str], device: str) -> dict[str, Callable]:
-    """Build the named metrics; ``models`` overrides default model ids per metric name.
+def build_metrics(names: list[str], models: dict[str, str], device: str, registry=None) -> dict[str, Callable]:
+    """Build the named metrics of ``registry`` (default `METRICS`); ``models`` overrides default model ids.
 
     Raises:
         ValueError: an unknown metric name, or a model override for a metric that is not requested.
     """
-    unknown = [n for n in names if n not in METRICS]
+    registry = METRICS if registry is None else registry
+    unknown = [n for n in names if n not in registry]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(registry)}")
     extra = [n for n in models if n not in names]
     if extra:
         raise ValueError(f"model given for metric(s) not requested: {', '.join(extra)}")
-    return {name: METRICS[name].build(models.get(name, METRICS[name].default_model), device) for name in names}
+    return {name: registry[name].build(models.get(name, registry[name].default_model), device) for name in names}

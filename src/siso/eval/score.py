@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from siso.eval.metrics import build_metrics, read_rgb
+from siso.eval.metrics import METRICS, build_metrics, read_rgb
+from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
 from siso.jsonio import write_atomic, write_json
 
@@ -87,6 +88,7 @@ def score(
     models: dict[str, str] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    reference: str | Path | None = None,
 ) -> list[dict]:
     """Score the generated images of every item and write the per-item records and the summary.
 
@@ -94,8 +96,10 @@ def score(
         items: The suite's items (`siso.eval.suites.SUITES`).
         generated: Root of the generated images, ``<root>/<item id>/*.png``.
         out: Output folder (created; an earlier run's ``items.jsonl`` there is resumed).
-        metric_names: Keys of `siso.eval.metrics.METRICS`.
+        metric_names: Keys of `siso.eval.metrics.METRICS` (per item) or `siso.eval.setmetrics.SET_METRICS`
+            (one value for all generated images against ``reference``).
         models: Model id or folder per metric name, overriding the defaults.
+        reference: Folder of reference images (searched recursively) for the set-level metrics.
 
     Returns:
         The summary rows (metric, mean, sem, n).
@@ -106,10 +110,23 @@ def score(
     generated, out = Path(generated), Path(out)
     if not generated.is_dir():
         raise SuiteError(f"generated folder {generated} does not exist")
-    metrics = build_metrics(metric_names, models or {}, device)
+    models = models or {}
+    unknown = [n for n in metric_names if n not in METRICS and n not in SET_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join([*METRICS, *SET_METRICS])}")
+    stray = [n for n in models if n not in metric_names]
+    if stray:
+        raise ValueError(f"model given for metric(s) not requested: {', '.join(stray)}")
+    set_names = [n for n in metric_names if n in SET_METRICS]
+    if set_names and reference is None:
+        raise ValueError(f"{', '.join(set_names)} compare against a reference set: pass a reference folder")
+    reference_files = image_files(reference) if set_names else []
+    item_names = [n for n in metric_names if n in METRICS]
+    metrics = build_metrics(item_names, {k: v for k, v in models.items() if k in METRICS}, device)
+    set_metrics = build_metrics(set_names, {k: v for k, v in models.items() if k in SET_METRICS}, device, SET_METRICS)
     out.mkdir(parents=True, exist_ok=True)
     latest = {r["item"]: r for r in read_records(out / ITEMS_FILE)}  # a rescored item's last record wins
-    records = [r for r in latest.values() if set(metric_names) <= set(r["metrics"])]
+    records = [r for r in latest.values() if set(item_names) <= set(r["metrics"])]
     done = {r["item"] for r in records}
     missing = []
     for item in tqdm(items, desc="scoring", unit="item", disable=not progress):
@@ -129,7 +146,17 @@ def score(
         }
         _append(out / ITEMS_FILE, record)
         records.append(record)
-    rows = summarize(records, metric_names)
+    rows = summarize(records, item_names)
+    generated_files = [generated / path for r in records for path in r["images"]]
+    for name, metric in set_metrics.items():
+        rows.append(
+            {
+                "metric": name,
+                "mean": metric(generated_files, reference_files),
+                "sem": math.nan,
+                "n": len(generated_files),
+            }
+        )
     write_summary(out, rows, missing)
     if missing:
         raise SuiteError(
