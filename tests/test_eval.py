@@ -1,6 +1,9 @@
 """Evaluation: DreamBench layout, per-item metrics on tiny real networks, resumable scoring, the CLI."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +239,57 @@ def test_eval_score_cli(dreambench, eval_models, tmp_path, capsys):
     assert "unknown metric(s) fid_typo" in capsys.readouterr().err
     assert main(args(data=tmp_path)) == 2
     assert "not a DreamBench folder" in capsys.readouterr().err
+
+
+def test_two_process_sharded_run_merges_to_the_one_process_table(dreambench, eval_models, tmp_path):
+    items = load_dreambench(dreambench)
+    generated = _generate(items, tmp_path / "generated")
+    args = [
+        "eval",
+        "score",
+        "--suite",
+        "dreambench",
+        "--data",
+        str(dreambench),
+        "--generated",
+        str(generated),
+        "--metrics",
+        "dino,mse",
+        "--metric-model",
+        f"dino={eval_models['dino']}",
+        "--quiet",
+    ]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    # `accelerate launch --multi_gpu` on a CPU-only machine starts gloo processes (siso picks cpu by itself).
+    launcher = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    siso = str(Path(sys.executable).parent / "siso")
+    proc = subprocess.run(
+        [*launcher, siso, *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (read_records(tmp_path / d / ITEMS_FILE) for d in ("one", "two"))
+    assert [r["item"] for r in two] == [r["item"] for r in one]  # merged in suite order
+    for a, b in zip(one, two, strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+    assert not list((tmp_path / "two").glob("items.*.jsonl"))  # shards merged and removed
+    assert proc.stdout.count("| metric |") == 1  # only the main process prints the table
+    s1, s2 = (json.loads((tmp_path / d / "summary.json").read_text())["metrics"] for d in ("one", "two"))
+    for a, b in zip(s1, s2, strict=True):
+        assert a["metric"] == b["metric"] and a["n"] == b["n"]
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-6) and a["sem"] == pytest.approx(b["sem"], abs=1e-6)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from accelerate import PartialState
+
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
@@ -41,12 +43,12 @@ def add_parser(sub) -> None:
         help="model for one metric, e.g. dino=facebook/dino-vits16; repeat",
     )
     sc.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
-    sc.add_argument("--device", default="cpu", help="torch device (cpu)")
+    sc.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> str:
-    """Run ``siso eval score``; returns the summary table (Markdown) to print."""
+    """Run ``siso eval score``; returns the summary table (Markdown) to print (empty on non-main processes)."""
     models = {}
     for spec in args.metric_model:
         name, sep, model = spec.partition("=")
@@ -58,4 +60,4 @@ def run(args: argparse.Namespace) -> str:
     score(
         items, args.generated, args.out, names, models, args.device, progress=not args.quiet, reference=args.reference
     )
-    return (Path(args.out) / "summary.md").read_text()
+    return (Path(args.out) / "summary.md").read_text() if PartialState().is_main_process else ""

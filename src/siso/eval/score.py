@@ -8,6 +8,8 @@ Output folder::
     summary.json    the same plus counts and the missing items
 
 A rerun skips the items already in ``items.jsonl``; a line cut short by a crash is dropped and that item rescored.
+Under ``accelerate launch`` the items are split across processes; each appends to its own ``items.<rank>.jsonl``,
+and the main process merges them into ``items.jsonl`` (in suite order) and writes the summary.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 import os
 from pathlib import Path
 
+import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from siso.eval.metrics import METRICS, build_metrics, read_rgb
@@ -30,21 +34,24 @@ ITEMS_FILE = "items.jsonl"
 
 
 def read_records(path: Path) -> list[dict]:
-    """The complete records of a JSONL file; a trailing partial line (a crash mid-write) is removed from the file."""
-    if not path.is_file():
-        return []
-    records, good_bytes = [], 0
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(line)
-    if good_bytes < path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good_bytes)
+    """The complete records of a JSONL file, stopping at a partial line (a crash mid-write)."""
+    records = []
+    if path.is_file():
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
     return records
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Cut a partial last line off a shard this process is about to append to (else lines would fuse)."""
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def _append(path: Path, record: dict) -> None:
@@ -86,7 +93,7 @@ def score(
     out: str | Path,
     metric_names: list[str],
     models: dict[str, str] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     progress: bool = True,
     reference: str | Path | None = None,
 ) -> list[dict]:
@@ -99,6 +106,7 @@ def score(
         metric_names: Keys of `siso.eval.metrics.METRICS` (per item) or `siso.eval.setmetrics.SET_METRICS`
             (one value for all generated images against ``reference``).
         models: Model id or folder per metric name, overriding the defaults.
+        device: Torch device; ``None`` means this process's accelerator (one per process under accelerate), else cpu.
         reference: Folder of reference images (searched recursively) for the set-level metrics.
 
     Returns:
@@ -122,42 +130,50 @@ def score(
         raise ValueError(f"{', '.join(set_names)} compare against a reference set: pass a reference folder")
     reference_files = image_files(reference) if set_names else []
     item_names = [n for n in metric_names if n in METRICS]
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = device or str(state.device)
     metrics = build_metrics(item_names, {k: v for k, v in models.items() if k in METRICS}, device)
     set_metrics = build_metrics(set_names, {k: v for k, v in models.items() if k in SET_METRICS}, device, SET_METRICS)
     out.mkdir(parents=True, exist_ok=True)
-    latest = {r["item"]: r for r in read_records(out / ITEMS_FILE)}  # a rescored item's last record wins
-    records = [r for r in latest.values() if set(item_names) <= set(r["metrics"])]
-    done = {r["item"] for r in records}
-    missing = []
-    for item in tqdm(items, desc="scoring", unit="item", disable=not progress):
-        if item.id in done:
-            continue
-        paths = generated_images(generated, item)
-        if not paths:
-            missing.append(item.id)
-            continue
-        images = [read_rgb(p) for p in paths]
-        record = {
-            "item": item.id,
-            "subject": item.subject,
-            "prompt": item.prompt,
-            "images": [str(p.relative_to(generated)) for p in paths],
-            "metrics": {name: metric(images, item) for name, metric in metrics.items()},
-        }
-        _append(out / ITEMS_FILE, record)
-        records.append(record)
-    rows = summarize(records, item_names)
-    generated_files = [generated / path for r in records for path in r["images"]]
-    for name, metric in set_metrics.items():
-        rows.append(
-            {
-                "metric": name,
-                "mean": metric(generated_files, reference_files),
-                "sem": math.nan,
-                "n": len(generated_files),
+    # Every process reads all records (the merged file and any shard left by an interrupted run, whatever the
+    # number of processes then); a rescored item's last record wins.
+    shards = sorted(out.glob("items.*.jsonl"))
+    latest = {r["item"]: r for path in [out / ITEMS_FILE, *shards] for r in read_records(path)}
+    done = {i for i, r in latest.items() if set(item_names) <= set(r["metrics"])}
+    pending = [item for item in items if item.id not in done]
+    missing = [item.id for item in pending if not generated_images(generated, item)]
+    todo = [item for item in pending if item.id not in missing]
+    shard = out / f"items.{state.process_index}.jsonl"
+    _drop_partial_tail(shard)
+    with state.split_between_processes(todo) as mine:
+        for item in tqdm(mine, desc="scoring", unit="item", disable=not (progress and state.is_main_process)):
+            paths = generated_images(generated, item)
+            images = [read_rgb(p) for p in paths]
+            record = {
+                "item": item.id,
+                "subject": item.subject,
+                "prompt": item.prompt,
+                "images": [str(p.relative_to(generated)) for p in paths],
+                "metrics": {name: metric(images, item) for name, metric in metrics.items()},
             }
-        )
-    write_summary(out, rows, missing)
+            _append(shard, record)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        latest = {
+            r["item"]: r for path in [out / ITEMS_FILE, *sorted(out.glob("items.*.jsonl"))] for r in read_records(path)
+        }
+        records = [latest[item.id] for item in items if item.id in latest]  # suite order, whatever the sharding
+        write_atomic(out / ITEMS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        for path in out.glob("items.*.jsonl"):
+            path.unlink()  # merged above; a crash before this line only leaves duplicates, which dedupe
+        rows = summarize(records, item_names)
+        generated_files = [generated / path for r in records for path in r["images"]]
+        for name, metric in set_metrics.items():
+            value = metric(generated_files, reference_files)
+            rows.append({"metric": name, "mean": value, "sem": math.nan, "n": len(generated_files)})
+        write_summary(out, rows, missing)
+    state.wait_for_everyone()
+    rows = json.loads((out / "summary.json").read_text())["metrics"]
     if missing:
         raise SuiteError(
             f"{len(missing)} of {len(items)} items have no images under {generated} (first: {missing[0]}); "
