@@ -71,17 +71,22 @@ def test_masked_lpips_ignores_the_subject_region(model: LPIPS) -> None:
     y_outside = torch.where(mask.flip(-1, -2).bool(), noise, x)  # same-size edit in the opposite corner
     both_x, both_y = torch.cat([x, x]), torch.cat([y_inside, y_outside])
 
-    masked = masked_lpips(model, both_x, both_y, mask.expand(2, 1, size, size))
-    # Features have large receptive fields (relu5 sees 163 px), so an edit inside the mask also changes the
-    # map just outside it: masking cannot give exactly 0. What is honest to require is (a) the background score
-    # for an edit confined to the subject is far below that of the same edit made in the background, and ...
-    assert masked[0] < 0.5 * masked[1]
-    assert masked[0] < model(x, y_inside)[0]
-    # ... (b) the leak is local: pixels beyond every layer's reach from the mask (relu5 cells touched by the
-    # 32 px corner end near 133 px after upsampling) are untouched, so the map is exactly zero there.
+    masked = masked_lpips(model, both_x, both_y, mask)
+    # Features have large receptive fields (relu5 cells see 163 px), so an edit inside the mask also changes the
+    # map outside it: masking cannot give 0, and with these random weights the leak is large (the in-mask edit
+    # scores about 0.48x the same edit made in the background, 0.31x its unmasked score). So we require only a
+    # clear reduction here, and exactness where it holds, below.
+    assert masked[0] < 0.6 * masked[1]
+    assert masked[0] < 0.5 * model(x, y_inside)[0]
+    # The leak is local: relu5 cells touched by the 32 px corner reach only to pixel ~132 after upsampling (earlier
+    # layers reach less), so the map is non-zero next to the mask but exactly zero beyond 136 px. Scoring with
+    # the mask dilated by that reach therefore ignores the subject edit exactly but still sees the background one.
     leak = model(x, y_inside, spatial=True)[0, 0]
-    assert leak[136:, :].abs().max() == 0 and leak[:, 136:].abs().max() == 0
-    assert leak[:edge, edge : edge + 16].amax() > 0  # and it is indeed non-zero right next to the mask
+    assert leak[:edge, edge : edge + 16].amax() > 0
+    dilated = torch.zeros(size, size)
+    dilated[:136, :136] = 1
+    far = masked_lpips(model, both_x, both_y, dilated)
+    assert far[0] == 0 and far[1] > 0
 
 
 def test_masked_lpips_mask_forms_and_errors(model: LPIPS) -> None:

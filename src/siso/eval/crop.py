@@ -43,7 +43,8 @@ class SubjectCropper:
             text_threshold: Minimum token score for box labels.
 
         Raises:
-            siso.hub.ModelLoadError: The checkpoint is missing (not cached while offline) or not Grounding DINO.
+            siso.hub.ModelLoadError: The checkpoint is missing (not cached while offline), or its directory lacks
+                the weights or the processor files.
         """
         self.device = torch.device(device)
         self.box_threshold = box_threshold

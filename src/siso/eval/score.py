@@ -144,6 +144,8 @@ def score(
     missing = [item.id for item in pending if not generated_images(generated, item)]
     todo = [item for item in pending if item.id not in missing]
     shard = out / f"items.{state.process_index}.jsonl"
+    # All processes must split the same todo list: nobody writes a record before everyone has read.
+    state.wait_for_everyone()
     _drop_partial_tail(shard)
     with state.split_between_processes(todo) as mine:
         for item in tqdm(mine, desc="scoring", unit="item", disable=not (progress and state.is_main_process)):
