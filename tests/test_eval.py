@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny
+import torch
 from PIL import Image
 
 from siso.cli import main
+from siso.eval.inception import FIDInceptionV3
 from siso.eval.metrics import METRICS, build_metrics
 from siso.eval.score import ITEMS_FILE, read_records, score
 from siso.eval.suites import SuiteError, generated_images, load_dreambench
@@ -293,3 +295,42 @@ def test_two_process_sharded_run_merges_to_the_one_process_table(dreambench, eva
     for a, b in zip(s1, s2, strict=True):
         assert a["metric"] == b["metric"] and a["n"] == b["n"]
         assert a["mean"] == pytest.approx(b["mean"], abs=1e-6) and a["sem"] == pytest.approx(b["sem"], abs=1e-6)
+
+
+def test_fid_and_kid_with_inception_weights(dreambench, tmp_path):
+    # Random-weight FID Inception saved like the release file; two sets of two images keep this fast.
+    weights = tmp_path / "pt_inception.pth"
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    items = load_dreambench(dreambench)[:1]
+    generated = _generate(items, tmp_path / "generated")
+    models = {"fid": str(weights), "kid": str(weights)}
+    rows = {
+        r["metric"]: r
+        for r in score(items, generated, tmp_path / "s", ["fid", "kid"], models, progress=False, reference=generated)
+    }
+    assert rows["fid"]["mean"] == pytest.approx(0.0, abs=1e-6) and rows["fid"]["n"] == 2
+    assert rows["kid"]["mean"] <= 1e-9  # unbiased estimate for identical sets is <= 0 here
+    with pytest.raises(ValueError, match="FID/KID need the FID Inception weights.*--metric-model fid="):
+        score(items, generated, tmp_path / "t", ["fid"], progress=False, reference=generated)
+
+
+def test_crop_before_identity_metrics(dreambench, eval_models, tmp_path):
+    items = load_dreambench(dreambench)[:2]
+    generated = _generate(items, tmp_path / "generated")
+    detector = str(tiny.make_grounding_dino(tmp_path / "gdino"))
+    models = {"dino": eval_models["dino"]}
+    plain = read_records_after(score, items, generated, tmp_path / "plain", ["dino", "mse"], models)
+    cropped = read_records_after(score, items, generated, tmp_path / "crop", ["dino", "mse"], models, crop=detector)
+    assert all(len(r["crop_boxes"]) == len(r["images"]) for r in cropped)
+    assert "crop_boxes" not in plain[0]
+    # mse is measured on whole images either way; identity on crops where a box was found
+    assert [r["metrics"]["mse"] for r in cropped] == pytest.approx([r["metrics"]["mse"] for r in plain])
+    # the random tiny detector scores its boxes near 1, above the 0.3 threshold, so every image is cropped
+    assert all(b is not None for r in cropped for b in r["crop_boxes"])
+    assert [r["metrics"]["dino"] for r in cropped] != pytest.approx([r["metrics"]["dino"] for r in plain])
+
+
+def read_records_after(score_fn, *args, **kwargs):
+    score_fn(*args, progress=False, **kwargs)
+    return read_records(args[2] / ITEMS_FILE)

@@ -24,6 +24,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import (
+    BertConfig,
+    BertTokenizer,
     CLIPConfig,
     CLIPModel,
     CLIPTextConfig,
@@ -34,9 +36,14 @@ from transformers import (
     CLIPVisionModelWithProjection,
     Dinov2Config,
     Dinov2Model,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    GroundingDinoProcessor,
+    SwinConfig,
     ViTConfig,
     ViTModel,
 )
+from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
 
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tokenizer"  # written by fixtures/make_tokenizer.py
 
@@ -249,4 +256,66 @@ def make_clip(path: str | PathLike) -> Path:
     )
     CLIPModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+BERT_WORDS = ["a", "dog", "cat", "backpack", "photo", "of", "the"]
+
+
+def bert_vocab() -> dict[str, int]:
+    """A tiny uncased BERT WordPiece vocabulary laid out like ``bert-base-uncased``'s first 1030 entries.
+
+    Grounding DINO hard-codes the ids of [CLS] (101), [SEP] (102), "." (1012) and "?" (1029) to split the prompt into
+    phrases, so those tokens must sit at the real ids; the gaps are the real vocabulary's [unusedN] tokens.
+    """
+    tokens = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [f"[unused{i}]" for i in range(99, 994)]
+    tokens += [chr(c) for c in range(33, 64)]  # "!" .. "?": ids 999..1029 as in BERT, so "." is 1012
+    tokens += BERT_WORDS
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def make_grounding_dino(path: str | PathLike) -> Path:
+    """Save a ~0.2M-parameter Grounding DINO (Swin backbone, BERT text encoder, 10 queries) and its processor."""
+    path = Path(path)
+    tokenizer = BertTokenizer(vocab=bert_vocab())
+    assert tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]", "."]) == [101, 102, 1012]
+    # Four Swin stages, the last three fed to the detector as in grounding-dino-tiny, plus one extra strided level.
+    backbone = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        window_size=2,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=32,
+    )
+    config = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        d_model=32,  # the input projections use GroupNorm(32, d_model)
+        encoder_layers=1,
+        decoder_layers=2,  # decoder box heads are tied to layer 0's; one layer leaves nothing to tie and fails
+        encoder_ffn_dim=37,
+        decoder_ffn_dim=37,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_n_points=1,
+        decoder_n_points=1,
+        num_queries=10,
+        max_text_len=32,
+    )
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(config).save_pretrained(path)
+    # 64 px short side: the smallest feature level must stay above 1x1, or GroupNorm rejects it.
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path

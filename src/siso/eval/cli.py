@@ -7,6 +7,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
+from siso.eval.crop import DEFAULT_DETECTOR
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
@@ -42,6 +43,13 @@ def add_parser(sub) -> None:
         metavar="NAME=ID|DIR",
         help="model for one metric, e.g. dino=facebook/dino-vits16; repeat",
     )
+    sc.add_argument(
+        "--crop",
+        nargs="?",
+        const=DEFAULT_DETECTOR,
+        metavar="ID|DIR",
+        help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics",
+    )
     sc.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
     sc.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,6 +66,14 @@ def run(args: argparse.Namespace) -> str:
     items = SUITES[args.suite](args.data, args.unique_token)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
     score(
-        items, args.generated, args.out, names, models, args.device, progress=not args.quiet, reference=args.reference
+        items,
+        args.generated,
+        args.out,
+        names,
+        models,
+        args.device,
+        progress=not args.quiet,
+        reference=args.reference,
+        crop=args.crop,
     )
     return (Path(args.out) / "summary.md").read_text() if PartialState().is_main_process else ""

@@ -173,6 +173,8 @@ class FIDInceptionV3(nn.Module):
     eval mode: batch norm must use its running statistics for the features to be a fixed function of the image.
     """
 
+    resolution = 299  # the side callers may batch images at; forward resizes to 299 in any case
+
     def __init__(self) -> None:
         super().__init__()
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)

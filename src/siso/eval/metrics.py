@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
 
+from siso.eval.inception import load_fid_inception
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
@@ -56,11 +57,21 @@ class DinoV1Embedding(torch.nn.Module):
         return self.net(pixel_values=pixels).last_hidden_state[:, 0].float()
 
 
+EMBEDDERS: dict[str, Callable[[str, str], torch.nn.Module]] = {
+    "dino": lambda model, device: DinoV1Embedding(model, None, device, torch.float32),
+    "dinov2": lambda model, device: DinoEmbedding(model, None, device, torch.float32),
+    "clip": lambda model, device: ClipImageEmbedding(model, None, device, torch.float32),
+    "inception": lambda weights, device: load_fid_inception(weights, device),
+}
+
+
 @cache
 def image_embedder(kind: str, model: str, device: str) -> torch.nn.Module:
-    # Shared by metrics that use the same network (CLIP-I and CLIP-T on one CLIP), loaded once per process.
-    cls = {"dino": DinoV1Embedding, "dinov2": DinoEmbedding, "clip": ClipImageEmbedding}[kind]
-    return cls(model, None, device, torch.float32)
+    """A network of `EMBEDDERS` mapping images (B, 3, r, r) in [0, 1] to (B, D), with a ``resolution`` r.
+
+    Cached: metrics that use the same network (CLIP-I and CLIP-T on one CLIP) load it once per process.
+    """
+    return EMBEDDERS[kind](model, device)
 
 
 class IdentityMetric:

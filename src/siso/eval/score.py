@@ -25,7 +25,8 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from siso.eval.metrics import METRICS, build_metrics, read_rgb
+from siso.eval.crop import SubjectCropper
+from siso.eval.metrics import METRICS, IdentityMetric, build_metrics, read_rgb
 from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
 from siso.jsonio import write_atomic, write_json
@@ -96,6 +97,7 @@ def score(
     device: str | None = None,
     progress: bool = True,
     reference: str | Path | None = None,
+    crop: str | None = None,
 ) -> list[dict]:
     """Score the generated images of every item and write the per-item records and the summary.
 
@@ -108,6 +110,8 @@ def score(
         models: Model id or folder per metric name, overriding the defaults.
         device: Torch device; ``None`` means this process's accelerator (one per process under accelerate), else cpu.
         reference: Folder of reference images (searched recursively) for the set-level metrics.
+        crop: Grounding DINO model id or folder: identity metrics then see each generated image cropped to the
+            detected subject (the paper's protocol; ``crop_boxes`` in the record, null where nothing was found).
 
     Returns:
         The summary rows (metric, mean, sem, n).
@@ -133,6 +137,7 @@ def score(
     state = PartialState(cpu=not torch.cuda.is_available())
     device = device or str(state.device)
     metrics = build_metrics(item_names, {k: v for k, v in models.items() if k in METRICS}, device)
+    cropper = SubjectCropper(crop, device) if crop else None
     set_metrics = build_metrics(set_names, {k: v for k, v in models.items() if k in SET_METRICS}, device, SET_METRICS)
     out.mkdir(parents=True, exist_ok=True)
     # Every process reads all records (the merged file and any shard left by an interrupted run, whatever the
@@ -156,7 +161,13 @@ def score(
                 "subject": item.subject,
                 "prompt": item.prompt,
                 "images": [str(p.relative_to(generated)) for p in paths],
-                "metrics": {name: metric(images, item) for name, metric in metrics.items()},
+            }
+            subjects = images
+            if cropper is not None:
+                subjects, record["crop_boxes"] = zip(*(cropper(img, item.class_name) for img in images), strict=True)
+            record["metrics"] = {
+                name: metric(list(subjects) if isinstance(metric, IdentityMetric) else images, item)
+                for name, metric in metrics.items()
             }
             _append(shard, record)
     state.wait_for_everyone()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from siso.eval.distances import cmmd, frechet_distance, kernel_inception_distance
+from siso.eval.inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
 from siso.eval.metrics import image_embedder, read_rgb, to_batch
 from siso.eval.suites import IMAGE_SUFFIXES, SuiteError
 
@@ -57,11 +58,30 @@ class SetMetric:
 @dataclass(frozen=True)
 class SetMetricSpec:
     description: str
-    default_model: str
-    build: Callable[[str, str], SetMetric]
+    default_model: str | None
+    build: Callable[[str | None, str], SetMetric]
+
+
+def _inception(weights: str | None, device: str, distance) -> SetMetric:
+    if weights is None:
+        raise ValueError(
+            f"FID/KID need the FID Inception weights: download {FID_WEIGHTS_URL} and pass "
+            f"--metric-model fid=PATH/{FID_WEIGHTS_NAME} (and kid=... for KID)"
+        )
+    return SetMetric("inception", weights, device, distance)
 
 
 SET_METRICS: dict[str, SetMetricSpec] = {
+    "fid": SetMetricSpec(
+        "naturalness, FID: Frechet distance of FID-Inception pool3 features (weights file required)",
+        None,
+        lambda weights, device: _inception(weights, device, frechet_distance),
+    ),
+    "kid": SetMetricSpec(
+        "naturalness, KID: unbiased cubic-kernel MMD of FID-Inception features, mean over 100 subsets",
+        None,
+        lambda weights, device: _inception(weights, device, lambda x, y: kernel_inception_distance(x, y)[0]),
+    ),
     "cmmd": SetMetricSpec(
         "naturalness, CMMD: RBF MMD of CLIP ViT-L/14-336 embeddings, sigma 10, x1000",
         "openai/clip-vit-large-patch14-336",
