@@ -1,5 +1,6 @@
 """Evaluation: DreamBench layout, per-item metrics on tiny real networks, resumable scoring, the CLI."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -16,7 +17,14 @@ from siso.cli import main
 from siso.eval.inception import FIDInceptionV3
 from siso.eval.metrics import METRICS, build_metrics
 from siso.eval.score import ITEMS_FILE, read_records, score
-from siso.eval.suites import SuiteError, generated_images, load_dreambench
+from siso.eval.suites import (
+    SUITES,
+    SuiteError,
+    export_imagenhub_generation,
+    generated_images,
+    load_dreambench,
+    load_imagenhub_generation,
+)
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
 PROMPTS_AND_CLASSES = """Classes
@@ -334,3 +342,33 @@ def test_crop_before_identity_metrics(dreambench, eval_models, tmp_path):
 def read_records_after(score_fn, *args, **kwargs):
     score_fn(*args, progress=False, **kwargs)
     return read_records(args[2] / ITEMS_FILE)
+
+
+def test_imagenhub_generation_export_and_items(tmp_path):
+    # Rows shaped like the HF datasets' (ImagenHub/Subject_Driven_Image_Generation eval, DreamBooth_Concepts train).
+    concepts = [
+        {"subject": "dog2", "image": _photo(1)},
+        {"subject": "dog2", "image": _photo(2)},
+        {"subject": "red_cartoon", "image": _photo(3)},
+    ]
+    rows = [
+        {"uid": 0, "subject": "dog2", "prompt": "a <token> dog on the beach", "subject_id": 1},
+        {"uid": 1, "subject": "red_cartoon", "prompt": "a <token> cartoon in the jungle", "subject_id": 2},
+    ]
+    root = export_imagenhub_generation(rows, concepts, tmp_path / "imagenhub")
+    items = SUITES["imagenhub-generation"](root)
+    assert [(i.id, i.class_name, i.prompt) for i in items] == [
+        ("dog2/0", "dog", "a dog on the beach"),
+        ("red_cartoon/1", "red cartoon", "a cartoon in the jungle"),
+    ]
+    assert len(items[0].references) == 2 and items[0].subject_image.name == "00.jpg"
+    assert load_imagenhub_generation(root, unique_token="sks")[0].prompt == "a sks dog on the beach"
+    with pytest.raises(SuiteError, match="not an ImagenHub generation export.*siso eval fetch"):
+        load_imagenhub_generation(tmp_path)
+
+
+def test_fetch_without_datasets_package_says_what_to_install(tmp_path, capsys):
+    if importlib.util.find_spec("datasets") is not None:
+        pytest.skip("datasets is installed here")
+    assert main(["eval", "fetch", "--suite", "imagenhub-generation", "--out", str(tmp_path / "x")]) == 2
+    assert "needs the datasets package: pip install datasets" in capsys.readouterr().err

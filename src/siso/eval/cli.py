@@ -8,6 +8,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from siso.eval.crop import DEFAULT_DETECTOR
+from siso.eval.fetch import fetch
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
@@ -53,10 +54,15 @@ def add_parser(sub) -> None:
     sc.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
     sc.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
+    fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
+    fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
 
 
 def run(args: argparse.Namespace) -> str:
-    """Run ``siso eval score``; returns the summary table (Markdown) to print (empty on non-main processes)."""
+    """Run a ``siso eval`` command; returns what to print (empty on non-main processes)."""
+    if args.eval_command == "fetch":
+        return f"fetched {args.suite} into {fetch(args.suite, args.out)}\n"
     models = {}
     for spec in args.metric_model:
         name, sep, model = spec.partition("=")

@@ -1,4 +1,5 @@
-"""Benchmark suites: the items to generate and score, read from a local folder.
+"""Benchmark suites (DreamBench, ImagenHub subject-driven generation): the items to generate and score, read from a
+local folder.
 
 An item is one (subject, prompt) pair. Generated images of any method are laid out by item::
 
@@ -15,6 +16,7 @@ the unique token by default (``a dog in the jungle``): SISO needs none; pass ``u
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +91,67 @@ def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
     return items
 
 
-# Suite name -> loader(data folder) -> items.
-SUITES = {"dreambench": load_dreambench}
+IMAGENHUB_ROWS = "imagenhub_generation.jsonl"
+
+
+def load_imagenhub_generation(data: str | Path, unique_token: str = "") -> list[EvalItem]:
+    """Read ImagenHub's subject-driven generation benchmark (150 prompts: 30 subjects x 5) from a local export.
+
+    Layout (what `export_imagenhub_generation` writes)::
+
+        DATA/imagenhub_generation.jsonl      {"uid": ..., "subject": ..., "prompt": "... <token> ..."} per line
+        DATA/concepts/<subject>/*.jpg        the subject photos (ImagenHub/DreamBooth_Concepts)
+
+    Item id: ``<subject>/<uid>``. The subject's class is its name without digits and underscores
+    (``dog2`` -> ``dog``), as ImagenHub derives it.
+
+    Raises:
+        SuiteError: the export is missing or a row's subject has no photos.
+    """
+    root = Path(data)
+    rows_file = root / IMAGENHUB_ROWS
+    if not rows_file.is_file():
+        raise SuiteError(
+            f"{root} is not an ImagenHub generation export: expected {IMAGENHUB_ROWS} and concepts/<subject>/ "
+            "(make one with `siso eval fetch --suite imagenhub-generation --out DIR`)"
+        )
+    items = []
+    for line in rows_file.read_text().splitlines():
+        row = json.loads(line)
+        subject = row["subject"]
+        folder = root / "concepts" / subject
+        if not folder.is_dir() or not (photos := _images_in(folder)):
+            raise SuiteError(f"ImagenHub subject {subject!r} has no photos in {folder}")
+        class_name = "".join(c for c in subject.replace("_", " ") if not c.isdigit()).strip()
+        prompt = " ".join(row["prompt"].replace("<token>", unique_token).split())
+        items.append(EvalItem(f"{subject}/{row['uid']}", subject, class_name, prompt, photos[0], tuple(photos)))
+    return items
+
+
+def export_imagenhub_generation(eval_rows, concept_rows, out: str | Path) -> Path:
+    """Write the local export `load_imagenhub_generation` reads.
+
+    Args:
+        eval_rows: Rows of ``ImagenHub/Subject_Driven_Image_Generation`` (split ``eval``): dicts with ``uid``,
+            ``subject``, ``prompt``.
+        concept_rows: Rows of ``ImagenHub/DreamBooth_Concepts`` (split ``train``): dicts with ``subject`` and
+            ``image`` (a PIL image).
+        out: Folder to write.
+    """
+    out = Path(out)
+    counts: dict[str, int] = {}
+    for row in concept_rows:
+        folder = out / "concepts" / row["subject"]
+        folder.mkdir(parents=True, exist_ok=True)
+        index = counts[row["subject"]] = counts.get(row["subject"], -1) + 1
+        row["image"].convert("RGB").save(folder / f"{index:02d}.jpg", quality=95)
+    lines = [json.dumps({k: row[k] for k in ("uid", "subject", "prompt")}) for row in eval_rows]
+    (out / IMAGENHUB_ROWS).write_text("\n".join(lines) + "\n")
+    return out
+
+
+# Suite name -> loader(data folder, unique token) -> items.
+SUITES = {"dreambench": load_dreambench, "imagenhub-generation": load_imagenhub_generation}
 
 
 def generated_images(root: str | Path, item: EvalItem) -> list[Path]:
