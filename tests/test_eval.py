@@ -372,3 +372,109 @@ def test_fetch_without_datasets_package_says_what_to_install(tmp_path, capsys):
         pytest.skip("datasets is installed here")
     assert main(["eval", "fetch", "--suite", "imagenhub-generation", "--out", str(tmp_path / "x")]) == 2
     assert "needs the datasets package: pip install datasets" in capsys.readouterr().err
+
+
+def _run_args(dreambench, model_dirs, eval_models, out, *extra):
+    return [
+        "eval",
+        "run",
+        "--suite",
+        "dreambench",
+        "--data",
+        str(dreambench),
+        "--out",
+        str(out),
+        "--model",
+        str(model_dirs["sd"]),
+        "--dino-model",
+        str(model_dirs["dino"]),
+        "--ir-model",
+        str(model_dirs["clip"]),
+        "--lr",
+        "1e-2",
+        "--max-iters",
+        "2",
+        "--num-images",
+        "2",
+        "--metrics",
+        "dino,clip_t,mse",
+        "--metric-model",
+        f"dino={eval_models['dino']}",
+        "--metric-model",
+        f"clip_t={eval_models['clip_t']}",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_eval_run_generates_scores_and_resumes(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_run_args(dreambench, model_dirs, eval_models, out)) == 0
+    assert "| clip_t |" in capsys.readouterr().out
+    items = load_dreambench(dreambench)
+    for item in items:
+        assert [p.name for p in generated_images(out / "generated", item)] == ["0.png", "1.png"]
+    # two-stage: one LoRA per subject, learned from "a photo of a <class>"
+    assert sorted(p.name for p in (out / "subjects").iterdir()) == ["dog", "red_teapot"]
+    info = json.loads((out / "subjects" / "dog" / "lora" / "siso_subject.json").read_text())
+    assert info["train_prompt"] == "a photo of a dog"
+    assert json.loads((out / "subjects" / "dog" / "metrics.json").read_text())["stop_reason"] == "max_iters"
+    assert [r["item"] for r in read_records(out / "scores" / ITEMS_FILE)] == [i.id for i in items]
+
+    # Resume: a lost image is regenerated from the saved LoRA (no new optimization) and matches the original.
+    lora_file = out / "subjects" / "dog" / "lora" / "pytorch_lora_weights.safetensors"
+    stamp = lora_file.stat().st_mtime_ns
+    lost = out / "generated" / "dog" / "01" / "1.png"
+    before = np.asarray(Image.open(lost))
+    lost.unlink()
+    assert main(_run_args(dreambench, model_dirs, eval_models, out)) == 0
+    assert lora_file.stat().st_mtime_ns == stamp
+    assert np.array_equal(np.asarray(Image.open(lost)), before)
+
+
+def test_eval_run_per_prompt_protocol_and_limit(dreambench, model_dirs, eval_models, tmp_path):
+    out = tmp_path / "run"
+    assert main(_run_args(dreambench, model_dirs, eval_models, out, "--protocol", "per-prompt", "--limit", "3")) == 0
+    units = sorted(str(p.relative_to(out / "subjects")) for p in (out / "subjects").glob("*/*") if p.is_dir())
+    assert units == ["dog/00", "dog/01", "red_teapot/00"]  # one optimization per item, first 3 items only
+    info = json.loads((out / "subjects" / "dog" / "01" / "lora" / "siso_subject.json").read_text())
+    assert info["train_prompt"] == "a dog wearing a red hat"
+    assert len(read_records(out / "scores" / ITEMS_FILE)) == 3
+
+
+def test_eval_run_on_two_processes_matches_one(dreambench, model_dirs, eval_models, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_run_args(dreambench, model_dirs, eval_models, one)) == 0
+    launcher = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    siso = str(Path(sys.executable).parent / "siso")
+    proc = subprocess.run(
+        [*launcher, siso, *_run_args(dreambench, model_dirs, eval_models, two)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Each subject is learned by one process the same way; the launcher runs each process on one thread, and the
+    # different float summation order can move a pixel by one level, no more.
+    for item in load_dreambench(dreambench):
+        for a, b in zip(
+            generated_images(one / "generated", item), generated_images(two / "generated", item), strict=True
+        ):
+            diff = np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int))
+            assert diff.max() <= 1, a
+    s1, s2 = (json.loads((d / "scores" / "summary.json").read_text())["metrics"] for d in (one, two))
+    assert [(r["metric"], r["n"]) for r in s1] == [(r["metric"], r["n"]) for r in s2]
+    assert [r["mean"] for r in s1] == pytest.approx([r["mean"] for r in s2], abs=1e-3)

@@ -181,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
         if args.command == "eval":
-            print(eval_cli.run(args), end="")
+            try:
+                print(eval_cli.run(args), end="")
+            except KeyboardInterrupt:
+                print("siso: interrupted; finished items are kept, rerun the same command to resume", file=sys.stderr)
+                return EXIT_INTERRUPTED
             return 0
         return generate(args, ["siso", *argv])
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:

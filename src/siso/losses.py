@@ -96,9 +96,13 @@ class SimilarityLoss(torch.nn.Module):
                 if name in self.weights
             }
         )
-        reference = pil_to_tensor(subject).to(device)
-        with torch.no_grad():
-            self.references = {name: F.normalize(net(reference), dim=-1) for name, net in self.nets.items()}
+        self.set_subject(subject)
+
+    @torch.no_grad()
+    def set_subject(self, subject: Image.Image) -> None:
+        """Compute the subject's reference embeddings (once per subject; the networks are reused)."""
+        reference = pil_to_tensor(subject).to(next(iter(self.nets.values())).net.device)
+        self.references = {name: F.normalize(net(reference), dim=-1) for name, net in self.nets.items()}
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for images (B, 3, H, W) in [0, 1].

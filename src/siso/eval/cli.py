@@ -1,4 +1,4 @@
-"""``siso eval score``: score any method's images on a benchmark suite (parsed here, run by `siso.eval.score`)."""
+"""``siso eval score|run|fetch``: parsed here, run by `siso.eval.score`, `siso.eval.generate`, `siso.eval.fetch`."""
 
 from __future__ import annotations
 
@@ -7,53 +7,83 @@ from pathlib import Path
 
 from accelerate import PartialState
 
+from siso.config import DTYPES, OptimSettings, SimilaritySettings, SisoConfig
 from siso.eval.crop import DEFAULT_DETECTOR
 from siso.eval.fetch import fetch
+from siso.eval.generate import PROTOCOLS, generate_suite
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
 from siso.eval.suites import SUITES
 
+ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
 
-def add_parser(sub) -> None:
-    """Add the ``eval`` command group to the top-level subparsers."""
-    group = sub.add_parser("eval", help="score generated images on a benchmark suite")
-    commands = group.add_subparsers(dest="eval_command", required=True)
-    sc = commands.add_parser(
-        "score",
-        help="score images made by any method, laid out as GENERATED/<item id>/*.png",
-        description="Score images made by any method on a suite. Items are <subject>/<prompt index> "
-        "(DreamBench: backpack/00 .. wolf_plushie/24); put each item's images in GENERATED/<item id>/. "
-        "Rerunning with the same --out resumes.",
-    )
-    sc.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
-    sc.add_argument("--data", required=True, metavar="DIR", help="the suite's data folder (DreamBench: the repo)")
-    sc.add_argument("--generated", required=True, metavar="DIR", help="root of the generated images")
-    sc.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed if it exists)")
-    sc.add_argument(
+
+def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the suite's folder (see `siso eval fetch`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed if it exists)")
+    parser.add_argument(
         "--metrics",
         default=",".join(DEFAULT_METRICS),
         help=f"comma-separated; per item: {', '.join(METRICS)}; whole set against --reference: "
         f"{', '.join(SET_METRICS)} (default: {','.join(DEFAULT_METRICS)})",
     )
-    sc.add_argument("--reference", metavar="DIR", help="reference images for the set metrics (e.g. vanilla outputs)")
-    sc.add_argument(
+    parser.add_argument("--reference", metavar="DIR", help="reference images for the set metrics (vanilla outputs)")
+    parser.add_argument(
         "--metric-model",
         action="append",
         default=[],
         metavar="NAME=ID|DIR",
-        help="model for one metric, e.g. dino=facebook/dino-vits16; repeat",
+        help="model for one metric, e.g. dino=facebook/dino-vits16 or fid=PATH.pth; repeat",
     )
-    sc.add_argument(
+    parser.add_argument(
         "--crop",
         nargs="?",
         const=DEFAULT_DETECTOR,
         metavar="ID|DIR",
         help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics",
     )
-    sc.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
-    sc.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
-    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+    parser.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(sub) -> None:
+    """Add the ``eval`` command group to the top-level subparsers."""
+    group = sub.add_parser("eval", help="benchmark suites: score any method's images, or generate with siso and score")
+    commands = group.add_subparsers(dest="eval_command", required=True)
+    sc = commands.add_parser(
+        "score",
+        help="score images made by any method, laid out as GENERATED/<item id>/*.png",
+        description=f"Score images made by any method on a suite. {ITEM_IDS} Put each item's images in "
+        "GENERATED/<item id>/. Rerunning with the same --out resumes; under `accelerate launch` items are sharded.",
+    )
+    _suite_and_scoring_options(sc)
+    sc.add_argument("--generated", required=True, metavar="DIR", help="root of the generated images")
+    ru = commands.add_parser(
+        "run",
+        help="generate every item with siso, then score (OUT/generated, OUT/subjects, OUT/scores)",
+        description=f"Generate with siso, then score. {ITEM_IDS} Rerunning with the same --out resumes; under "
+        "`accelerate launch` units and items are sharded across processes.",
+    )
+    _suite_and_scoring_options(ru)
+    ru.add_argument("--model", default="sdxl-turbo", metavar="NAME|DIR", help="backbone (sdxl-turbo)")
+    ru.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="two-stage",
+        help="two-stage: one LoRA per subject from 'a photo of a <class>'; per-prompt: one per item",
+    )
+    ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1)")
+    ru.add_argument("--steps", type=int, metavar="N", help="steps of the final images (default: 1)")
+    ru.add_argument("--seed", type=int, default=0, help="optimization seed and first image seed (0)")
+    ru.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
+    ru.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4)")
+    ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
+    ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
+    ru.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 on GPU)")
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
     fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
     fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
@@ -69,12 +99,28 @@ def run(args: argparse.Namespace) -> str:
         if not sep or not model:
             raise ValueError(f"--metric-model takes NAME=ID|DIR, got {spec!r}")
         models[name] = model
-    items = SUITES[args.suite](args.data, args.unique_token)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    items = SUITES[args.suite](args.data, args.unique_token)[: args.limit]
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    scores = Path(args.out)
+    generated = args.generated if args.eval_command == "score" else None
+    if args.eval_command == "run":
+        config = SisoConfig(
+            model=args.model,
+            dtype=args.dtype,
+            device=args.device,
+            similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
+            optim=OptimSettings(lr=args.lr, max_iters=args.max_iters, seed=args.seed),
+        )
+        generated = generate_suite(
+            items, args.out, config, args.num_images, args.steps, args.protocol, progress=not args.quiet
+        )
+        scores = Path(args.out) / "scores"
     score(
         items,
-        args.generated,
-        args.out,
+        generated,
+        scores,
         names,
         models,
         args.device,
@@ -82,4 +128,4 @@ def run(args: argparse.Namespace) -> str:
         reference=args.reference,
         crop=args.crop,
     )
-    return (Path(args.out) / "summary.md").read_text() if PartialState().is_main_process else ""
+    return (scores / "summary.md").read_text() if PartialState().is_main_process else ""

@@ -1,0 +1,137 @@
+"""``siso eval run``'s generation half: make every item's images with siso, resumably, sharded across processes.
+
+Two protocols:
+- ``two-stage`` (default, paper Sec. 3.3): per subject, optimize once with "a photo of a <class>" from the subject
+  photo, then generate every prompt of that subject with the learned LoRA;
+- ``per-prompt``: optimize separately for every item, with the item's own prompt (plain SISO).
+
+Layout under ``OUT``: ``generated/<item id>/<k>.png`` (seed ``seed + k``), ``subjects/<unit>/lora`` (the learned
+LoRA, reused when present) and ``subjects/<unit>/metrics.json`` (loss history, stop reason). Finished images and
+saved LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
+half-written PNG that looks done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from siso.backbones import load_backbone
+from siso.config import SisoConfig
+from siso.eval.suites import EvalItem
+from siso.images import load_subject
+from siso.jsonio import write_json
+from siso.lora import save_lora
+from siso.losses import SimilarityLoss
+from siso.optimize import optimize_subject
+
+PROTOCOLS = ("two-stage", "per-prompt")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One optimization: a LoRA learned with ``train_prompt`` and used for ``items``."""
+
+    name: str
+    train_prompt: str
+    items: tuple[EvalItem, ...]
+
+
+def plan(items: list[EvalItem], protocol: str) -> list[Unit]:
+    """Group items into optimization units (one per subject, or one per item)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "per-prompt":
+        return [Unit(item.id, item.prompt, (item,)) for item in items]
+    subjects: dict[str, list[EvalItem]] = {}
+    for item in items:
+        subjects.setdefault(item.subject, []).append(item)
+    return [Unit(s, f"a photo of a {group[0].class_name}", tuple(group)) for s, group in subjects.items()]
+
+
+def _save_atomic(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def generate_suite(
+    items: list[EvalItem],
+    out: str | Path,
+    config: SisoConfig,
+    num_images: int = 1,
+    num_inference_steps: int | None = None,
+    protocol: str = "two-stage",
+    progress: bool = True,
+) -> Path:
+    """Generate ``num_images`` images per item with siso into ``out/generated``; returns that folder.
+
+    Args:
+        items: Suite items.
+        out: Run folder (resumed if it exists).
+        config: Run configuration; ``config.train_prompt`` is replaced per unit, ``config.optim.seed`` is the
+            optimization seed and the first image's seed.
+        num_images: Images per item (seeds ``seed .. seed + num_images - 1``).
+        num_inference_steps: Steps of the final images (default: the optimization's).
+        protocol: ``two-stage`` or ``per-prompt``.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    out = Path(out)
+    generated = out / "generated"
+    units = plan(items, protocol)
+    steps = num_inference_steps or config.optim.num_inference_steps
+    seeds = [config.optim.seed + k for k in range(num_images)]
+    state = PartialState(cpu=not torch.cuda.is_available())
+    device = config.device or str(state.device)
+
+    def todo(unit: Unit) -> list[tuple[EvalItem, int, Path]]:
+        wanted = [(item, seed, generated / item.id / f"{seed - seeds[0]}.png") for item in unit.items for seed in seeds]
+        return [w for w in wanted if not w[2].is_file()]
+
+    pending = [unit for unit in units if todo(unit)]
+    state.wait_for_everyone()  # every process has planned from the same files before anyone writes
+    backbone = loss_fn = None
+    with state.split_between_processes(pending) as mine:
+        for unit in tqdm(mine, desc="subjects", unit="unit", disable=not (progress and state.is_main_process)):
+            if backbone is None:  # loaded lazily: a fully resumed run loads nothing
+                backbone = load_backbone(config.model, config.dtype, device, config.resolution)
+            folder = out / "subjects" / unit.name
+            lora = folder / "lora"
+            subject = load_subject(unit.items[0].subject_image)
+            if (lora / "pytorch_lora_weights.safetensors").is_file():
+                backbone.pipe.load_lora_weights(lora)
+            else:
+                if loss_fn is None:
+                    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+                else:
+                    loss_fn.set_subject(subject)
+                unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
+                result = optimize_subject(backbone, subject, unit_config, loss_fn=loss_fn, progress=False)
+                if not result.complete:
+                    raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
+                modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
+                save_lora(backbone, modules, lora, model=config.model, train_prompt=unit.train_prompt)
+                write_json(
+                    folder / "metrics.json",
+                    {
+                        "stop_reason": result.stop_reason,
+                        "best_iteration": result.best_iteration,
+                        "best_loss": result.best_loss,
+                        "iterations": result.history,
+                    },
+                )
+                result.best_image.save(folder / "best.png")
+            for item, seed, path in todo(unit):
+                image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
+                _save_atomic(image, path)
+            backbone.pipe.unload_lora_weights()
+    state.wait_for_everyone()
+    return generated
