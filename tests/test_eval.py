@@ -160,6 +160,7 @@ def test_score_writes_records_and_summary_and_resumes(dreambench, eval_models, t
     assert rows[0]["sem"] == pytest.approx(np.std(dino, ddof=1) / 2)
     assert (out / "summary.md").read_text().startswith("| metric | mean | +- s.e. | items |")
     assert (out / "summary.csv").read_text().splitlines()[0] == "metric,mean,sem,n"
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["clip_t.png", "dino.png", "mse.png"]
 
     # Resume: finished items are skipped (their images may even be gone) ...
     for path in generated_images(generated, items[0]):

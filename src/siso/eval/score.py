@@ -6,6 +6,7 @@ Output folder::
     summary.md      mean +- standard error per metric, Markdown
     summary.csv     the same, CSV
     summary.json    the same plus counts and the missing items
+    plots/<metric>.png   histogram of the per-item values, mean marked
 
 A rerun skips the items already in ``items.jsonl``; a line cut short by a crash is dropped and that item rescored.
 Under ``accelerate launch`` the items are split across processes; each appends to its own ``items.<rank>.jsonl``,
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from siso.eval.crop import SubjectCropper
 from siso.eval.metrics import METRICS, IdentityMetric, build_metrics, read_rgb
+from siso.eval.plots import histogram
 from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
 from siso.jsonio import write_atomic, write_json
@@ -185,6 +187,10 @@ def score(
             value = metric(generated_files, reference_files)
             rows.append({"metric": name, "mean": value, "sem": math.nan, "n": len(generated_files)})
         write_summary(out, rows, missing)
+        (out / "plots").mkdir(exist_ok=True)
+        for name in item_names:
+            values = [r["metrics"][name] for r in records]
+            histogram(values, name).save(out / "plots" / f"{name}.png")
     state.wait_for_everyone()
     rows = json.loads((out / "summary.json").read_text())["metrics"]
     if missing:
