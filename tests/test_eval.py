@@ -1,5 +1,6 @@
 """Evaluation: DreamBench layout, per-item metrics on tiny real networks, resumable scoring, the CLI."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -15,11 +16,13 @@ from PIL import Image
 
 from siso.cli import main
 from siso.eval.inception import FIDInceptionV3
-from siso.eval.metrics import METRICS, build_metrics
+from siso.eval.lpips import LPIPS
+from siso.eval.metrics import METRICS, BackgroundLPIPS, build_metrics, read_rgb
 from siso.eval.score import ITEMS_FILE, read_records, score
 from siso.eval.suites import (
     SUITES,
     SuiteError,
+    export_imagenhub_editing,
     export_imagenhub_generation,
     generated_images,
     load_dreambench,
@@ -479,3 +482,70 @@ def test_eval_run_on_two_processes_matches_one(dreambench, model_dirs, eval_mode
     s1, s2 = (json.loads((d / "scores" / "summary.json").read_text())["metrics"] for d in (one, two))
     assert [(r["metric"], r["n"]) for r in s1] == [(r["metric"], r["n"]) for r in s2]
     assert [r["mean"] for r in s1] == pytest.approx([r["mean"] for r in s2], abs=1e-3)
+
+
+@pytest.fixture
+def editing_suite(tmp_path) -> Path:
+    concepts = [{"subject": "duck_toy", "image": _photo(1)}, {"subject": "duck_toy", "image": _photo(2)}]
+    rows = [
+        {"uid": 3, "subject": "duck_toy", "image": _photo(20, size=(96, 80))},
+        {"uid": 4, "subject": "duck_toy", "image": _photo(21, size=(64, 64))},
+    ]
+    root = export_imagenhub_editing(rows, concepts, tmp_path / "editing")
+    (root / "masks").mkdir()
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:24, :24] = 255  # the "subject" sits in the top-left corner
+    for uid in (3, 4):
+        Image.fromarray(mask).save(root / "masks" / f"{uid}.png")
+    return root
+
+
+@pytest.fixture
+def lpips_weights(tmp_path) -> Path:
+    folder = tmp_path / "lpips"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = LPIPS()
+    torch.save(model.trunk.state_dict(), folder / "alexnet-owt-7be5be79.pth")
+    torch.save(model.heads.state_dict(), folder / "alex.pth")
+    return folder
+
+
+def test_imagenhub_editing_items(editing_suite, tmp_path):
+    items = SUITES["imagenhub-editing"](editing_suite)
+    assert [(i.id, i.class_name, i.prompt) for i in items] == [
+        ("duck_toy/3", "duck toy", "a photo of a duck toy"),
+        ("duck_toy/4", "duck toy", "a photo of a duck toy"),
+    ]
+    assert items[0].input_image.name == "3.jpg" and items[0].mask.name == "3.png"
+    with pytest.raises(SuiteError, match="not an ImagenHub editing export"):
+        SUITES["imagenhub-editing"](tmp_path)
+
+
+def test_background_lpips(editing_suite, lpips_weights, tmp_path):
+    items = SUITES["imagenhub-editing"](editing_suite)
+    metric = build_metrics(["lpips_bg"], {"lpips_bg": str(lpips_weights)}, "cpu")["lpips_bg"]
+    source = read_rgb(items[0].input_image)
+    assert metric([source], items[0]) == pytest.approx(0.0, abs=1e-7)  # an untouched photo keeps its background
+    assert metric([_photo(99, size=(96, 80))], items[0]) > 0
+    with pytest.raises(ValueError, match="lpips_bg needs the LPIPS weights"):
+        build_metrics(["lpips_bg"], {}, "cpu")
+    with pytest.raises(SuiteError, match="needs an editing suite"):
+        metric([source], load_dreambench_like_item(items[0]))
+
+
+def load_dreambench_like_item(item):
+    return dataclasses.replace(item, input_image=None, mask=None)
+
+
+def test_background_lpips_detects_the_mask_when_none_is_given(editing_suite, lpips_weights, tmp_path):
+    item = dataclasses.replace(SUITES["imagenhub-editing"](editing_suite)[0], mask=None)
+    metric = BackgroundLPIPS(str(lpips_weights), "cpu", detector=str(tiny.make_grounding_dino(tmp_path / "gd")))
+    assert metric([read_rgb(item.input_image)], item) == pytest.approx(0.0, abs=1e-7)
+    assert metric.detector is not None  # the tiny detector's box served as the mask
+
+
+def test_eval_run_refuses_editing_suites(editing_suite, tmp_path, capsys):
+    args = ["eval", "run", "--suite", "imagenhub-editing", "--data", str(editing_suite), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "siso cannot edit yet" in capsys.readouterr().err

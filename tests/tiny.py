@@ -315,7 +315,8 @@ def make_grounding_dino(path: str | PathLike) -> Path:
     )
     torch.manual_seed(0)
     GroundingDinoForObjectDetection(config).save_pretrained(path)
-    # 64 px short side: the smallest feature level must stay above 1x1, or GroupNorm rejects it.
-    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128})
+    # 96 px short side: the extra strided feature level must stay above 1x1 (a square 64 px input would make it
+    # 1x1), or GroupNorm rejects it.
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 96, "longest_edge": 160})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path

@@ -14,7 +14,7 @@ from siso.eval.generate import PROTOCOLS, generate_suite
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
-from siso.eval.suites import SUITES
+from siso.eval.suites import EDITING_SUITES, SUITES
 
 ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
 
@@ -106,6 +106,11 @@ def run(args: argparse.Namespace) -> str:
     scores = Path(args.out)
     generated = args.generated if args.eval_command == "score" else None
     if args.eval_command == "run":
+        if args.suite in EDITING_SUITES:
+            raise ValueError(
+                f"{args.suite} is an editing suite: siso cannot edit yet; score any method's edits "
+                "with `siso eval score`"
+            )
         config = SisoConfig(
             model=args.model,
             dtype=args.dtype,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from siso.eval.suites import export_imagenhub_generation
+from siso.eval.suites import export_imagenhub_editing, export_imagenhub_generation
 
 DREAMBENCH_REPO = "https://github.com/google/dreambooth"
+IMAGENHUB = {
+    "imagenhub-generation": ("ImagenHub/Subject_Driven_Image_Generation", export_imagenhub_generation),
+    "imagenhub-editing": ("ImagenHub/Subject_Driven_Image_Editing", export_imagenhub_editing),
+}
 
 
 def fetch(suite: str, out: str | Path) -> Path:
@@ -23,14 +27,15 @@ def fetch(suite: str, out: str | Path) -> Path:
     out = Path(out)
     if suite == "dreambench":
         subprocess.run(["git", "clone", "--depth", "1", DREAMBENCH_REPO, str(out)], check=True)
-    elif suite == "imagenhub-generation":
+    elif suite in IMAGENHUB:
         try:
             from datasets import load_dataset  # optional: only this command needs it
         except ImportError:
             raise ValueError("fetching ImagenHub needs the datasets package: pip install datasets") from None
-        rows = load_dataset("ImagenHub/Subject_Driven_Image_Generation", split="eval")
+        dataset, export = IMAGENHUB[suite]
+        rows = load_dataset(dataset, split="eval")
         concepts = load_dataset("ImagenHub/DreamBooth_Concepts", split="train")
-        export_imagenhub_generation(rows, concepts, out)
+        export(rows, concepts, out)
     else:
-        raise ValueError(f"unknown suite {suite!r}; fetchable: dreambench, imagenhub-generation")
+        raise ValueError(f"unknown suite {suite!r}; fetchable: dreambench, {', '.join(IMAGENHUB)}")
     return out

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
 
+from siso.eval.crop import DEFAULT_DETECTOR, SubjectCropper
 from siso.eval.inception import load_fid_inception
+from siso.eval.lpips import ALEXNET_URL, LPIPS_ALEX_URL, load_lpips, masked_lpips
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
@@ -124,6 +127,55 @@ class PixelMSE:
         return float((to_batch(generated, 256) - subject).square().mean())
 
 
+class BackgroundLPIPS:
+    """Background preservation (editing): LPIPS-alex between each edited image and the input photo, averaged over
+    the input's background (outside the subject mask), both resized to 512 x 512 as ImagenHub does.
+
+    The mask is the item's mask file when the suite has one, else the Grounding DINO box of the subject class in
+    the input (a box, not a segmentation: it counts a little background around the subject as subject). An input
+    where nothing is detected is compared over the whole image.
+    """
+
+    SIZE = 512
+
+    def __init__(self, weights: str | None, device: str, detector: str = DEFAULT_DETECTOR):
+        if weights is None:
+            raise ValueError(
+                "lpips_bg needs the LPIPS weights: a folder with alexnet-owt-7be5be79.pth "
+                f"({ALEXNET_URL}) and alex.pth ({LPIPS_ALEX_URL}); pass --metric-model lpips_bg=DIR"
+            )
+        folder = Path(weights)
+        self.model = load_lpips(folder / Path(ALEXNET_URL).name, folder / "alex.pth", device)
+        self.device = device
+        self.detector_name = detector
+        self.detector: SubjectCropper | None = None  # loaded on the first item without a mask file
+
+    def _mask(self, item: EvalItem, source: Image.Image) -> torch.Tensor:
+        if item.mask is not None:
+            with Image.open(item.mask) as img:
+                mask = img.convert("L").resize((self.SIZE, self.SIZE), Image.Resampling.NEAREST)
+            return torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
+        if self.detector is None:
+            self.detector = SubjectCropper(self.detector_name, self.device)
+        mask = torch.zeros(1, 1, self.SIZE, self.SIZE)
+        _, box = self.detector(source, item.class_name)
+        if box is not None:
+            x0, y0, x1, y1 = (round(v) for v in box)
+            mask[..., y0:y1, x0:x1] = 1.0
+        return mask
+
+    @torch.no_grad()
+    def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
+        if item.input_image is None:
+            raise SuiteError(f"lpips_bg needs an editing suite (item {item.id} has no input photo)")
+        size = (self.SIZE, self.SIZE)
+        source = read_rgb(item.input_image).resize(size, Image.Resampling.LANCZOS)
+        mask = self._mask(item, source).to(self.device)
+        x = torch.cat([pil_to_tensor(img.resize(size, Image.Resampling.LANCZOS)) for img in generated]).to(self.device)
+        y = pil_to_tensor(source).to(self.device).expand_as(x)
+        return float(masked_lpips(self.model, x, y, mask.expand(len(x), -1, -1, -1)).mean())
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A registry entry: what the metric measures, its default model, and how to build it."""
@@ -160,6 +212,11 @@ METRICS: dict[str, MetricSpec] = {
         lambda model, device: ClipTextMetric(model, device),
     ),
     "mse": MetricSpec("diversity, pixel MSE to the subject photo", None, lambda model, device: PixelMSE()),
+    "lpips_bg": MetricSpec(
+        "background preservation (editing suites), LPIPS-alex outside the subject mask",
+        None,
+        lambda weights, device: BackgroundLPIPS(weights, device),
+    ),
 }
 DEFAULT_METRICS = ("dino", "clip_i", "clip_t")
 

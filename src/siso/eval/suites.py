@@ -40,6 +40,8 @@ class EvalItem:
         prompt: The prompt to generate.
         subject_image: The one photo a single-image method is given (the subject's first image, sorted by name).
         references: All real photos of the subject (identity metrics compare against each).
+        input_image: Editing suites: the photo whose subject is replaced (background metrics compare against it).
+        mask: Editing suites: optional mask of the input's subject (white = subject); detected when absent.
     """
 
     id: str
@@ -48,6 +50,8 @@ class EvalItem:
     prompt: str
     subject_image: Path
     references: tuple[Path, ...] = field(default_factory=tuple)
+    input_image: Path | None = None
+    mask: Path | None = None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -139,19 +143,101 @@ def export_imagenhub_generation(eval_rows, concept_rows, out: str | Path) -> Pat
         out: Folder to write.
     """
     out = Path(out)
+    _export_concepts(concept_rows, out)
+    lines = [json.dumps({k: row[k] for k in ("uid", "subject", "prompt")}) for row in eval_rows]
+    (out / IMAGENHUB_ROWS).write_text("\n".join(lines) + "\n")
+    return out
+
+
+IMAGENHUB_EDIT_ROWS = "imagenhub_editing.jsonl"
+
+
+def load_imagenhub_editing(data: str | Path, unique_token: str = "") -> list[EvalItem]:
+    """Read ImagenHub's subject-driven editing benchmark (154 samples: 22 subjects x 7 photos) from a local export.
+
+    Layout (what `export_imagenhub_editing` writes)::
+
+        DATA/imagenhub_editing.jsonl      {"uid": ..., "subject": ...} per line
+        DATA/inputs/<uid>.jpg             the photo to edit
+        DATA/masks/<uid>.png              optional subject mask of the input (white = subject); else detected
+        DATA/concepts/<subject>/*.jpg     the subject photos
+
+    Item id ``<subject>/<uid>``; prompt ``a photo of a <class>`` (ImagenHub's target prompt without its token).
+
+    Raises:
+        SuiteError: the export is missing, or an input or the subject's photos are missing.
+    """
+    root = Path(data)
+    rows_file = root / IMAGENHUB_EDIT_ROWS
+    if not rows_file.is_file():
+        raise SuiteError(
+            f"{root} is not an ImagenHub editing export: expected {IMAGENHUB_EDIT_ROWS}, inputs/ and concepts/ "
+            "(make one with `siso eval fetch --suite imagenhub-editing --out DIR`)"
+        )
+    items = []
+    for line in rows_file.read_text().splitlines():
+        row = json.loads(line)
+        subject, uid = row["subject"], row["uid"]
+        folder = root / "concepts" / subject
+        if not folder.is_dir() or not (photos := _images_in(folder)):
+            raise SuiteError(f"ImagenHub subject {subject!r} has no photos in {folder}")
+        source = root / "inputs" / f"{uid}.jpg"
+        if not source.is_file():
+            raise SuiteError(f"ImagenHub editing sample {uid} has no input photo {source}")
+        mask = root / "masks" / f"{uid}.png"
+        class_name = "".join(c for c in subject.replace("_", " ") if not c.isdigit()).strip()
+        prompt = " ".join(f"a photo of a {unique_token} {class_name}".split())
+        items.append(
+            EvalItem(
+                f"{subject}/{uid}",
+                subject,
+                class_name,
+                prompt,
+                photos[0],
+                tuple(photos),
+                source,
+                mask if mask.is_file() else None,
+            )
+        )
+    return items
+
+
+def _export_concepts(concept_rows, out: Path) -> None:
     counts: dict[str, int] = {}
     for row in concept_rows:
         folder = out / "concepts" / row["subject"]
         folder.mkdir(parents=True, exist_ok=True)
         index = counts[row["subject"]] = counts.get(row["subject"], -1) + 1
         row["image"].convert("RGB").save(folder / f"{index:02d}.jpg", quality=95)
-    lines = [json.dumps({k: row[k] for k in ("uid", "subject", "prompt")}) for row in eval_rows]
-    (out / IMAGENHUB_ROWS).write_text("\n".join(lines) + "\n")
+
+
+def export_imagenhub_editing(eval_rows, concept_rows, out: str | Path) -> Path:
+    """Write the local export `load_imagenhub_editing` reads.
+
+    Args:
+        eval_rows: Rows of ``ImagenHub/Subject_Driven_Image_Editing`` (split ``eval``): ``uid``, ``subject``,
+            ``image`` (the photo to edit).
+        concept_rows: Rows of ``ImagenHub/DreamBooth_Concepts`` (split ``train``): ``subject``, ``image``.
+        out: Folder to write.
+    """
+    out = Path(out)
+    _export_concepts(concept_rows, out)
+    (out / "inputs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in eval_rows:
+        row["image"].convert("RGB").save(out / "inputs" / f"{row['uid']}.jpg", quality=95)
+        lines.append(json.dumps({"uid": row["uid"], "subject": row["subject"]}))
+    (out / IMAGENHUB_EDIT_ROWS).write_text("\n".join(lines) + "\n")
     return out
 
 
 # Suite name -> loader(data folder, unique token) -> items.
-SUITES = {"dreambench": load_dreambench, "imagenhub-generation": load_imagenhub_generation}
+SUITES = {
+    "dreambench": load_dreambench,
+    "imagenhub-generation": load_imagenhub_generation,
+    "imagenhub-editing": load_imagenhub_editing,
+}
+EDITING_SUITES = ("imagenhub-editing",)
 
 
 def generated_images(root: str | Path, item: EvalItem) -> list[Path]:
