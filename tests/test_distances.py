@@ -89,3 +89,16 @@ def test_too_few_samples():
         frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="at least 2 samples"):
         kernel_inception_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_fid_and_kid_match_torchmetrics_on_the_same_features():
+    from torchmetrics.image.fid import _compute_fid
+    from torchmetrics.image.kid import poly_mmd
+
+    x = _gaussian(64, [0.0] * 6, [1.0, 2.0, 0.5, 1.0, 1.5, 1.0], 11)
+    y = _gaussian(64, [0.5] * 6, [1.0] * 6, 12)
+    expected_fid = _compute_fid(x.mean(0), torch.cov(x.T), y.mean(0), torch.cov(y.T))
+    assert frechet_distance(x, y) == pytest.approx(float(expected_fid), rel=1e-6)
+    # One subset holding every sample: torchmetrics' KID value for it is poly_mmd on the whole sets.
+    mean, _ = kernel_inception_distance(x, y, subsets=1, subset_size=64)
+    assert mean == pytest.approx(float(poly_mmd(x, y)), rel=1e-9)

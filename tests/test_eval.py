@@ -28,6 +28,7 @@ from siso.eval.suites import (
     load_dreambench,
     load_imagenhub_generation,
 )
+from siso.hub import ModelLoadError
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
 PROMPTS_AND_CLASSES = """Classes
@@ -549,3 +550,26 @@ def test_eval_run_refuses_editing_suites(editing_suite, tmp_path, capsys):
     args = ["eval", "run", "--suite", "imagenhub-editing", "--data", str(editing_suite), "--out", str(tmp_path / "o")]
     assert main(args) == 2
     assert "siso cannot edit yet" in capsys.readouterr().err
+
+
+def test_clip_t_equals_clipmodel_logits_over_scale(dreambench, eval_models):
+    # Validation through an independent path: CLIPModel's own forward computes image-text cosine x logit_scale.
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from siso.eval.metrics import to_batch
+    from siso.losses import CLIP_MEAN, CLIP_STD, preprocess
+
+    item = load_dreambench(dreambench)[0]
+    image = _photo(8)
+    ours = build_metrics(["clip_t"], {"clip_t": eval_models["clip_t"]}, "cpu")["clip_t"]([image], item)
+    model = CLIPModel.from_pretrained(eval_models["clip_t"]).eval()
+    tokens = CLIPTokenizer.from_pretrained(eval_models["clip_t"])([item.prompt], padding=True, return_tensors="pt")
+    pixels = preprocess(to_batch([image], 28), 28, CLIP_MEAN, CLIP_STD)
+    with torch.no_grad():
+        logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels)
+    assert ours == pytest.approx(float(logits.logits_per_image[0, 0] / model.logit_scale.exp()), abs=1e-5)
+
+
+def test_uncached_metric_model_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="DINO metric model 'nobody/dino'.*not in the local Hugging Face cache"):
+        build_metrics(["dino"], {"dino": "nobody/dino"}, "cpu")
