@@ -83,6 +83,31 @@ def eval_models(tmp_path_factory) -> dict[str, str]:
     }
 
 
+def _on_two_processes(args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``siso ARGS`` under ``accelerate launch`` with 2 processes; on a CPU-only machine they use gloo."""
+    bin_dir = Path(sys.executable).parent
+    launcher = [
+        str(bin_dir / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    return subprocess.run(
+        [*launcher, str(bin_dir / "siso"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+
+
 def _generate(items, root: Path, per_item: int = 2) -> Path:
     """Fake "generated" images: the subject's first photo itself (item 0) and noise."""
     for n, item in enumerate(items):
@@ -275,28 +300,7 @@ def test_two_process_sharded_run_merges_to_the_one_process_table(dreambench, eva
         "--quiet",
     ]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    # `accelerate launch --multi_gpu` on a CPU-only machine starts gloo processes (siso picks cpu by itself).
-    launcher = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    siso = str(Path(sys.executable).parent / "siso")
-    proc = subprocess.run(
-        [*launcher, siso, *args, "--out", str(tmp_path / "two")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
+    proc = _on_two_processes([*args, "--out", str(tmp_path / "two")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (read_records(tmp_path / d / ITEMS_FILE) for d in ("one", "two"))
     assert [r["item"] for r in two] == [r["item"] for r in one]  # merged in suite order
@@ -450,27 +454,7 @@ def test_eval_run_per_prompt_protocol_and_limit(dreambench, model_dirs, eval_mod
 def test_eval_run_on_two_processes_matches_one(dreambench, model_dirs, eval_models, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_run_args(dreambench, model_dirs, eval_models, one)) == 0
-    launcher = [
-        str(Path(sys.executable).parent / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
-    siso = str(Path(sys.executable).parent / "siso")
-    proc = subprocess.run(
-        [*launcher, siso, *_run_args(dreambench, model_dirs, eval_models, two)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
+    proc = _on_two_processes(_run_args(dreambench, model_dirs, eval_models, two))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Each subject is learned by one process the same way; the launcher runs each process on one thread, and the
     # different float summation order can move a pixel by one level, no more.

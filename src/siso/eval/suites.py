@@ -98,6 +98,15 @@ def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
 IMAGENHUB_ROWS = "imagenhub_generation.jsonl"
 
 
+def _imagenhub_subject(root: Path, subject: str) -> tuple[str, list[Path]]:
+    """(class name, photos) of an ImagenHub subject; the class is the name without digits and underscores
+    (``dog2`` -> ``dog``), as ImagenHub derives it."""
+    folder = root / "concepts" / subject
+    if not folder.is_dir() or not (photos := _images_in(folder)):
+        raise SuiteError(f"ImagenHub subject {subject!r} has no photos in {folder}")
+    return "".join(c for c in subject.replace("_", " ") if not c.isdigit()).strip(), photos
+
+
 def load_imagenhub_generation(data: str | Path, unique_token: str = "") -> list[EvalItem]:
     """Read ImagenHub's subject-driven generation benchmark (150 prompts: 30 subjects x 5) from a local export.
 
@@ -106,8 +115,7 @@ def load_imagenhub_generation(data: str | Path, unique_token: str = "") -> list[
         DATA/imagenhub_generation.jsonl      {"uid": ..., "subject": ..., "prompt": "... <token> ..."} per line
         DATA/concepts/<subject>/*.jpg        the subject photos (ImagenHub/DreamBooth_Concepts)
 
-    Item id: ``<subject>/<uid>``. The subject's class is its name without digits and underscores
-    (``dog2`` -> ``dog``), as ImagenHub derives it.
+    Item id: ``<subject>/<uid>``; the class comes from the subject's name (``dog2`` -> ``dog``).
 
     Raises:
         SuiteError: the export is missing or a row's subject has no photos.
@@ -123,10 +131,7 @@ def load_imagenhub_generation(data: str | Path, unique_token: str = "") -> list[
     for line in rows_file.read_text().splitlines():
         row = json.loads(line)
         subject = row["subject"]
-        folder = root / "concepts" / subject
-        if not folder.is_dir() or not (photos := _images_in(folder)):
-            raise SuiteError(f"ImagenHub subject {subject!r} has no photos in {folder}")
-        class_name = "".join(c for c in subject.replace("_", " ") if not c.isdigit()).strip()
+        class_name, photos = _imagenhub_subject(root, subject)
         prompt = " ".join(row["prompt"].replace("<token>", unique_token).split())
         items.append(EvalItem(f"{subject}/{row['uid']}", subject, class_name, prompt, photos[0], tuple(photos)))
     return items
@@ -178,14 +183,11 @@ def load_imagenhub_editing(data: str | Path, unique_token: str = "") -> list[Eva
     for line in rows_file.read_text().splitlines():
         row = json.loads(line)
         subject, uid = row["subject"], row["uid"]
-        folder = root / "concepts" / subject
-        if not folder.is_dir() or not (photos := _images_in(folder)):
-            raise SuiteError(f"ImagenHub subject {subject!r} has no photos in {folder}")
+        class_name, photos = _imagenhub_subject(root, subject)
         source = root / "inputs" / f"{uid}.jpg"
         if not source.is_file():
             raise SuiteError(f"ImagenHub editing sample {uid} has no input photo {source}")
         mask = root / "masks" / f"{uid}.png"
-        class_name = "".join(c for c in subject.replace("_", " ") if not c.isdigit()).strip()
         prompt = " ".join(f"a photo of a {unique_token} {class_name}".split())
         items.append(
             EvalItem(
