@@ -557,3 +557,13 @@ def test_clip_t_equals_clipmodel_logits_over_scale(dreambench, eval_models):
 def test_uncached_metric_model_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="DINO metric model 'nobody/dino'.*not in the local Hugging Face cache"):
         build_metrics(["dino"], {"dino": "nobody/dino"}, "cpu")
+
+
+def test_a_limited_rerun_keeps_earlier_records(dreambench, tmp_path):
+    items = load_dreambench(dreambench)
+    generated = _generate(items, tmp_path / "generated")
+    out = tmp_path / "scores"
+    score(items, generated, out, ["mse"], progress=False)
+    rows = score(items[:1], generated, out, ["mse"], progress=False)
+    assert rows[0]["n"] == 1  # the summary covers the items asked for ...
+    assert [r["item"] for r in read_records(out / ITEMS_FILE)] == [i.id for i in items]  # ... the file keeps all

@@ -64,6 +64,22 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _merge(out: Path, items: list[EvalItem]) -> list[dict]:
+    """Merge the shards into ``items.jsonl`` and return the records of ``items``, in suite order.
+
+    Records of items outside ``items`` (an earlier run without ``--limit``, say) are kept in the file, after them.
+    """
+    latest = {
+        r["item"]: r for path in [out / ITEMS_FILE, *sorted(out.glob("items.*.jsonl"))] for r in read_records(path)
+    }
+    ids = [item.id for item in items if item.id in latest]
+    others = [i for i in latest if i not in set(ids)]
+    write_atomic(out / ITEMS_FILE, "".join(json.dumps(latest[i]) + "\n" for i in [*ids, *others]))
+    for path in out.glob("items.*.jsonl"):
+        path.unlink()  # merged above; a crash before this line only leaves duplicates, which dedupe
+    return [latest[i] for i in ids]
+
+
 def summarize(records: list[dict], metric_names: list[str]) -> list[dict]:
     """Mean and standard error (sample std / sqrt(n)) over items, per metric."""
     rows = []
@@ -174,13 +190,7 @@ def score(
             _append(shard, record)
     state.wait_for_everyone()
     if state.is_main_process:
-        latest = {
-            r["item"]: r for path in [out / ITEMS_FILE, *sorted(out.glob("items.*.jsonl"))] for r in read_records(path)
-        }
-        records = [latest[item.id] for item in items if item.id in latest]  # suite order, whatever the sharding
-        write_atomic(out / ITEMS_FILE, "".join(json.dumps(r) + "\n" for r in records))
-        for path in out.glob("items.*.jsonl"):
-            path.unlink()  # merged above; a crash before this line only leaves duplicates, which dedupe
+        records = _merge(out, items)
         rows = summarize(records, item_names)
         generated_files = [generated / path for r in records for path in r["images"]]
         for name, metric in set_metrics.items():
@@ -189,7 +199,7 @@ def score(
         write_summary(out, rows, missing)
         (out / "plots").mkdir(exist_ok=True)
         for name in item_names:
-            values = [r["metrics"][name] for r in records]
+            values = [r["metrics"][name] for r in records if name in r["metrics"]]
             histogram(values, name).save(out / "plots" / f"{name}.png")
     state.wait_for_everyone()
     rows = json.loads((out / "summary.json").read_text())["metrics"]
