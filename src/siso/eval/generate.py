@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,11 @@ def generate_suite(
                 if not result.complete:
                     raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
                 modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
-                save_lora(backbone, modules, lora, model=config.model, train_prompt=unit.train_prompt)
+                # Saved beside and renamed into place: a crash mid-save must not leave a LoRA that looks done.
+                partial = folder / "lora.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
+                os.replace(partial, lora)
                 write_json(
                     folder / "metrics.json",
                     {
