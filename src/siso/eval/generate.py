@@ -123,6 +123,7 @@ def generate_suite(
                 partial = folder / "lora.partial"
                 shutil.rmtree(partial, ignore_errors=True)
                 save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
+                shutil.rmtree(lora, ignore_errors=True)  # a folder without weights is not a saved LoRA
                 os.replace(partial, lora)
                 write_json(
                     folder / "metrics.json",
