@@ -372,7 +372,7 @@ def test_imagenhub_generation_export_and_items(tmp_path):
     ]
     assert len(items[0].references) == 2 and items[0].subject_image.name == "00.jpg"
     assert load_imagenhub_generation(root, unique_token="sks")[0].prompt == "a sks dog on the beach"
-    with pytest.raises(SuiteError, match="not an ImagenHub generation export.*siso eval fetch"):
+    with pytest.raises(SuiteError, match="not an imagenhub-generation export.*siso eval fetch"):
         load_imagenhub_generation(tmp_path)
 
 
@@ -503,7 +503,7 @@ def test_imagenhub_editing_items(editing_suite, tmp_path):
         ("duck_toy/4", "duck toy", "a photo of a duck toy"),
     ]
     assert items[0].input_image.name == "3.jpg" and items[0].mask.name == "3.png"
-    with pytest.raises(SuiteError, match="not an ImagenHub editing export"):
+    with pytest.raises(SuiteError, match="not an imagenhub-editing export"):
         SUITES["imagenhub-editing"](tmp_path)
 
 

@@ -98,6 +98,16 @@ def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
 IMAGENHUB_ROWS = "imagenhub_generation.jsonl"
 
 
+def _imagenhub_rows(root: Path, rows_file: str, suite: str, expected: str) -> list[dict]:
+    """The JSONL rows of an ImagenHub export, or a SuiteError saying how to make the export."""
+    if not (root / rows_file).is_file():
+        raise SuiteError(
+            f"{root} is not an {suite} export: expected {rows_file} and {expected} "
+            f"(make one with `siso eval fetch --suite {suite} --out DIR`)"
+        )
+    return [json.loads(line) for line in (root / rows_file).read_text().splitlines()]
+
+
 def _imagenhub_subject(root: Path, subject: str) -> tuple[str, list[Path]]:
     """(class name, photos) of an ImagenHub subject; the class is the name without digits and underscores
     (``dog2`` -> ``dog``), as ImagenHub derives it."""
@@ -121,15 +131,8 @@ def load_imagenhub_generation(data: str | Path, unique_token: str = "") -> list[
         SuiteError: the export is missing or a row's subject has no photos.
     """
     root = Path(data)
-    rows_file = root / IMAGENHUB_ROWS
-    if not rows_file.is_file():
-        raise SuiteError(
-            f"{root} is not an ImagenHub generation export: expected {IMAGENHUB_ROWS} and concepts/<subject>/ "
-            "(make one with `siso eval fetch --suite imagenhub-generation --out DIR`)"
-        )
     items = []
-    for line in rows_file.read_text().splitlines():
-        row = json.loads(line)
+    for row in _imagenhub_rows(root, IMAGENHUB_ROWS, "imagenhub-generation", "concepts/<subject>/"):
         subject = row["subject"]
         class_name, photos = _imagenhub_subject(root, subject)
         prompt = " ".join(row["prompt"].replace("<token>", unique_token).split())
@@ -173,15 +176,8 @@ def load_imagenhub_editing(data: str | Path, unique_token: str = "") -> list[Eva
         SuiteError: the export is missing, or an input or the subject's photos are missing.
     """
     root = Path(data)
-    rows_file = root / IMAGENHUB_EDIT_ROWS
-    if not rows_file.is_file():
-        raise SuiteError(
-            f"{root} is not an ImagenHub editing export: expected {IMAGENHUB_EDIT_ROWS}, inputs/ and concepts/ "
-            "(make one with `siso eval fetch --suite imagenhub-editing --out DIR`)"
-        )
     items = []
-    for line in rows_file.read_text().splitlines():
-        row = json.loads(line)
+    for row in _imagenhub_rows(root, IMAGENHUB_EDIT_ROWS, "imagenhub-editing", "inputs/ and concepts/"):
         subject, uid = row["subject"], row["uid"]
         class_name, photos = _imagenhub_subject(root, subject)
         source = root / "inputs" / f"{uid}.jpg"
