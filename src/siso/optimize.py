@@ -74,6 +74,15 @@ class SisoResult:
     def complete(self) -> bool:
         return self.stop_reason != "interrupted"
 
+    def record(self) -> dict:
+        """The JSON-serialisable facts of the run (what ``metrics.json`` files hold): no image, no weights."""
+        return {
+            "stop_reason": self.stop_reason,
+            "best_iteration": self.best_iteration,
+            "best_loss": self.best_loss,
+            "iterations": self.history,
+        }
+
 
 def optimize_subject(
     backbone: Backbone,

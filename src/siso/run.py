@@ -172,10 +172,7 @@ def run_generate(
     out.timings["optimize_seconds"] = time.perf_counter() - start
     metrics = {
         "complete": False,
-        "stop_reason": result.stop_reason,
-        "best_iteration": result.best_iteration,
-        "best_loss": result.best_loss,
-        "iterations": result.history,
+        **result.record(),
         "timings": out.timings,
         "ir_model_note": f"IR term: CLIP image embedding of {config.similarity.ir_model}, a substitute for the "
         "paper's GUIE model unless that checkpoint was passed",

@@ -125,15 +125,7 @@ def generate_suite(
                 save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
                 shutil.rmtree(lora, ignore_errors=True)  # a folder without weights is not a saved LoRA
                 os.replace(partial, lora)
-                write_json(
-                    folder / "metrics.json",
-                    {
-                        "stop_reason": result.stop_reason,
-                        "best_iteration": result.best_iteration,
-                        "best_loss": result.best_loss,
-                        "iterations": result.history,
-                    },
-                )
+                write_json(folder / "metrics.json", result.record())
                 result.best_image.save(folder / "best.png")
             for item, seed, path in todo(unit):
                 image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
