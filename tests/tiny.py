@@ -39,11 +39,18 @@ from transformers import (
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoProcessor,
+    SamConfig,
+    SamMaskDecoderConfig,
+    SamModel,
+    SamProcessor,
+    SamPromptEncoderConfig,
+    SamVisionConfig,
     SwinConfig,
     ViTConfig,
     ViTModel,
 )
 from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tokenizer"  # written by fixtures/make_tokenizer.py
 
@@ -319,4 +326,42 @@ def make_grounding_dino(path: str | PathLike) -> Path:
     # 1x1), or GroupNorm rejects it.
     image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 96, "longest_edge": 160})
     GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def make_sam(path: str | PathLike) -> Path:
+    """Save a ~22k-parameter SAM (2-layer ViT on 64 px inputs, 8 px patches, 16-wide mask decoder) and its processor.
+
+    The layout is sam-vit-base's scaled down: windowed attention with one global layer, an 8x8 image embedding and
+    32x32 low-resolution masks (the real model: 64x64 and 256x256 for 1024 px inputs).
+    """
+    path = Path(path)
+    vision = SamVisionConfig(
+        hidden_size=16,
+        output_channels=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=8,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=8,
+        mlp_ratio=2.0,
+    )
+    prompt = SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=8, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16
+    )
+    torch.manual_seed(0)
+    SamModel(
+        SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+    ).save_pretrained(path)
+    # The PIL class directly: without torchvision, SamImageProcessor falls back to it with a warning.
+    image_processor = SamImageProcessorPil(
+        size={"longest_edge": 64},
+        pad_size={"height": 64, "width": 64},
+        mask_size={"longest_edge": 32},
+        mask_pad_size={"height": 32, "width": 32},
+    )
+    SamProcessor(image_processor=image_processor).save_pretrained(path)
     return path
