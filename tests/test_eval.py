@@ -29,6 +29,7 @@ from siso.eval.suites import (
     load_imagenhub_generation,
 )
 from siso.hub import ModelLoadError
+from siso.masks import box_mask
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
 PROMPTS_AND_CLASSES = """Classes
@@ -525,9 +526,18 @@ def load_dreambench_like_item(item):
 
 def test_background_lpips_detects_the_mask_when_none_is_given(editing_suite, lpips_weights, tmp_path):
     item = dataclasses.replace(SUITES["imagenhub-editing"](editing_suite)[0], mask=None)
-    metric = BackgroundLPIPS(str(lpips_weights), "cpu", detector=str(tiny.make_grounding_dino(tmp_path / "gd")))
-    assert metric([read_rgb(item.input_image)], item) == pytest.approx(0.0, abs=1e-7)
-    assert metric.detector is not None  # the tiny detector's box served as the mask
+    detector, sam = tiny.make_grounding_dino(tmp_path / "gd"), tiny.make_sam(tmp_path / "sam")
+    metric = BackgroundLPIPS(str(lpips_weights), "cpu", detector=str(detector), segmenter=str(sam))
+    source = read_rgb(item.input_image)
+    assert metric([source], item) == pytest.approx(0.0, abs=1e-7)
+    assert metric.segmenter is not None  # the tiny detector + SAM served as the mask
+    # The mask is SAM's segmentation of the input at the metric's 512 px, not the detector's box.
+    resized = source.resize((512, 512), Image.Resampling.LANCZOS)
+    segmented = metric.segmenter.segment(resized, item.class_name)
+    box = metric.segmenter.detect_box(resized, item.class_name)
+    assert segmented is not None and segmented.any()
+    assert torch.equal(metric._mask(item, resized), torch.from_numpy(segmented).float()[None, None])
+    assert not np.array_equal(segmented, box_mask(box, (512, 512)))
 
 
 def test_eval_run_refuses_editing_suites(editing_suite, tmp_path, capsys):

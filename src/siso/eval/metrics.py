@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
 
-from siso.eval.crop import DEFAULT_DETECTOR, SubjectCropper
 from siso.eval.inception import load_fid_inception
 from siso.eval.lpips import ALEXNET_URL, LPIPS_ALEX_URL, load_lpips, masked_lpips
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
 from siso.losses import IMAGENET_MEAN, IMAGENET_STD, ClipImageEmbedding, DinoEmbedding, preprocess
+from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
 
 def read_rgb(path: str | Path) -> Image.Image:
@@ -131,14 +131,16 @@ class BackgroundLPIPS:
     """Background preservation (editing): LPIPS-alex between each edited image and the input photo, averaged over
     the input's background (outside the subject mask), both resized to 512 x 512 as ImagenHub does.
 
-    The mask is the item's mask file when the suite has one, else the Grounding DINO box of the subject class in
-    the input (a box, not a segmentation: it counts a little background around the subject as subject). An input
-    where nothing is detected is compared over the whole image.
+    The mask is the item's mask file when the suite has one, else the paper's: SAM's segmentation of the Grounding
+    DINO box of the subject class in the input (`siso.masks.ObjectSegmenter.segment`: largest region, holes filled,
+    not dilated). An input where nothing is detected is compared over the whole image.
     """
 
     SIZE = 512
 
-    def __init__(self, weights: str | None, device: str, detector: str = DEFAULT_DETECTOR):
+    def __init__(
+        self, weights: str | None, device: str, detector: str = DEFAULT_DETECTOR, segmenter: str = DEFAULT_SEGMENTER
+    ):
         if weights is None:
             raise ValueError(
                 "lpips_bg needs the LPIPS weights: a folder with alexnet-owt-7be5be79.pth "
@@ -148,21 +150,20 @@ class BackgroundLPIPS:
         self.model = load_lpips(folder / Path(ALEXNET_URL).name, folder / "alex.pth", device)
         self.device = device
         self.detector_name = detector
-        self.detector: SubjectCropper | None = None  # loaded on the first item without a mask file
+        self.segmenter_name = segmenter
+        self.segmenter: ObjectSegmenter | None = None  # loaded on the first item without a mask file
 
     def _mask(self, item: EvalItem, source: Image.Image) -> torch.Tensor:
         if item.mask is not None:
             with Image.open(item.mask) as img:
                 mask = img.convert("L").resize((self.SIZE, self.SIZE), Image.Resampling.NEAREST)
             return torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
-        if self.detector is None:
-            self.detector = SubjectCropper(self.detector_name, self.device)
-        mask = torch.zeros(1, 1, self.SIZE, self.SIZE)
-        _, box = self.detector(source, item.class_name)
-        if box is not None:
-            x0, y0, x1, y1 = (round(v) for v in box)
-            mask[..., y0:y1, x0:x1] = 1.0
-        return mask
+        if self.segmenter is None:
+            self.segmenter = ObjectSegmenter(self.detector_name, self.segmenter_name, self.device)
+        mask = self.segmenter.segment(source, item.class_name)
+        if mask is None:
+            return torch.zeros(1, 1, self.SIZE, self.SIZE)
+        return torch.from_numpy(mask).float()[None, None]
 
     @torch.no_grad()
     def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
