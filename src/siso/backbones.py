@@ -12,7 +12,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 
 from siso.hub import ModelLoadError, load_pretrained
@@ -91,6 +97,38 @@ class Backbone:
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE encode (the posterior mean): images (B, 3, H, W) in [0, 1] -> latents (B, C, h, w) in model dtype."""
+        vae = self.pipe.vae
+        posterior = vae.encode(images.to(self.device, vae.dtype) * 2 - 1).latent_dist
+        return (posterior.mean * vae.config.scaling_factor).to(self.dtype)
+
+    def edit_sampler(self, num_inference_steps: int, strength: float) -> EditSampler:
+        """The sampler that editing denoises with and inversion inverts (see `EditSampler`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support editing yet")
+
+    def denoise(
+        self,
+        sampler: EditSampler,
+        latents: torch.Tensor,
+        noises: list[torch.Tensor],
+        cond: dict[str, torch.Tensor],
+        grad_steps: int,
+        guidance_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Denoise ``latents`` (at ``sampler.timesteps[0]``) through every step of ``sampler`` with the given per-step
+        noises, keeping the autograd graph of the last ``grad_steps`` steps and the VAE decode.
+
+        Returns:
+            Image tensor of shape (1, 3, H, W) in [0, 1].
+        """
+        latents = latents.to(self.dtype)
+        for i in range(len(sampler)):
+            with nullcontext() if i >= len(sampler) - grad_steps else torch.no_grad():
+                latents = sampler.step(sampler.predict(latents, i, cond, guidance_scale), i, latents, noises[i])
+        return self.decode(latents)
+
+    @torch.no_grad()
     def generate(self, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 0.0) -> Image.Image:
         """Generate with the stock pipeline ``__call__`` (and whatever LoRA is loaded), seeded like diffusers.
 
@@ -109,6 +147,117 @@ class Backbone:
         return tensor_to_pil(self.decode(latents))[0]
 
 
+class EditSampler:
+    """The last ``n`` steps of a ``num_inference_steps`` schedule (img2img's ``strength``), with explicit noise.
+
+    Editing denoises the inverted latent of the input photo with these steps, and inversion runs them backwards. Both
+    must use the *same* per-step noise for ancestral samplers, so `step` takes the noise as an argument instead of
+    drawing it (ReNoise, Garibi et al. 2024). Steps are indexed ``0 .. n-1`` from the noisiest; step ``i`` goes from
+    ``timesteps[i]`` to the next, less noisy level.
+
+    Attributes:
+        timesteps: (n,) the denoiser timesteps of the steps (e.g. 749, 499, 249 for 4 steps at strength 0.75).
+    """
+
+    timesteps: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def predict(self, latents: torch.Tensor, i: int, cond: dict, guidance_scale: float = 0.0) -> torch.Tensor:
+        """The sampler's update direction at step ``i`` (for epsilon-prediction: the predicted noise), in fp32."""
+        raise NotImplementedError
+
+    def step(self, direction: torch.Tensor, i: int, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Denoising step ``i`` from ``latents`` given `predict`'s ``direction`` and the step's ``noise``."""
+        raise NotImplementedError
+
+    def invert_step(
+        self, direction: torch.Tensor, i: int, next_latents: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The ``latents`` for which ``step(direction, i, latents, noise) == next_latents`` (direction held fixed)."""
+        raise NotImplementedError
+
+    def noise_scale(self, i: int) -> float:
+        """How much of ``noise`` step ``i`` adds (0 for a deterministic step)."""
+        raise NotImplementedError
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """Clean ``latents`` noised to the level of step ``i`` (the forward process)."""
+        raise NotImplementedError
+
+
+class EulerSampler(EditSampler):
+    """Euler and Euler-ancestral steps of a diffusers ``Euler(Ancestral)DiscreteScheduler`` (k-diffusion sigmas).
+
+    The update is the scheduler's own (``step`` gives the same result as ``scheduler.step`` when given the noise that
+    the scheduler would draw; tested), written out here only so that the ancestral noise is an argument.
+    """
+
+    SCHEDULERS = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
+
+    def __init__(self, backbone: UNetBackbone, num_inference_steps: int, strength: float):
+        scheduler = backbone.pipe.scheduler
+        if not isinstance(scheduler, self.SCHEDULERS) or scheduler.config.prediction_type not in (
+            "epsilon",
+            "v_prediction",
+        ):
+            raise ValueError(
+                f"editing supports Euler and Euler-ancestral schedulers with epsilon or v prediction; this model has "
+                f"{type(scheduler).__name__} ({scheduler.config.prediction_type})"
+            )
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        n = min(int(num_inference_steps * strength), num_inference_steps)  # as diffusers' img2img pipelines
+        if n < 1:
+            raise ValueError(
+                f"strength {strength} with {num_inference_steps} steps leaves no denoising step; raise either"
+            )
+        scheduler.set_timesteps(num_inference_steps, device=backbone.device)
+        begin = num_inference_steps - n
+        self.backbone = backbone
+        self.ancestral = isinstance(scheduler, EulerAncestralDiscreteScheduler)
+        self.v_prediction = scheduler.config.prediction_type == "v_prediction"
+        self.timesteps = scheduler.timesteps[begin:]
+        self.sigmas = scheduler.sigmas[begin:]  # n + 1 levels, the last one 0
+
+    def predict(self, latents, i, cond, guidance_scale=0.0):
+        sigma = self.sigmas[i]
+        model_input = latents / ((sigma**2 + 1) ** 0.5)
+        output = self.backbone.model_output(model_input, self.timesteps[i], cond, guidance_scale)
+        sample = latents.to(torch.float32)
+        if self.v_prediction:
+            denoised = output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+        else:
+            denoised = sample - sigma * output
+        return (sample - denoised) / sigma
+
+    def _levels(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sigma, sigma_down, sigma_up) of step i: deterministic Euler goes to the next level with no noise."""
+        sigma_from, sigma_to = self.sigmas[i], self.sigmas[i + 1]
+        if not self.ancestral:
+            return sigma_from, sigma_to, torch.zeros_like(sigma_to)
+        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+        return sigma_from, (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
+
+    def step(self, direction, i, latents, noise):
+        sigma, sigma_down, sigma_up = self._levels(i)
+        next_latents = latents.to(torch.float32) + direction * (sigma_down - sigma)
+        if self.ancestral:
+            next_latents = next_latents + noise * sigma_up
+        return next_latents.to(self.backbone.dtype)
+
+    def invert_step(self, direction, i, next_latents, noise):
+        sigma, sigma_down, sigma_up = self._levels(i)
+        return next_latents.to(torch.float32) - direction * (sigma_down - sigma) - noise * sigma_up
+
+    def noise_scale(self, i):
+        return float(self._levels(i)[2])
+
+    def add_noise(self, latents, noise, i):
+        return latents.to(torch.float32) + self.sigmas[i] * noise
+
+
 class UNetBackbone(Backbone):
     """SD-family models: UNet denoiser, epsilon/v prediction, a diffusers discrete-time scheduler."""
 
@@ -118,9 +267,24 @@ class UNetBackbone(Backbone):
     def unet_kwargs(self, cond: dict[str, torch.Tensor]) -> dict:
         return {"encoder_hidden_states": cond["prompt_embeds"]}
 
+    def model_output(
+        self, model_input: torch.Tensor, t: torch.Tensor, cond: dict, guidance_scale: float = 0.0
+    ) -> torch.Tensor:
+        """The UNet's prediction for an already scaled input, with classifier-free guidance when scale > 1."""
+        cfg = guidance_scale > 1.0
+        output = self.denoiser(
+            torch.cat([model_input] * 2) if cfg else model_input, t, **self.unet_kwargs(cond), return_dict=False
+        )[0]
+        if cfg:
+            uncond, text = output.chunk(2)
+            output = uncond + guidance_scale * (text - uncond)
+        return output
+
+    def edit_sampler(self, num_inference_steps, strength):
+        return EulerSampler(self, num_inference_steps, strength)
+
     def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
         pipe, scheduler = self.pipe, self.pipe.scheduler
-        cfg = guidance_scale > 1.0
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
@@ -134,16 +298,10 @@ class UNetBackbone(Backbone):
             generator,
         )
         step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
-        unet_kwargs = self.unet_kwargs(cond)
         first_grad_step = num_inference_steps - grad_steps
         for i, t in enumerate(scheduler.timesteps):
             with nullcontext() if i >= first_grad_step else torch.no_grad():
-                model_input = torch.cat([latents] * 2) if cfg else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                noise_pred = self.denoiser(model_input, t, **unet_kwargs, return_dict=False)[0]
-                if cfg:
-                    uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (text - uncond)
+                noise_pred = self.model_output(scheduler.scale_model_input(latents, t), t, cond, guidance_scale)
                 latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
         return self.decode(latents)
 

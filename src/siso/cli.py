@@ -1,4 +1,4 @@
-"""Command line: ``siso generate``. Parses, validates and calls `siso.run`; bad input ends in one clear line."""
+"""Command line: ``siso generate`` and ``siso edit`` (``siso eval`` in `siso.eval.cli`); bad input ends in one line."""
 
 from __future__ import annotations
 
@@ -12,13 +12,71 @@ import huggingface_hub
 import transformers
 
 from siso.backbones import BACKBONES
-from siso.config import DTYPES, LoraSettings, OptimSettings, SimilaritySettings, SisoConfig
+from siso.config import (
+    BACKGROUND_TARGETS,
+    DTYPES,
+    INVERSION_METHODS,
+    EditConfig,
+    EditSettings,
+    InversionSettings,
+    LoraSettings,
+    OptimSettings,
+    SimilaritySettings,
+    SisoConfig,
+)
 from siso.eval import cli as eval_cli
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
-from siso.run import GenerationJob, OutputExistsError, RunFolder, run_generate, run_reuse
+from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, box_mask, load_mask
+from siso.run import EditJob, GenerationJob, OutputExistsError, RunFolder, run_edit, run_generate, run_reuse
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _add_shared_options(parser: argparse.ArgumentParser) -> None:
+    """Options that mean the same for ``generate`` and ``edit``: backbone, output, optimization, similarity."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the optimization noise (0)")
+    parser.add_argument(
+        "--grad-steps", type=int, default=1, metavar="K", help="last steps that keep gradients while optimizing (1)"
+    )
+    parser.add_argument("--guidance-scale", type=float, default=0.0, help="CFG scale; turbo models use 0 (0)")
+    parser.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
+    parser.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4, the paper's)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=OptimSettings.patience,
+        help="early stopping: iterations without improvement (7)",
+    )
+    parser.add_argument(
+        "--min-improvement",
+        type=float,
+        default=OptimSettings.min_improvement,
+        help="early stopping: relative improvement that counts (0.03)",
+    )
+    parser.add_argument("--rank", type=int, default=LoraSettings.rank, help="LoRA rank (4)")
+    parser.add_argument("--text-encoder-lora", action="store_true", help="also train LoRA on the text encoder(s)")
+    parser.add_argument(
+        "--dino-model",
+        default=SimilaritySettings.dino_model,
+        metavar="ID|DIR",
+        help=f"DINOv2 model ({SimilaritySettings.dino_model})",
+    )
+    parser.add_argument(
+        "--ir-model",
+        default=SimilaritySettings.ir_model,
+        metavar="ID|DIR",
+        help=f"CLIP vision model for the IR term ({SimilaritySettings.ir_model}, a substitute for the "
+        "paper's GUIE model)",
+    )
+    parser.add_argument("--dino-resolution", type=int, metavar="PX", help="DINO input side (model config: 518)")
+    parser.add_argument("--ir-resolution", type=int, metavar="PX", help="IR input side (model config: 224)")
+    parser.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
+    parser.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"backbone: {', '.join(BACKBONES)} (default sdxl-turbo), a Hub id or a local diffusers "
         "folder; with --lora, defaults to the subject's model",
     )
-    gen.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
-    gen.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
-    gen.add_argument("--seed", type=int, default=0, help="seed of the optimization noise and first image (0)")
     gen.add_argument(
         "--num-images", type=int, default=1, metavar="K", help="images per prompt, seeds SEED..SEED+K-1 (1)"
     )
@@ -56,47 +111,85 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, metavar="N", help="denoising steps of the final images (default: --train-steps)"
     )
     gen.add_argument("--train-steps", type=int, default=1, metavar="N", help="denoising steps while optimizing (1)")
-    gen.add_argument(
-        "--grad-steps", type=int, default=1, metavar="K", help="last steps that keep gradients while optimizing (1)"
+    _add_shared_options(gen)
+
+    edit = sub.add_parser(
+        "edit",
+        help="put the subject of one photo into another photo, in place of an object (subject swap)",
+        description="Replace an object in a photo (--image) with your subject (--subject): the object's mask comes "
+        "from --mask, --box, or detection of --object (default: the subject's class) with Grounding DINO + SAM.",
     )
-    gen.add_argument("--guidance-scale", type=float, default=0.0, help="CFG scale; turbo models use 0 (0)")
-    gen.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
-    gen.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4, the paper's)")
-    gen.add_argument(
-        "--patience",
+    edit.add_argument("--image", required=True, metavar="SCENE", help="the photo to edit")
+    edit.add_argument("--subject", required=True, metavar="PHOTO", help="the subject photo")
+    where = edit.add_mutually_exclusive_group()
+    where.add_argument("--mask", metavar="PNG", help="object mask, white = object (any size of the photo's aspect)")
+    where.add_argument("--box", metavar="x0,y0,x1,y1", help="object box in pixels of the photo to edit")
+    where.add_argument("--object", metavar="NAME", help="object to detect and replace (default: the subject class)")
+    edit.add_argument(
+        "--subject-class", metavar="NAME", help="the subject's class, e.g. dog (default: detected in the subject photo)"
+    )
+    edit.add_argument("--prompt", metavar="TEXT", help="edit prompt (default: 'a photo of a <subject class>')")
+    edit.add_argument(
+        "--model", default="sdxl-turbo", metavar="NAME|DIR", help="sdxl-turbo (default), sd-turbo, a Hub id or a folder"
+    )
+    edit.add_argument(
+        "--steps", type=int, default=4, metavar="N", help="schedule length that --strength cuts (4: t=749,499,249)"
+    )
+    edit.add_argument("--strength", type=float, default=EditSettings.strength, help="share of steps redone (0.75)")
+    edit.add_argument(
+        "--inversion", choices=INVERSION_METHODS, default="renoise", help="renoise (default) or plain ddim inversion"
+    )
+    edit.add_argument(
+        "--bg-weight", type=float, default=EditSettings.bg_weight, metavar="C", help="background loss weight (10)"
+    )
+    edit.add_argument(
+        "--bg-target",
+        choices=BACKGROUND_TARGETS,
+        default="input",
+        help="background compared with the input photo (default, reference code) or the inversion's "
+        "reconstruction (paper Eq. 3)",
+    )
+    edit.add_argument(
+        "--mask-dilation",
         type=int,
-        default=OptimSettings.patience,
-        help="early stopping: iterations without improvement (7)",
+        default=EditSettings.mask_dilation,
+        metavar="PX",
+        help=f"grow the mask by PX pixels at model resolution ({EditSettings.mask_dilation})",
     )
-    gen.add_argument(
-        "--min-improvement",
-        type=float,
-        default=OptimSettings.min_improvement,
-        help="early stopping: relative improvement that counts (0.03)",
+    edit.add_argument(
+        "--composite", action="store_true", help="paste the input back outside the (feathered) mask in best.png"
     )
-    gen.add_argument("--rank", type=int, default=LoraSettings.rank, help="LoRA rank (4)")
-    gen.add_argument("--text-encoder-lora", action="store_true", help="also train LoRA on the text encoder(s)")
-    gen.add_argument(
-        "--dino-model",
-        default=SimilaritySettings.dino_model,
-        metavar="ID|DIR",
-        help=f"DINOv2 model ({SimilaritySettings.dino_model})",
-    )
-    gen.add_argument(
-        "--ir-model",
-        default=SimilaritySettings.ir_model,
-        metavar="ID|DIR",
-        help=f"CLIP vision model for the IR term ({SimilaritySettings.ir_model}, a substitute for the "
-        "paper's GUIE model)",
-    )
-    gen.add_argument("--dino-resolution", type=int, metavar="PX", help="DINO input side (model config: 518)")
-    gen.add_argument("--ir-resolution", type=int, metavar="PX", help="IR input side (model config: 224)")
-    gen.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
-    gen.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    gen.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
-    gen.add_argument("--quiet", action="store_true", help="no progress bars")
+    edit.add_argument("--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"({DEFAULT_DETECTOR})")
+    edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"({DEFAULT_SEGMENTER})")
+    _add_shared_options(edit)
     eval_cli.add_parser(sub)
     return parser
+
+
+def _settings(args: argparse.Namespace, num_inference_steps: int) -> dict:
+    """The LoRA, similarity and optimization settings of the shared options."""
+    return {
+        "resolution": args.resolution,
+        "dtype": args.dtype,
+        "device": args.device,
+        "lora": LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
+        "similarity": SimilaritySettings(
+            dino_model=args.dino_model,
+            ir_model=args.ir_model,
+            dino_resolution=args.dino_resolution,
+            ir_resolution=args.ir_resolution,
+        ),
+        "optim": OptimSettings(
+            lr=args.lr,
+            max_iters=args.max_iters,
+            patience=args.patience,
+            min_improvement=args.min_improvement,
+            num_inference_steps=num_inference_steps,
+            grad_steps=args.grad_steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+        ),
+    }
 
 
 def _raise_interrupt(signum, frame):
@@ -122,26 +215,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
         config = SisoConfig(
             model=args.model or "sdxl-turbo",
             train_prompt=args.train_prompt or args.prompt[0],
-            resolution=args.resolution,
-            dtype=args.dtype,
-            device=args.device,
-            lora=LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
-            similarity=SimilaritySettings(
-                dino_model=args.dino_model,
-                ir_model=args.ir_model,
-                dino_resolution=args.dino_resolution,
-                ir_resolution=args.ir_resolution,
-            ),
-            optim=OptimSettings(
-                lr=args.lr,
-                max_iters=args.max_iters,
-                patience=args.patience,
-                min_improvement=args.min_improvement,
-                num_inference_steps=args.train_steps,
-                grad_steps=args.grad_steps,
-                guidance_scale=args.guidance_scale,
-                seed=args.seed,
-            ),
+            **_settings(args, args.train_steps),
         )
         subject = load_subject(args.subject)
         out = RunFolder(args.out, args.overwrite)
@@ -151,8 +225,55 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
                 out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
             )
 
+    metrics = _interruptible(work, out)
+    if metrics is None:
+        return EXIT_INTERRUPTED
+    if "stop_reason" in metrics:
+        print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
+    print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
+    return 0
+
+
+def edit(args: argparse.Namespace, argv: list[str]) -> int:
+    config = EditConfig(
+        model=args.model,
+        edit=EditSettings(
+            strength=args.strength,
+            bg_weight=args.bg_weight,
+            bg_target=args.bg_target,
+            mask_dilation=args.mask_dilation,
+            composite=args.composite,
+        ),
+        inversion=InversionSettings.preset(args.inversion),
+        **_settings(args, args.steps),
+    )
+    scene = load_subject(args.image, what="photo to edit")
+    if args.mask:
+        mask, source = load_mask(args.mask, scene.size), f"file {args.mask}"
+    elif args.box:
+        mask, source = box_mask(args.box, scene.size), f"box {args.box}"
+    else:
+        mask, source = None, "detected"
+    job = EditJob(scene, mask, source, args.object, args.subject_class, args.prompt, args.detector, args.segmenter)
+    subject = load_subject(args.subject)
+    out = RunFolder(args.out, args.overwrite)
+    paths = {"image": str(args.image), "subject": str(args.subject)}
+    metrics = _interruptible(
+        lambda: run_edit(out, config, job, subject, command=argv, paths=paths, progress=not args.quiet), out
+    )
+    if metrics is None:
+        return EXIT_INTERRUPTED
+    print(
+        f"siso: stopped ({metrics['stop_reason']}), best edit at iteration {metrics['best_iteration']}; inversion "
+        f"PSNR {metrics['inversion']['psnr']:.1f} dB; wrote {out.path / 'best.png'} and the run record"
+    )
+    return 0
+
+
+def _interruptible(work, out: RunFolder) -> dict | None:
+    """Run ``work()``; on Ctrl-C / SIGTERM say what was kept and return None."""
     try:
-        metrics = work()
+        return work()
     except KeyboardInterrupt:
         if (out.path / "best.png").is_file():
             kept = "best-so-far image, LoRA and config are"
@@ -160,13 +281,9 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
             kept = "the images made so far are"
         else:
             print("siso: interrupted before anything was made; nothing to keep", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return None
         print(f"siso: interrupted; the {kept} in {out.path} (metrics.json: complete = false)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if "stop_reason" in metrics:
-        print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
-    print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
-    return 0
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("siso: interrupted; finished items are kept, rerun the same command to resume", file=sys.stderr)
                 return EXIT_INTERRUPTED
             return 0
-        return generate(args, ["siso", *argv])
+        return (edit if args.command == "edit" else generate)(args, ["siso", *argv])
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"siso: error: {err}", file=sys.stderr)
         return EXIT_USAGE

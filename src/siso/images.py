@@ -16,8 +16,8 @@ class ImageError(ValueError):
     """A subject photo that cannot be used; the message says why and what to do."""
 
 
-def load_subject(path: str | Path) -> Image.Image:
-    """Read a photo as an upright 8-bit RGB image.
+def load_subject(path: str | Path, what: str = "subject photo") -> Image.Image:
+    """Read a photo (the subject, or the photo to edit: ``what`` names it in errors) as an upright 8-bit RGB image.
 
     EXIF orientation is applied; transparency is composited over white; grayscale, palette, CMYK and 16-bit images
     are converted (16-bit values are scaled, not clipped). The photo keeps its aspect ratio: the similarity networks
@@ -28,7 +28,7 @@ def load_subject(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError(f"subject photo not found: {path}")
+        raise ImageError(f"{what} not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
@@ -41,7 +41,7 @@ def load_subject(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read {path}: {err} (is the file truncated or damaged?)") from None
     if min(img.size) < MIN_SUBJECT_SIDE:
         raise ImageError(
-            f"subject photo {path} is {img.width}x{img.height} px; at least {MIN_SUBJECT_SIDE} px per side is needed"
+            f"{what} {path} is {img.width}x{img.height} px; at least {MIN_SUBJECT_SIDE} px per side is needed"
         )
     return _to_rgb(img)
 

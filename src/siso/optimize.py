@@ -19,6 +19,10 @@ from siso.losses import SimilarityLoss
 
 # callback(iteration, image, loss terms) -> True to stop the run.
 IterationCallback = Callable[[int, Image.Image, dict[str, float]], "bool | None"]
+# render(text conditioning) -> image (1, 3, H, W) in [0, 1], differentiable w.r.t. the LoRA weights.
+Render = Callable[[dict], torch.Tensor]
+# objective(image) -> loss terms, each of shape (B,) or scalar, with the scalar total under "loss".
+Objective = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 class EarlyStopping:
@@ -113,6 +117,41 @@ def optimize_subject(
     """
     opt = config.optim
     loss_fn = loss_fn or SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+
+    def render(cond: dict) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(opt.seed)
+        return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
+
+    return optimize_lora(backbone, render, loss_fn, config, callback, progress)
+
+
+def optimize_lora(
+    backbone: Backbone,
+    render: Render,
+    objective: Objective,
+    config: SisoConfig,
+    callback: IterationCallback | None = None,
+    progress: bool = True,
+) -> SisoResult:
+    """The SISO loop, for any task: add LoRA, then per iteration render, score, and take one AdamW step.
+
+    Generation renders from fixed noise and scores similarity (`optimize_subject`); editing renders from the
+    inverted photo and adds the background term (`siso.editing.edit_subject`). Early stopping, the best image and
+    LoRA snapshot, the callback, interrupts and non-finite losses are handled here, once.
+
+    Args:
+        backbone: A frozen backbone without LoRA.
+        render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
+            the text encoders carry LoRA).
+        objective: Image -> loss terms with the total under ``"loss"``.
+        config: ``train_prompt``, ``lora`` and ``optim`` are used.
+        callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
+        progress: Show a tqdm bar.
+
+    Returns:
+        As `optimize_subject`.
+    """
+    opt = config.optim
     modules = add_lora(backbone, config.lora)
     te_lr = config.lora.text_encoder_lr or opt.lr
     groups = [
@@ -139,9 +178,8 @@ def optimize_subject(
             start = time.perf_counter()
             if config.lora.train_text_encoder:
                 cond = conditioning()
-            generator = torch.Generator().manual_seed(opt.seed)
-            image = backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
-            terms = loss_fn(image)
+            image = render(cond)
+            terms = objective(image)
             loss = terms["loss"]
             values = {name: float(term.detach().float().mean()) for name, term in terms.items()}
             pil = tensor_to_pil(image)[0]
