@@ -34,11 +34,11 @@ def load_subject(path: str | Path, what: str = "subject photo") -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img)
     except PermissionError:
-        raise ImageError(f"cannot read {path}: permission denied") from None
+        raise ImageError(f"cannot read {what} {path}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image PIL can read (PNG, JPEG, WebP, ... expected)") from None
+        raise ImageError(f"{what} {path} is not an image PIL can read (PNG, JPEG, WebP, ... expected)") from None
     except (OSError, SyntaxError) as err:
-        raise ImageError(f"cannot read {path}: {err} (is the file truncated or damaged?)") from None
+        raise ImageError(f"cannot read {what} {path}: {err} (is the file truncated or damaged?)") from None
     if min(img.size) < MIN_SUBJECT_SIDE:
         raise ImageError(
             f"{what} {path} is {img.width}x{img.height} px; at least {MIN_SUBJECT_SIDE} px per side is needed"

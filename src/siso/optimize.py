@@ -152,7 +152,9 @@ def optimize_lora(
         As `optimize_subject`.
     """
     opt = config.optim
-    modules = add_lora(backbone, config.lora)
+    with torch.random.fork_rng():
+        torch.manual_seed(opt.seed)  # peft draws the LoRA A matrices from the global generator: seed them too
+        modules = add_lora(backbone, config.lora)
     te_lr = config.lora.text_encoder_lr or opt.lr
     groups = [
         {"params": list(trainable(m).values()), "lr": opt.lr if m is backbone.denoiser else te_lr}

@@ -213,6 +213,7 @@ class EditJob:
             photo when None and the prompt is not given).
         prompt: The edit prompt (default "a photo of a {subject class}").
         detector, segmenter: Grounding DINO and SAM models for detection and class inference.
+        box_threshold: Minimum detection score (the paper's 0.3).
     """
 
     scene: Image.Image
@@ -223,6 +224,7 @@ class EditJob:
     prompt: str | None = None
     detector: str = DEFAULT_DETECTOR
     segmenter: str = DEFAULT_SEGMENTER
+    box_threshold: float = 0.3
 
 
 def _resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tuple[np.ndarray, str, dict]:
@@ -236,7 +238,7 @@ def _resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tup
     mask = job.mask
     if mask is not None and not need_class:
         return mask, job.prompt or f"a photo of a {job.subject_class}", names
-    segmenter = ObjectSegmenter(job.detector, job.segmenter, device or default_device())
+    segmenter = ObjectSegmenter(job.detector, job.segmenter, device or default_device(), job.box_threshold)
     if need_class:
         names["subject_class"] = segmenter.name_object(subject)
         if names["subject_class"] is None:
