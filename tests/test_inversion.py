@@ -91,19 +91,20 @@ def test_step_is_the_schedulers_step(backbones):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_renoise_beats_ddim_without_regularisation(backbones, family):
+@pytest.mark.parametrize("regularised", [True, False])
+def test_renoise_beats_ddim(backbones, family, regularised):
     """Renoising solves the implicit inverse step that DDIM approximates with one prediction at the less noisy
-    latent, so denoising the inverted latent lands closer to the photo's latents. Measured with the noise
-    regularisation off: on these random-weight models the regularisation (tuned for real models' unit-variance
-    predictions on 64x64+ latents) dominates the error; README "Inversion quality" has both figures."""
+    latent, so denoising the inverted latent lands closer to the photo's latents, with the default settings and
+    without the noise regularisation. (In decoded pixels the two are within 0.15 dB on these random-weight models:
+    README "Inversion quality" has the figures and why.)"""
     backbone = backbones[family]
-    no_reg = {"kl_weight": 0.0, "ac_weight": 0.0}
-    clean, ddim, _ = _reconstruct(backbone, InversionSettings(**InversionSettings.preset("ddim").__dict__))
-    _, renoise, inversion = _reconstruct(backbone, InversionSettings(**{**InversionSettings().__dict__, **no_reg}))
-    assert _relative_error(clean, renoise) < 0.9 * _relative_error(clean, ddim)
-    # 3 steps: the first (t=249) 5 renoising iterations + 1, the others 9 + 1, plus one correction pass per
-    # ancestral step that adds noise (t=749, 499)
-    assert inversion.model_evaluations == 6 + 10 + 10 + (2 if family == "sdxl" else 0)
+    settings = InversionSettings() if regularised else InversionSettings(kl_weight=0.0, ac_weight=0.0)
+    clean, ddim, _ = _reconstruct(backbone, InversionSettings.preset("ddim"))
+    _, renoise, inversion = _reconstruct(backbone, settings)
+    assert _relative_error(clean, renoise) < _relative_error(clean, ddim)
+    # 3 steps: the first (t=249) 5 renoising iterations + 1, the others 9 + 1; one pass per step for the
+    # regularisation's reference prediction; one correction pass per ancestral step that adds noise (t=749, 499)
+    assert inversion.model_evaluations == 6 + 10 + 10 + 3 * regularised + 2 * (family == "sdxl")
 
 
 def test_noise_correction_retraces_ancestral_steps(backbones):
