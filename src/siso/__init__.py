@@ -1,23 +1,39 @@
-"""siso: single-image subject-driven generation (SISO, arXiv 2503.16025) on diffusers backbones."""
+"""siso: single-image subject-driven generation and editing (SISO, arXiv 2503.16025) on diffusers backbones."""
 
 from siso.backbones import BACKBONES, Backbone, load_backbone
-from siso.config import LoraSettings, OptimSettings, SimilaritySettings, SisoConfig
+from siso.config import (
+    EditConfig,
+    EditSettings,
+    InversionSettings,
+    LoraSettings,
+    OptimSettings,
+    SimilaritySettings,
+    SisoConfig,
+)
+from siso.editing import EditResult, edit_subject, prepare_scene
 from siso.images import load_subject
 from siso.lora import save_lora
-from siso.optimize import EarlyStopping, SisoResult, optimize_subject
+from siso.optimize import EarlyStopping, SisoResult, optimize_lora, optimize_subject
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "EarlyStopping",
+    "EditConfig",
+    "EditResult",
+    "EditSettings",
+    "InversionSettings",
     "LoraSettings",
     "OptimSettings",
     "SimilaritySettings",
     "SisoConfig",
     "SisoResult",
+    "edit_subject",
     "load_backbone",
     "load_subject",
+    "optimize_lora",
     "optimize_subject",
+    "prepare_scene",
     "save_lora",
 ]
 __version__ = "0.1.0"

@@ -159,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument(
         "--composite", action="store_true", help="paste the input back outside the (feathered) mask in best.png"
     )
-    edit.add_argument("--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"({DEFAULT_DETECTOR})")
-    edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"({DEFAULT_SEGMENTER})")
+    edit.add_argument(
+        "--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"Grounding DINO ({DEFAULT_DETECTOR})"
+    )
+    edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"SAM ({DEFAULT_SEGMENTER})")
     _add_shared_options(edit)
     eval_cli.add_parser(sub)
     return parser

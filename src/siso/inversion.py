@@ -120,6 +120,9 @@ def invert(
 
     Returns:
         The inverted latent, the (corrected) per-step noises and the number of denoiser passes.
+
+    Raises:
+        FloatingPointError: the inversion produced non-finite values.
     """
     shape, device = latents.shape, latents.device
     noises = [torch.randn(shape, generator=generator).to(device) for _ in range(len(sampler))]
@@ -158,4 +161,6 @@ def invert(
             direction = predict(estimate, i)
             noises[i] = (sampler.invert_step(direction, i, target, torch.zeros_like(target)) - estimate) / scale
         target = estimate
+    if not (torch.isfinite(target).all() and all(torch.isfinite(n).all() for n in noises)):
+        raise FloatingPointError("the inversion diverged (non-finite latents); try --inversion ddim or --dtype fp32")
     return Inversion(target, noises, evaluations)
