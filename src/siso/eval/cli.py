@@ -1,20 +1,24 @@
-"""``siso eval score|run|fetch``: parsed here, run by `siso.eval.score`, `siso.eval.generate`, `siso.eval.fetch`."""
+"""``siso eval score|run|fetch``: parsed here, run by `siso.eval.score`, `siso.eval.generate` (generation suites),
+`siso.eval.edit` (editing suites) and `siso.eval.fetch`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 from accelerate import PartialState
 
-from siso.config import DTYPES, OptimSettings, SimilaritySettings, SisoConfig
-from siso.eval.crop import DEFAULT_DETECTOR
+from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig
+from siso.eval.edit import edit_suite
 from siso.eval.fetch import fetch
 from siso.eval.generate import PROTOCOLS, generate_suite
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
 from siso.eval.suites import EDITING_SUITES, SUITES
+from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
 ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
 
@@ -44,6 +48,26 @@ def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
         metavar="ID|DIR",
         help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics",
     )
+    parser.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        metavar="ID|DIR",
+        help=f"editing suites, items without a mask file: Grounding DINO that finds the object ({DEFAULT_DETECTOR}); "
+        "for siso's edits and lpips_bg",
+    )
+    parser.add_argument(
+        "--segmenter",
+        default=DEFAULT_SEGMENTER,
+        metavar="ID|DIR",
+        help=f"SAM that segments the detected object into its mask ({DEFAULT_SEGMENTER})",
+    )
+    parser.add_argument(
+        "--box-threshold",
+        type=float,
+        default=0.3,
+        metavar="SCORE",
+        help="minimum detection score for those masks (0.3, the paper's)",
+    )
     parser.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N items")
     parser.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
@@ -52,7 +76,9 @@ def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     """Add the ``eval`` command group to the top-level subparsers."""
-    group = sub.add_parser("eval", help="benchmark suites: score any method's images, or generate with siso and score")
+    group = sub.add_parser(
+        "eval", help="benchmark suites: score any method's images, or generate or edit with siso and score"
+    )
     commands = group.add_subparsers(dest="eval_command", required=True)
     sc = commands.add_parser(
         "score",
@@ -64,20 +90,29 @@ def add_parser(sub) -> None:
     sc.add_argument("--generated", required=True, metavar="DIR", help="root of the generated images")
     ru = commands.add_parser(
         "run",
-        help="generate every item with siso, then score (OUT/generated, OUT/subjects, OUT/scores)",
-        description=f"Generate with siso, then score. {ITEM_IDS} Rerunning with the same --out resumes; under "
-        "`accelerate launch` units and items are sharded across processes.",
+        help="generate (or, on imagenhub-editing, edit) every item with siso, then score (OUT/generated, "
+        "OUT/subjects, OUT/scores)",
+        description=f"Generate with siso, then score. {ITEM_IDS} On an editing suite (imagenhub-editing) each item's "
+        "photo is edited instead, once: the object is the suite's masks/<uid>.png, else detected (--detector, "
+        "--segmenter); an item where nothing is detected is skipped and named in the final error. Rerunning with "
+        "the same --out resumes; under `accelerate launch` units and items are sharded across processes.",
     )
     _suite_and_scoring_options(ru)
     ru.add_argument("--model", default="sdxl-turbo", metavar="NAME|DIR", help="backbone (sdxl-turbo)")
     ru.add_argument(
         "--protocol",
         choices=PROTOCOLS,
-        default="two-stage",
-        help="two-stage: one LoRA per subject from 'a photo of a <class>'; per-prompt: one per item",
+        help="generation suites: two-stage (default): one LoRA per subject from 'a photo of a <class>'; per-prompt: "
+        "one per item (editing suites always learn one per item, and refuse this option)",
     )
-    ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1)")
-    ru.add_argument("--steps", type=int, metavar="N", help="steps of the final images (default: 1)")
+    ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1; editing: only 1)")
+    ru.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="generation: steps of the final images (default: 1); editing: the schedule that strength 0.75 cuts, "
+        "as `siso edit --steps` (default: 4)",
+    )
     ru.add_argument("--seed", type=int, default=0, help="optimization seed and first image seed (0)")
     ru.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
     ru.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4)")
@@ -106,21 +141,41 @@ def run(args: argparse.Namespace) -> str:
     scores = Path(args.out)
     generated = args.generated if args.eval_command == "score" else None
     if args.eval_command == "run":
+        similarity = SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model)
         if args.suite in EDITING_SUITES:
-            raise ValueError(
-                f"{args.suite} is an editing suite: siso cannot edit yet; score any method's edits "
-                "with `siso eval score`"
+            if args.num_images != 1:
+                raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
+            if args.protocol is not None:
+                raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
+            optim = dataclasses.replace(EditConfig().optim, lr=args.lr, max_iters=args.max_iters, seed=args.seed)
+            if args.steps is not None:
+                optim = dataclasses.replace(optim, num_inference_steps=args.steps)
+            config = EditConfig(
+                model=args.model, dtype=args.dtype, device=args.device, similarity=similarity, optim=optim
             )
-        config = SisoConfig(
-            model=args.model,
-            dtype=args.dtype,
-            device=args.device,
-            similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
-            optim=OptimSettings(lr=args.lr, max_iters=args.max_iters, seed=args.seed),
-        )
-        generated = generate_suite(
-            items, args.out, config, args.num_images, args.steps, args.protocol, progress=not args.quiet
-        )
+            generated, skipped = edit_suite(
+                items, args.out, config, args.detector, args.segmenter, args.box_threshold, progress=not args.quiet
+            )
+            if PartialState().is_main_process:
+                for item_id, reason in skipped.items():
+                    print(f"siso: skipped {item_id}: {reason}", file=sys.stderr)
+        else:
+            config = SisoConfig(
+                model=args.model,
+                dtype=args.dtype,
+                device=args.device,
+                similarity=similarity,
+                optim=OptimSettings(lr=args.lr, max_iters=args.max_iters, seed=args.seed),
+            )
+            generated = generate_suite(
+                items,
+                args.out,
+                config,
+                args.num_images,
+                args.steps,
+                args.protocol or "two-stage",
+                progress=not args.quiet,
+            )
         scores = Path(args.out) / "scores"
     score(
         items,
@@ -132,5 +187,8 @@ def run(args: argparse.Namespace) -> str:
         progress=not args.quiet,
         reference=args.reference,
         crop=args.crop,
+        detector=args.detector,
+        segmenter=args.segmenter,
+        box_threshold=args.box_threshold,
     )
     return (scores / "summary.md").read_text() if PartialState().is_main_process else ""

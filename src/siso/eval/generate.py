@@ -9,6 +9,9 @@ Layout under ``OUT``: ``generated/<item id>/<k>.png`` (seed ``seed + k``), ``sub
 LoRA, reused when present) and ``subjects/<unit>/metrics.json`` (loss history, stop reason). Finished images and
 saved LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
 half-written PNG that looks done.
+
+The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`, `save_atomic`) live here; the editing
+half is `siso.eval.edit`.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from siso.backbones import load_backbone
+from siso.backbones import Backbone, load_backbone
 from siso.config import SisoConfig
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
@@ -56,11 +61,49 @@ def plan(items: list[EvalItem], protocol: str) -> list[Unit]:
     return [Unit(s, f"a photo of a {group[0].class_name}", tuple(group)) for s, group in subjects.items()]
 
 
-def _save_atomic(image, path: Path) -> None:
+def save_atomic(image, path: Path) -> None:
+    """Save a PNG under a temporary name and rename it: a crash never leaves a half-written image that looks done."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     image.save(tmp)
     os.replace(tmp, path)
+
+
+def process_share(work: list, desc: str, progress: bool = True) -> Iterator:
+    """This process's share of ``work`` (all of it without ``accelerate launch``), with a progress bar on the main
+    process. Every process must have planned ``work`` from the same files: all wait for each other before the first
+    entry (so nobody writes before everyone has planned) and after the last."""
+    state = PartialState(cpu=not torch.cuda.is_available())
+    state.wait_for_everyone()
+    with state.split_between_processes(work) as mine:
+        yield from tqdm(mine, desc=desc, disable=not (progress and state.is_main_process))
+    state.wait_for_everyone()
+
+
+class SuiteModels:
+    """The backbone and similarity loss of a suite run, loaded at first use: a fully resumed run loads nothing.
+
+    Attributes:
+        config: The run's configuration.
+        device: ``config.device``, else this process's accelerator under ``accelerate launch``, else cpu.
+    """
+
+    def __init__(self, config: SisoConfig):
+        self.config = config
+        self.device = config.device or str(PartialState(cpu=not torch.cuda.is_available()).device)
+        self._loss: SimilarityLoss | None = None
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        return load_backbone(self.config.model, self.config.dtype, self.device, self.config.resolution)
+
+    def similarity(self, subject) -> SimilarityLoss:
+        """The similarity loss with ``subject`` as its reference (the networks are loaded once)."""
+        if self._loss is None:
+            self._loss = SimilarityLoss(self.config.similarity, subject, self.backbone.device, self.backbone.dtype)
+        else:
+            self._loss.set_subject(subject)
+        return self._loss
 
 
 def generate_suite(
@@ -90,46 +133,37 @@ def generate_suite(
     units = plan(items, protocol)
     steps = num_inference_steps or config.optim.num_inference_steps
     seeds = [config.optim.seed + k for k in range(num_images)]
-    state = PartialState(cpu=not torch.cuda.is_available())
-    device = config.device or str(state.device)
 
     def todo(unit: Unit) -> list[tuple[EvalItem, int, Path]]:
         wanted = [(item, seed, generated / item.id / f"{seed - seeds[0]}.png") for item in unit.items for seed in seeds]
         return [w for w in wanted if not w[2].is_file()]
 
     pending = [unit for unit in units if todo(unit)]
-    state.wait_for_everyone()  # every process has planned from the same files before anyone writes
-    backbone = loss_fn = None
-    with state.split_between_processes(pending) as mine:
-        for unit in tqdm(mine, desc="subjects", unit="unit", disable=not (progress and state.is_main_process)):
-            if backbone is None:  # loaded lazily: a fully resumed run loads nothing
-                backbone = load_backbone(config.model, config.dtype, device, config.resolution)
-            folder = out / "subjects" / unit.name
-            lora = folder / "lora"
-            subject = load_subject(unit.items[0].subject_image)
-            if (lora / "pytorch_lora_weights.safetensors").is_file():
-                backbone.pipe.load_lora_weights(lora)
-            else:
-                if loss_fn is None:
-                    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
-                else:
-                    loss_fn.set_subject(subject)
-                unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
-                result = optimize_subject(backbone, subject, unit_config, loss_fn=loss_fn, progress=False)
-                if not result.complete:
-                    raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
-                modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
-                # Saved beside and renamed into place: a crash mid-save must not leave a LoRA that looks done.
-                partial = folder / "lora.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
-                shutil.rmtree(lora, ignore_errors=True)  # a folder without weights is not a saved LoRA
-                os.replace(partial, lora)
-                write_json(folder / "metrics.json", result.record())
-                result.best_image.save(folder / "best.png")
-            for item, seed, path in todo(unit):
-                image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
-                _save_atomic(image, path)
-            backbone.pipe.unload_lora_weights()
-    state.wait_for_everyone()
+    models = SuiteModels(config)
+    for unit in process_share(pending, "subjects", progress):
+        backbone = models.backbone
+        folder = out / "subjects" / unit.name
+        lora = folder / "lora"
+        subject = load_subject(unit.items[0].subject_image)
+        if (lora / "pytorch_lora_weights.safetensors").is_file():
+            backbone.pipe.load_lora_weights(lora)
+        else:
+            unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
+            loss_fn = models.similarity(subject)
+            result = optimize_subject(backbone, subject, unit_config, loss_fn=loss_fn, progress=False)
+            if not result.complete:
+                raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
+            modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
+            # Saved beside and renamed into place: a crash mid-save must not leave a LoRA that looks done.
+            partial = folder / "lora.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
+            shutil.rmtree(lora, ignore_errors=True)  # a folder without weights is not a saved LoRA
+            os.replace(partial, lora)
+            write_json(folder / "metrics.json", result.record())
+            result.best_image.save(folder / "best.png")
+        for item, seed, path in todo(unit):
+            image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
+            save_atomic(image, path)
+        backbone.pipe.unload_lora_weights()
     return generated

@@ -139,7 +139,12 @@ class BackgroundLPIPS:
     SIZE = 512
 
     def __init__(
-        self, weights: str | None, device: str, detector: str = DEFAULT_DETECTOR, segmenter: str = DEFAULT_SEGMENTER
+        self,
+        weights: str | None,
+        device: str,
+        detector: str = DEFAULT_DETECTOR,
+        segmenter: str = DEFAULT_SEGMENTER,
+        box_threshold: float = 0.3,
     ):
         if weights is None:
             raise ValueError(
@@ -151,6 +156,7 @@ class BackgroundLPIPS:
         self.device = device
         self.detector_name = detector
         self.segmenter_name = segmenter
+        self.box_threshold = box_threshold
         self.segmenter: ObjectSegmenter | None = None  # loaded on the first item without a mask file
 
     def _mask(self, item: EvalItem, source: Image.Image) -> torch.Tensor:
@@ -159,7 +165,7 @@ class BackgroundLPIPS:
                 mask = img.convert("L").resize((self.SIZE, self.SIZE), Image.Resampling.NEAREST)
             return torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
         if self.segmenter is None:
-            self.segmenter = ObjectSegmenter(self.detector_name, self.segmenter_name, self.device)
+            self.segmenter = ObjectSegmenter(self.detector_name, self.segmenter_name, self.device, self.box_threshold)
         mask = self.segmenter.segment(source, item.class_name)
         if mask is None:
             return torch.zeros(1, 1, self.SIZE, self.SIZE)

@@ -16,6 +16,7 @@ and the main process merges them into ``items.jsonl`` (in suite order) and write
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -27,11 +28,12 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from siso.eval.crop import SubjectCropper
-from siso.eval.metrics import METRICS, IdentityMetric, build_metrics, read_rgb
+from siso.eval.metrics import METRICS, BackgroundLPIPS, IdentityMetric, build_metrics, read_rgb
 from siso.eval.plots import histogram
 from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
 from siso.jsonio import write_atomic, write_json
+from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
 ITEMS_FILE = "items.jsonl"
 
@@ -116,6 +118,9 @@ def score(
     progress: bool = True,
     reference: str | Path | None = None,
     crop: str | None = None,
+    detector: str = DEFAULT_DETECTOR,
+    segmenter: str = DEFAULT_SEGMENTER,
+    box_threshold: float = 0.3,
 ) -> list[dict]:
     """Score the generated images of every item and write the per-item records and the summary.
 
@@ -130,6 +135,8 @@ def score(
         reference: Folder of reference images (searched recursively) for the set-level metrics.
         crop: Grounding DINO model id or folder: identity metrics then see each generated image cropped to the
             detected subject (the paper's protocol; ``crop_boxes`` in the record, null where nothing was found).
+        detector, segmenter, box_threshold: Grounding DINO, SAM and the detection threshold that mask editing items
+            without a mask file for ``lpips_bg`` (the paper's masks, as `siso.eval.edit` finds them).
 
     Returns:
         The summary rows (metric, mean, sem, n).
@@ -154,7 +161,14 @@ def score(
     item_names = [n for n in metric_names if n in METRICS]
     state = PartialState(cpu=not torch.cuda.is_available())
     device = device or str(state.device)
-    metrics = build_metrics(item_names, {k: v for k, v in models.items() if k in METRICS}, device)
+    registry = {
+        **METRICS,
+        "lpips_bg": dataclasses.replace(
+            METRICS["lpips_bg"],
+            build=lambda weights, dev: BackgroundLPIPS(weights, dev, detector, segmenter, box_threshold),
+        ),
+    }
+    metrics = build_metrics(item_names, {k: v for k, v in models.items() if k in METRICS}, device, registry)
     cropper = SubjectCropper(crop, device) if crop else None
     set_metrics = build_metrics(set_names, {k: v for k, v in models.items() if k in SET_METRICS}, device, SET_METRICS)
     out.mkdir(parents=True, exist_ok=True)
