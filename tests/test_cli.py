@@ -119,6 +119,12 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
         )
 
 
+def test_console_script_starts_without_transformers_torchvision_notices():
+    proc = _run(["--help"])
+    assert proc.returncode == 0 and "usage: siso" in proc.stdout
+    assert "requires torchvision" not in proc.stderr and proc.stderr == ""
+
+
 def test_sigterm_keeps_best_so_far(base_args, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
