@@ -14,6 +14,7 @@ Layout::
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import time
@@ -25,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siso.backbones import Backbone, load_backbone
-from siso.config import SisoConfig
+from siso.config import SisoConfig, check_seed
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
 from siso.lora import read_subject_info, save_lora
@@ -51,8 +52,12 @@ class GenerationJob:
             raise ValueError("at least one non-empty prompt is needed")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        for seed in self.seeds:
+            check_seed(seed, "every seed")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
 
 
 @dataclass
