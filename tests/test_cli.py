@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from siso.cli import main
@@ -240,3 +241,138 @@ def test_lora_folder_without_weights(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     args = ["generate", "--lora", str(tmp_path / "empty"), "--prompt", "x", "--out", str(tmp_path / "o")]
     assert "has no pytorch_lora_weights.safetensors" in _error(capsys, args)
+
+
+# --- bad input, swept option by option: one "siso: error:" line, exit 2, decided before any model loads -------
+
+NOT_A_MODEL = "/nonexistent/model"  # had anything loaded before the check, this would be the error
+
+
+def _generate_args(subject_path, tmp_path):
+    return ["generate", "--subject", str(subject_path), "--prompt", "x", "--out", str(tmp_path / "o")]
+
+
+def _reuse_args(tmp_path):
+    return ["generate", "--lora", str(tmp_path / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")]
+
+
+# (extra arguments, what the error says); "--lr=-inf": argparse takes "--lr -inf" for two options (its own error)
+GENERATE_NUMBERS = [
+    *[
+        ([f"--{opt}={v}"], f"--{opt} must be a finite number, got {v}")
+        for opt in ("lr", "min-improvement", "guidance-scale")
+        for v in ("nan", "inf", "-inf")
+    ],
+    (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
+    (["--lr", "-1"], "lr must be a finite number > 0, got -1.0"),
+    (["--min-improvement", "1"], "min_improvement is a fraction in [0, 1), got 1.0"),
+    (["--min-improvement", "-0.1"], "min_improvement is a fraction in [0, 1), got -0.1"),
+    (["--guidance-scale", "-1"], "guidance_scale must be a finite number >= 0, got -1.0"),
+    *[
+        ([f"--{opt}", "0"], f"--{opt} must be >= 1, got 0")
+        for opt in (
+            "max-iters",
+            "patience",
+            "rank",
+            "num-images",
+            "steps",
+            "train-steps",
+            "grad-steps",
+            "resolution",
+            "dino-resolution",
+            "ir-resolution",
+        )
+    ],
+    (["--max-iters", "-5"], "--max-iters must be >= 1, got -5"),
+    (["--grad-steps", "2"], "grad_steps must be between 1 and num_inference_steps (1), got 2"),
+    (["--resolution", "12"], "resolution must be a positive multiple of 8, got 12"),
+    (["--dino-resolution", "10"], "dino_resolution must be >= 14 pixels, got 10"),
+    (["--ir-resolution", "10"], "ir_resolution must be >= 14 pixels, got 10"),
+    # torch.Generator.manual_seed takes -2**63 .. 2**64 - 1 (negative seeds wrap); the images use SEED..SEED+K-1
+    ([f"--seed={-(2**63) - 1}"], "--seed must be between -9223372036854775808 and 18446744073709551615"),
+    (["--seed", str(2**64)], "--seed must be between -9223372036854775808 and 18446744073709551615"),
+    (["--seed", str(2**64 - 1), "--num-images", "2"], "--seed + --num-images - 1 must be between"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), GENERATE_NUMBERS)
+@pytest.mark.parametrize("mode", ["subject", "lora"])
+def test_bad_numbers_generate(capsys, subject_path, tmp_path, mode, extra, message):
+    # --lora does not optimize, but a bad value of an optimization option is still an error
+    args = _generate_args(subject_path, tmp_path) if mode == "subject" else _reuse_args(tmp_path)
+    assert message in _error(capsys, [*args, "--model", NOT_A_MODEL, *extra])
+    assert not (tmp_path / "o").exists()
+
+
+def test_negative_seed_is_accepted(capsys, subject_path, tmp_path):
+    # torch takes seed -1 as 2**64 - 1: the run goes on to load the model
+    assert "unknown model" in _error(capsys, [*_generate_args(subject_path, tmp_path), "--model", "x", "--seed=-1"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [(["--max-iters", "nan"], "argument --max-iters: invalid int value: 'nan'"), (["--rank", "1.5"], "invalid int")],
+)
+def test_non_integer_counts_are_argparse_errors(capsys, subject_path, tmp_path, extra, error):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*_generate_args(subject_path, tmp_path), *extra])
+    assert exit_info.value.code == 2 and error in capsys.readouterr().err
+
+
+def _eval_args(command, tmp_path):
+    args = ["eval", command, "--suite", "dreambench", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")]
+    return [*args, "--generated", str(tmp_path / "g")] if command == "score" else [*args, "--model", NOT_A_MODEL]
+
+
+EVAL_NUMBERS = [
+    ("score", ["--limit", "0"], "--limit must be >= 1, got 0"),
+    ("run", ["--limit", "-1"], "--limit must be >= 1, got -1"),
+    *[("run", [f"--{opt}", "0"], f"--{opt} must be >= 1, got 0") for opt in ("num-images", "steps", "max-iters")],
+    *[("run", [f"--lr={v}"], f"--lr must be a finite number, got {v}") for v in ("nan", "inf", "-inf")],
+    ("run", ["--seed", str(2**64)], "--seed must be between"),
+    ("run", [f"--seed={-(2**63) - 1}"], "--seed must be between"),
+    ("run", ["--seed", str(2**64 - 2), "--num-images", "3"], "--seed + --num-images - 1 must be between"),
+]
+
+
+@pytest.mark.parametrize(("command", "extra", "message"), EVAL_NUMBERS)
+def test_bad_numbers_eval(capsys, tmp_path, command, extra, message):
+    assert message in _error(capsys, [*_eval_args(command, tmp_path), *extra])  # not the missing --data
+
+
+def _device_cases():
+    cases = [("banana", "device 'banana' is not a torch device; usable here: cpu"), ("", "is not a torch device")]
+    if not torch.cuda.is_available():
+        cases += [("cuda", "device 'cuda' cannot be used"), ("cuda:0", "device 'cuda:0' cannot be used")]
+    if torch.cuda.device_count() < 8:
+        cases.append(("cuda:7", "device 'cuda:7' cannot be used"))
+    if not torch.backends.mps.is_available():
+        cases.append(("mps", "device 'mps' cannot be used (MPS is not available)"))
+    return cases
+
+
+@pytest.mark.parametrize(("device", "message"), _device_cases())
+@pytest.mark.parametrize("command", ["generate", "generate --lora", "eval score", "eval run"])
+def test_unusable_device(capsys, subject_path, tmp_path, command, device, message):
+    args = {
+        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
+        "generate --lora": [*_reuse_args(tmp_path), "--model", NOT_A_MODEL],
+        "eval score": _eval_args("score", tmp_path),
+        "eval run": _eval_args("run", tmp_path),
+    }[command]
+    line = _error(capsys, [*args, "--device", device])
+    assert message in line and "usable here: cpu" in line
+
+
+@pytest.mark.parametrize("command", ["generate", "eval score", "eval fetch"])
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_output_folder_that_cannot_be(capsys, subject_path, tmp_path, command, where):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "run"
+    args = {
+        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
+        "eval score": _eval_args("score", tmp_path),
+        "eval fetch": ["eval", "fetch", "--suite", "dreambench"],
+    }[command]
+    message = "exists and is not a folder" if where == "file" else f"{tmp_path / 'file'} is a file"
+    assert message in _error(capsys, [*args, "--out", str(out)])

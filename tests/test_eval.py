@@ -567,3 +567,33 @@ def test_a_limited_rerun_keeps_earlier_records(dreambench, tmp_path):
     rows = score(items[:1], generated, out, ["mse"], progress=False)
     assert rows[0]["n"] == 1  # the summary covers the items asked for ...
     assert [r["item"] for r in read_records(out / ITEMS_FILE)] == [i.id for i in items]  # ... the file keeps all
+
+
+# --- bad input: one "siso: error:" line, exit 2 ------------------------------------------------------------------
+
+
+def _error(capsys, args) -> str:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("siso: error: "), captured.err
+    return lines[0]
+
+
+def _score_args(dreambench, tmp_path, *extra):
+    args = ["eval", "score", "--suite", "dreambench", "--data", str(dreambench), "--out", str(tmp_path / "scores")]
+    return [*args, "--generated", str(_generate(load_dreambench(dreambench), tmp_path / "generated")), *extra]
+
+
+def test_eval_score_needs_a_metric(dreambench, tmp_path, capsys):
+    assert "--metrics names no metric" in _error(capsys, _score_args(dreambench, tmp_path, "--metrics", " , "))
+
+
+def test_eval_fetch_bad_outputs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    args = ["eval", "fetch", "--suite", "dreambench", "--out"]
+    assert "exists and is not an empty folder" in _error(capsys, [*args, str(tmp_path / "full")])
+    monkeypatch.setattr("siso.eval.fetch.DREAMBENCH_REPO", str(tmp_path / "no-repo"))  # git fails, offline
+    line = _error(capsys, [*args, str(tmp_path / "new")])
+    assert f"git clone {tmp_path / 'no-repo'} failed (fatal:" in line and "check the internet connection" in line

@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import time
@@ -60,6 +61,23 @@ class GenerationJob:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
 
 
+def check_output_folder(path: str | Path) -> None:
+    """Check that ``path`` is a folder or can be made one, before any slow work writes there.
+
+    Raises:
+        OutputExistsError: ``path`` is a file.
+        ValueError: a parent of ``path`` is a file, or the nearest existing one is not writable.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} exists and is not a folder")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"cannot create output folder {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write output folder {path}: {parent} is not writable")
+
+
 @dataclass
 class RunFolder:
     """An output folder; refuses to reuse a non-empty folder unless ``overwrite`` (and then only a siso run's).
@@ -74,8 +92,7 @@ class RunFolder:
 
     def __post_init__(self):
         self.path = Path(self.path)
-        if self.path.exists() and not self.path.is_dir():
-            raise OutputExistsError(f"output {self.path} exists and is not a folder")
+        check_output_folder(self.path)
         if self._nonempty():
             if not self.overwrite:
                 raise OutputExistsError(f"output folder {self.path} is not empty; pass --overwrite to replace it")
