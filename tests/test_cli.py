@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,8 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from siso.backbones import load_backbone
 from siso.cli import main
+from siso.config import LoraSettings
+from siso.lora import SUBJECT_FILE, WEIGHTS_FILE, add_lora, save_lora
 
 SISO = str(Path(sys.executable).parent / "siso")  # the installed console script
 
@@ -376,3 +381,100 @@ def test_output_folder_that_cannot_be(capsys, subject_path, tmp_path, command, w
     }[command]
     message = "exists and is not a folder" if where == "file" else f"{tmp_path / 'file'} is a file"
     assert message in _error(capsys, [*args, "--out", str(out)])
+
+
+# --- damaged files: the error names the file and the fix ---------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("model", "file", "option", "damage"),
+    [
+        ("sd", "model_index.json", "--model", _truncate),
+        ("sd", "unet/diffusion_pytorch_model.safetensors", "--model", lambda p: p.write_bytes(b"garbage" * 9)),
+        ("sd", "text_encoder/model.safetensors", "--model", _truncate),
+        ("sd", "tokenizer/tokenizer.json", "--model", _truncate),
+        ("dino", "config.json", "--dino-model", _truncate),
+        ("dino", "model.safetensors", "--dino-model", _truncate),
+        ("clip", "config.json", "--ir-model", lambda p: p.write_text("")),
+        ("clip", "model.safetensors", "--ir-model", lambda p: p.write_bytes(b"garbage" * 9)),
+    ],
+)
+def test_damaged_model_folder(capsys, base_args, model_dirs, tmp_path, model, file, option, damage):
+    folder = shutil.copytree(model_dirs[model], tmp_path / model)
+    damage(folder / file)
+    line = _error(capsys, [*base_args, option, str(folder), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert f"{folder / file} is damaged" in line and "Fix: download or save the model again" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "model", "message"),
+    [
+        ("--ir-model", "dino", "is a dinov2 model, not CLIP"),
+        ("--dino-model", "clip", "is a clip_vision_model model, not DINOv2"),
+    ],
+)
+def test_similarity_model_of_another_architecture(capsys, base_args, model_dirs, tmp_path, option, model, message):
+    assert message in _error(
+        capsys, [*base_args, option, str(model_dirs[model]), "--prompt", "x", "--out", str(tmp_path / "o")]
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_subjects(model_dirs, tmp_path_factory) -> dict[str, Path]:
+    """A saved subject (zero-initialised LoRA) per tiny backbone."""
+    root = tmp_path_factory.mktemp("subjects")
+    saved = {}
+    for family in ("sd", "sdxl"):
+        backbone = load_backbone(str(model_dirs[family]), device="cpu")
+        saved[family] = save_lora(
+            backbone, add_lora(backbone, LoraSettings()), root / family, model=str(model_dirs[family])
+        )
+    return saved
+
+
+def _rename_keys(old: str, new: str):
+    def rename(path: Path) -> None:
+        save_file({k.replace(old, new): v for k, v in load_file(path).items()}, path)
+
+    return rename
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "message", "model"),
+    [
+        # found before the model loads: a model that is not there is not what the error is about
+        (WEIGHTS_FILE, _truncate, f"{WEIGHTS_FILE} is damaged", NOT_A_MODEL),
+        (WEIGHTS_FILE, lambda p: p.write_bytes(b"garbage" * 9), f"{WEIGHTS_FILE} is damaged", NOT_A_MODEL),
+        (WEIGHTS_FILE, lambda p: save_file({}, p), f"{WEIGHTS_FILE} holds no LoRA weights", NOT_A_MODEL),
+        (SUBJECT_FILE, _truncate, f"{SUBJECT_FILE} is damaged", None),
+        (SUBJECT_FILE, lambda p: p.write_text("[]"), f"{SUBJECT_FILE} is not a JSON object", None),
+        # found when the LoRA meets the model
+        (WEIGHTS_FILE, _rename_keys("unet.", "other."), "only 0 of its 64 LoRA tensors match layers of this", None),
+        (WEIGHTS_FILE, _rename_keys("unet.", "unet.renamed_"), "does not fit this model", None),
+    ],
+)
+def test_damaged_saved_subject(capsys, saved_subjects, tmp_path, file, damage, message, model):
+    lora = shutil.copytree(saved_subjects["sd"], tmp_path / "lora")
+    damage(lora / file)
+    line = _error(capsys, [*_reuse_args(tmp_path), *(["--model", model] if model else [])])
+    assert f"{lora / file}" in line and message in line
+    assert "learn the subject again" in line or "--model" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_saved_subject_of_another_backbone(capsys, saved_subjects, model_dirs, tmp_path):
+    line = _error(
+        capsys, [*_reuse_args(tmp_path), "--lora", str(saved_subjects["sdxl"]), "--model", str(model_dirs["sd"])]
+    )
+    assert f"{saved_subjects['sdxl'] / WEIGHTS_FILE} does not fit this model (size mismatch" in line
+    assert "it was learned on another model" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_saved_subject_still_reloads(capsys, saved_subjects, tmp_path):
+    assert main([*_reuse_args(tmp_path), "--lora", str(saved_subjects["sd"]), "--quiet"]) == 0

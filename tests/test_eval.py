@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ import tiny
 import torch
 from PIL import Image
 
+from siso.backbones import load_backbone
 from siso.cli import main
+from siso.config import LoraSettings
 from siso.eval.inception import FIDInceptionV3
 from siso.eval.lpips import LPIPS
 from siso.eval.metrics import METRICS, BackgroundLPIPS, build_metrics, read_rgb
@@ -29,6 +32,7 @@ from siso.eval.suites import (
     load_imagenhub_generation,
 )
 from siso.hub import ModelLoadError
+from siso.lora import WEIGHTS_FILE, add_lora, save_lora
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
 PROMPTS_AND_CLASSES = """Classes
@@ -585,8 +589,44 @@ def _score_args(dreambench, tmp_path, *extra):
     return [*args, "--generated", str(_generate(load_dreambench(dreambench), tmp_path / "generated")), *extra]
 
 
-def test_eval_score_needs_a_metric(dreambench, tmp_path, capsys):
-    assert "--metrics names no metric" in _error(capsys, _score_args(dreambench, tmp_path, "--metrics", " , "))
+def test_eval_score_bad_inputs(dreambench, eval_models, tmp_path, capsys):
+    damaged = shutil.copytree(eval_models["dino"], tmp_path / "dino")
+    (damaged / "model.safetensors").write_bytes(b"garbage")
+    args = _score_args(dreambench, tmp_path, "--metrics", "dino", "--metric-model", f"dino={damaged}")
+    line = _error(capsys, args)
+    assert f"{damaged / 'model.safetensors'} is damaged" in line and "Fix: download or save the model again" in line
+    args = _score_args(dreambench, tmp_path / "2", "--metrics", "mse", "--crop", str(tmp_path / "no-detector"))
+    assert f"subject detector directory {tmp_path / 'no-detector'} does not exist" in _error(capsys, args)
+    assert "--metrics names no metric" in _error(capsys, _score_args(dreambench, tmp_path / "3", "--metrics", " , "))
+
+
+def _saved_lora(out: Path, family_dir: str, damage=None) -> Path:
+    """A saved subject for the unit "dog" of an `eval run` folder, as an earlier run leaves it."""
+    backbone = load_backbone(family_dir, device="cpu")
+    lora = save_lora(backbone, add_lora(backbone, LoraSettings()), out / "subjects" / "dog" / "lora", model="x")
+    if damage:
+        damage(lora / WEIGHTS_FILE)
+    return lora
+
+
+def test_eval_run_refuses_a_damaged_saved_lora_before_loading(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    lora = _saved_lora(out, str(model_dirs["sd"]), lambda p: p.write_bytes(p.read_bytes()[:100]))
+    args = [*_run_args(dreambench, model_dirs, eval_models, out), "--model", "/nonexistent/model"]
+    line = _error(capsys, args)
+    assert f"{lora / WEIGHTS_FILE} is damaged" in line and f"delete {lora} and learn the subject again" in line
+
+
+def test_eval_run_refuses_a_saved_lora_of_another_model(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    lora = _saved_lora(out, str(model_dirs["sdxl"]))
+    line = _error(capsys, _run_args(dreambench, model_dirs, eval_models, out))  # --model: the tiny SD
+    assert f"{lora / WEIGHTS_FILE} does not fit this model" in line
+
+
+def test_eval_run_checks_optimization_values(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    args = [*_run_args(dreambench, model_dirs, eval_models, tmp_path / "run"), "--lr", "0", "--model", "/no/model"]
+    assert "lr must be a finite number > 0, got 0.0" in _error(capsys, args)
 
 
 def test_eval_fetch_bad_outputs(tmp_path, capsys, monkeypatch):

@@ -217,7 +217,7 @@ def resolve_model(model: str) -> tuple[str, type[Backbone], int | None]:
             f"unknown model {model!r}: use a backbone name ({', '.join(BACKBONES)}), a Hub id "
             "(org/name) or a local diffusers directory"
         )
-    index = load_pretrained(DiffusionPipeline.load_config, model, "pipeline config (model_index.json) of")
+    index = load_pretrained(DiffusionPipeline.load_config, model, "diffusion model")
     family = index.get("_class_name")
     if family not in FAMILIES:
         raise ModelLoadError(f"{model} is a {family}; supported pipelines: {', '.join(FAMILIES)}")

@@ -30,7 +30,7 @@ from siso.backbones import Backbone, load_backbone
 from siso.config import SisoConfig, check_seed
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
-from siso.lora import read_subject_info, save_lora
+from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
 from siso.losses import SimilarityLoss
 from siso.optimize import SisoResult, optimize_subject
 
@@ -232,16 +232,18 @@ def run_reuse(
 
     Raises:
         FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
+        LoraError: the folder's files are damaged (checked before the model loads), or its weights do not fit the
+            model.
         ValueError: no model given and none recorded in the folder.
     """
     lora_dir = Path(lora_dir)
-    if not (lora_dir / "pytorch_lora_weights.safetensors").is_file():
-        raise FileNotFoundError(f"{lora_dir} has no pytorch_lora_weights.safetensors; pass the 'lora' folder of a run")
+    check_lora_file(lora_dir)
     info = read_subject_info(lora_dir)
     model = model or info.get("model")
     if model is None:
         raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
     backbone = load_backbone(model, dtype, device, info.get("resolution"))
+    load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
     out.write_json(
         "config.json",
         {
@@ -253,7 +255,6 @@ def run_reuse(
             "versions": _versions(),
         },
     )
-    backbone.pipe.load_lora_weights(lora_dir)
     metrics: dict = {"complete": False}
     try:
         metrics["images"] = out.generate_images(backbone, job, progress)

@@ -28,7 +28,7 @@ from siso.config import SisoConfig
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.jsonio import write_json
-from siso.lora import save_lora
+from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora
 from siso.losses import SimilarityLoss
 from siso.optimize import optimize_subject
 
@@ -98,6 +98,9 @@ def generate_suite(
         return [w for w in wanted if not w[2].is_file()]
 
     pending = [unit for unit in units if todo(unit)]
+    for unit in pending:  # a damaged saved LoRA fails now, not after the models have loaded
+        if (out / "subjects" / unit.name / "lora" / WEIGHTS_FILE).is_file():
+            check_lora_file(out / "subjects" / unit.name / "lora")
     state.wait_for_everyone()  # every process has planned from the same files before anyone writes
     backbone = loss_fn = None
     with state.split_between_processes(pending) as mine:
@@ -107,8 +110,8 @@ def generate_suite(
             folder = out / "subjects" / unit.name
             lora = folder / "lora"
             subject = load_subject(unit.items[0].subject_image)
-            if (lora / "pytorch_lora_weights.safetensors").is_file():
-                backbone.pipe.load_lora_weights(lora)
+            if (lora / WEIGHTS_FILE).is_file():
+                load_lora(backbone, lora)
             else:
                 if loss_fn is None:
                     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
