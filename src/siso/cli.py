@@ -127,7 +127,8 @@ def check_args(args: argparse.Namespace) -> None:
     """
     if getattr(args, "device", None) is not None:
         check_device(args.device)
-    check_output_folder(args.out)
+    if getattr(args, "out", None) is not None:
+        check_output_folder(args.out)
     for name, value in vars(args).items():
         option = "--" + name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
