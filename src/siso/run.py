@@ -115,8 +115,15 @@ class RunFolder:
         write_json(self.path / name, data)
 
     def save_iteration(self, iteration: int, image: Image.Image) -> None:
+        """Write the frame beside its name and rename it into place.
+
+        A Ctrl-C / SIGTERM mid-write must not leave a truncated frame: the interrupted run's contact sheet reads them.
+        """
         (self.path / "iterations").mkdir(exist_ok=True)
-        image.save(self.path / "iterations" / f"{iteration:04d}.png")
+        path = self.path / "iterations" / f"{iteration:04d}.png"
+        partial = path.with_name(path.name + ".partial")
+        image.save(partial, format="PNG")
+        os.replace(partial, path)
 
     def save_optimization(self, result: SisoResult, backbone: Backbone, modules, subject_info: dict) -> None:
         result.best_image.save(self.path / "best.png")
