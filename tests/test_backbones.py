@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from siso.backbones import SDBackbone, SDXLBackbone, load_backbone, resolve_model
+from siso.backbones import SDBackbone, SDXLBackbone, check_device, load_backbone, resolve_model
 from siso.hub import ModelLoadError
 
 PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
@@ -76,3 +76,34 @@ def test_unsupported_pipeline_directory(model_dirs):
 def test_uncached_hub_id_offline_says_how_to_fix():
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache.*hf download"):
         load_backbone("stabilityai/sd-turbo-not-cached", device="cpu")
+
+
+def test_check_device_on_this_machine():
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device 'banana' is not a torch device; usable here: cpu"):
+        check_device("banana")
+    with pytest.raises(ValueError, match="device 'meta' cannot be used"):
+        check_device("meta")
+
+
+def test_check_device_counts_gpus(monkeypatch):
+    # What a CUDA build on a one-GPU machine reports.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match=r"device 'cuda:7' cannot be used \(1 CUDA GPU\(s\) visible\).*cpu, cuda:0"):
+        check_device("cuda:7")
+
+
+def test_check_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match=r"device 'cuda' cannot be used \(torch .* is built without CUDA\)"):
+        check_device("cuda")
+
+
+def test_load_backbone_checks_the_device_before_loading():
+    with pytest.raises(ValueError, match="device 'banana' is not a torch device"):
+        load_backbone("/nonexistent/model", device="banana")

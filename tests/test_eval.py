@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ import tiny
 import torch
 from PIL import Image
 
+from siso.backbones import load_backbone
 from siso.cli import main
-from siso.config import EditConfig, OptimSettings, SimilaritySettings
+from siso.config import EditConfig, LoraSettings, OptimSettings, SimilaritySettings
 from siso.eval.edit import edit_suite
 from siso.eval.inception import FIDInceptionV3
 from siso.eval.lpips import LPIPS
@@ -31,6 +33,7 @@ from siso.eval.suites import (
     load_imagenhub_generation,
 )
 from siso.hub import ModelLoadError
+from siso.lora import WEIGHTS_FILE, add_lora, save_lora
 from siso.masks import box_mask
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
@@ -702,3 +705,69 @@ def test_a_limited_rerun_keeps_earlier_records(dreambench, tmp_path):
     rows = score(items[:1], generated, out, ["mse"], progress=False)
     assert rows[0]["n"] == 1  # the summary covers the items asked for ...
     assert [r["item"] for r in read_records(out / ITEMS_FILE)] == [i.id for i in items]  # ... the file keeps all
+
+
+# --- bad input: one "siso: error:" line, exit 2 ------------------------------------------------------------------
+
+
+def _error(capsys, args) -> str:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("siso: error: "), captured.err
+    return lines[0]
+
+
+def _score_args(dreambench, tmp_path, *extra):
+    args = ["eval", "score", "--suite", "dreambench", "--data", str(dreambench), "--out", str(tmp_path / "scores")]
+    return [*args, "--generated", str(_generate(load_dreambench(dreambench), tmp_path / "generated")), *extra]
+
+
+def test_eval_score_bad_inputs(dreambench, eval_models, tmp_path, capsys):
+    damaged = shutil.copytree(eval_models["dino"], tmp_path / "dino")
+    (damaged / "model.safetensors").write_bytes(b"garbage")
+    args = _score_args(dreambench, tmp_path, "--metrics", "dino", "--metric-model", f"dino={damaged}")
+    line = _error(capsys, args)
+    assert f"{damaged / 'model.safetensors'} is damaged" in line and "Fix: download or save the model again" in line
+    args = _score_args(dreambench, tmp_path / "2", "--metrics", "mse", "--crop", str(tmp_path / "no-detector"))
+    assert f"subject detector directory {tmp_path / 'no-detector'} does not exist" in _error(capsys, args)
+    assert "--metrics names no metric" in _error(capsys, _score_args(dreambench, tmp_path / "3", "--metrics", " , "))
+
+
+def _saved_lora(out: Path, family_dir: str, damage=None) -> Path:
+    """A saved subject for the unit "dog" of an `eval run` folder, as an earlier run leaves it."""
+    backbone = load_backbone(family_dir, device="cpu")
+    lora = save_lora(backbone, add_lora(backbone, LoraSettings()), out / "subjects" / "dog" / "lora", model="x")
+    if damage:
+        damage(lora / WEIGHTS_FILE)
+    return lora
+
+
+def test_eval_run_refuses_a_damaged_saved_lora_before_loading(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    lora = _saved_lora(out, str(model_dirs["sd"]), lambda p: p.write_bytes(p.read_bytes()[:100]))
+    args = [*_run_args(dreambench, model_dirs, eval_models, out), "--model", "/nonexistent/model"]
+    line = _error(capsys, args)
+    assert f"{lora / WEIGHTS_FILE} is damaged" in line and f"delete {lora} and learn the subject again" in line
+
+
+def test_eval_run_refuses_a_saved_lora_of_another_model(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    lora = _saved_lora(out, str(model_dirs["sdxl"]))
+    line = _error(capsys, _run_args(dreambench, model_dirs, eval_models, out))  # --model: the tiny SD
+    assert f"{lora / WEIGHTS_FILE} does not fit this model" in line
+
+
+def test_eval_run_checks_optimization_values(dreambench, model_dirs, eval_models, tmp_path, capsys):
+    args = [*_run_args(dreambench, model_dirs, eval_models, tmp_path / "run"), "--lr", "0", "--model", "/no/model"]
+    assert "lr must be a finite number > 0, got 0.0" in _error(capsys, args)
+
+
+def test_eval_fetch_bad_outputs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    args = ["eval", "fetch", "--suite", "dreambench", "--out"]
+    assert "exists and is not an empty folder" in _error(capsys, [*args, str(tmp_path / "full")])
+    monkeypatch.setattr("siso.eval.fetch.DREAMBENCH_REPO", str(tmp_path / "no-repo"))  # git fails, offline
+    line = _error(capsys, [*args, str(tmp_path / "new")])
+    assert f"git clone {tmp_path / 'no-repo'} failed (fatal:" in line and "check the internet connection" in line

@@ -375,7 +375,7 @@ def resolve_model(model: str) -> tuple[str, type[Backbone], int | None]:
             f"unknown model {model!r}: use a backbone name ({', '.join(BACKBONES)}), a Hub id "
             "(org/name) or a local diffusers directory"
         )
-    index = load_pretrained(DiffusionPipeline.load_config, model, "pipeline config (model_index.json) of")
+    index = load_pretrained(DiffusionPipeline.load_config, model, "diffusion model")
     family = index.get("_class_name")
     if family not in FAMILIES:
         raise ModelLoadError(f"{model} is a {family}; supported pipelines: {', '.join(FAMILIES)}")
@@ -388,6 +388,43 @@ def default_device() -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def usable_devices() -> list[str]:
+    """The devices this torch build can use on this machine: cpu, each CUDA GPU, mps."""
+    devices = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    return [*devices, "mps"] if torch.backends.mps.is_available() else devices
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if this torch can use it; cheap, so callers check before loading any model.
+
+    Raises:
+        ValueError: not a torch device string, or a device this machine or torch build lacks (the message lists the
+            usable ones).
+    """
+    usable = ", ".join(usable_devices())
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device; usable here: {usable}") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and (parsed.index is None or parsed.index < count):
+            return device
+        if torch.version.cuda is None:
+            reason = f"torch {torch.__version__} is built without CUDA"
+        else:
+            reason = f"{count} CUDA GPU(s) visible"
+    elif parsed.type == "mps":
+        if torch.backends.mps.is_available():
+            return device
+        reason = "MPS is not available"
+    else:
+        reason = f"siso does not run on {parsed.type}"
+    raise ValueError(f"device {device!r} cannot be used ({reason}); usable here: {usable}")
 
 
 def load_backbone(
@@ -404,11 +441,13 @@ def load_backbone(
 
     Raises:
         ModelLoadError: the model cannot be found or is of an unsupported family.
+        ValueError: this machine cannot use ``device``.
     """
+    device = default_device() if device is None else check_device(device)
     source, cls, default_resolution = resolve_model(model)
     torch_dtype = TORCH_DTYPES[dtype]
     pipe = load_pretrained(cls.pipeline_class.from_pretrained, source, "diffusion model", dtype=torch_dtype)
-    pipe.to(device or default_device())
+    pipe.to(device)
     if torch_dtype == torch.float16 and isinstance(pipe, StableDiffusionXLPipeline) and pipe.vae.config.force_upcast:
         # The SDXL VAE overflows in fp16; the stock pipeline upcasts it for every decode, we keep it fp32.
         pipe.vae.to(torch.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import warnings
@@ -11,7 +12,7 @@ import diffusers
 import huggingface_hub
 import transformers
 
-from siso.backbones import BACKBONES
+from siso.backbones import BACKBONES, check_device
 from siso.config import (
     BACKGROUND_TARGETS,
     DTYPES,
@@ -23,12 +24,22 @@ from siso.config import (
     OptimSettings,
     SimilaritySettings,
     SisoConfig,
+    check_seed,
 )
 from siso.eval import cli as eval_cli
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, box_mask, load_mask
-from siso.run import EditJob, GenerationJob, OutputExistsError, RunFolder, run_edit, run_generate, run_reuse
+from siso.run import (
+    EditJob,
+    GenerationJob,
+    OutputExistsError,
+    RunFolder,
+    check_output_folder,
+    run_edit,
+    run_generate,
+    run_reuse,
+)
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -194,6 +205,60 @@ def _settings(args: argparse.Namespace, num_inference_steps: int) -> dict:
     }
 
 
+# Options that count something (iterations, steps, images, pixels): at least 1 in every command and mode.
+COUNT_OPTIONS = (
+    "num_images",
+    "steps",
+    "train_steps",
+    "grad_steps",
+    "max_iters",
+    "patience",
+    "rank",
+    "resolution",
+    "dino_resolution",
+    "ir_resolution",
+    "limit",
+)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject an unusable --device or --out and bad numbers of any command before anything loads.
+
+    The configs' own validation checks the ranges of what a run uses; this also covers options without a config
+    field (--num-images, --limit) and those the chosen mode ignores (--lora ignores the optimization's).
+
+    Raises:
+        ValueError: naming the option.
+    """
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+    if getattr(args, "out", None) is not None:
+        check_output_folder(args.out)
+    for name, value in vars(args).items():
+        option = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{option} must be a finite number, got {value}")
+        if name in COUNT_OPTIONS and value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed, "--seed")
+        check_seed(args.seed + max(getattr(args, "num_images", 1), 1) - 1, "--seed + --num-images - 1")
+    if args.command == "generate" and args.lora:  # no optimization then, but its options' values must be valid
+        SisoConfig(
+            resolution=args.resolution,
+            lora=LoraSettings(rank=args.rank),
+            similarity=SimilaritySettings(dino_resolution=args.dino_resolution, ir_resolution=args.ir_resolution),
+            optim=OptimSettings(
+                lr=args.lr,
+                max_iters=args.max_iters,
+                patience=args.patience,
+                min_improvement=args.min_improvement,
+                num_inference_steps=args.train_steps,
+                grad_steps=args.grad_steps,
+            ),
+        )
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -299,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
+        check_args(args)
         if args.command == "eval":
             try:
                 print(eval_cli.run(args), end="")

@@ -14,6 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DTYPES = ("fp32", "bf16", "fp16")
+# What torch.Generator.manual_seed accepts (a negative seed s is taken as 2**64 + s).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Raise ValueError unless ``torch.Generator().manual_seed(seed)`` accepts ``seed``."""
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"{name} must be between {SEED_MIN} and {SEED_MAX} (2**64 - 1), got {seed}")
 
 
 @dataclass
@@ -36,10 +44,10 @@ class LoraSettings:
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        if self.alpha is not None and self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
-        if self.text_encoder_lr is not None and self.text_encoder_lr <= 0:
-            raise ValueError(f"text_encoder_lr must be > 0, got {self.text_encoder_lr}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"LoRA alpha must be a finite number > 0, got {self.alpha}")
+        if self.text_encoder_lr is not None and not (math.isfinite(self.text_encoder_lr) and self.text_encoder_lr > 0):
+            raise ValueError(f"text_encoder_lr must be a finite number > 0, got {self.text_encoder_lr}")
 
     @property
     def lora_alpha(self) -> float:
@@ -70,8 +78,10 @@ class SimilaritySettings:
     ir_resolution: int | None = None
 
     def __post_init__(self):
-        if self.dino_weight < 0 or self.ir_weight < 0:
-            raise ValueError(f"loss weights must be >= 0, got dino={self.dino_weight}, ir={self.ir_weight}")
+        if not all(math.isfinite(w) and w >= 0 for w in (self.dino_weight, self.ir_weight)):
+            raise ValueError(
+                f"loss weights must be finite numbers >= 0, got dino={self.dino_weight}, ir={self.ir_weight}"
+            )
         if self.dino_weight == 0 and self.ir_weight == 0:
             raise ValueError("at least one of dino_weight and ir_weight must be > 0")
         for name in ("dino_resolution", "ir_resolution"):
@@ -110,16 +120,18 @@ class OptimSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.max_iters < 1:
             raise ValueError(f"max_iters must be >= 1, got {self.max_iters}")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
-        if not 0 <= self.min_improvement < 1:
+        if not 0 <= self.min_improvement < 1:  # also false for nan
             raise ValueError(f"min_improvement is a fraction in [0, 1), got {self.min_improvement}")
-        if self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be a finite number > 0, got {self.grad_clip}")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if not 1 <= self.grad_steps <= self.num_inference_steps:
@@ -127,8 +139,9 @@ class OptimSettings:
                 f"grad_steps must be between 1 and num_inference_steps ({self.num_inference_steps}), "
                 f"got {self.grad_steps}"
             )
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        check_seed(self.seed)
 
 
 @dataclass

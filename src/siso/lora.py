@@ -7,21 +7,29 @@ A saved subject is a folder with ``pytorch_lora_weights.safetensors`` (with peft
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors import SafetensorError, safe_open
 
 from siso.backbones import Backbone
 from siso.config import LoraSettings
 
 ADAPTER = "default"
 SUBJECT_FILE = "siso_subject.json"
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name, what a stock load_lora_weights(folder) reads
 
 LoraSnapshot = dict[str, dict[str, torch.Tensor]]
+
+
+class LoraError(ValueError):
+    """A saved subject that cannot be used; the message names the file and the fix."""
 
 
 def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.Module]:
@@ -89,6 +97,78 @@ def save_lora(backbone: Backbone, modules: dict[str, torch.nn.Module], directory
 
 
 def read_subject_info(directory: str | Path) -> dict:
-    """The ``siso_subject.json`` of a saved subject ({} for a LoRA folder siso did not write)."""
+    """The ``siso_subject.json`` of a saved subject ({} for a LoRA folder siso did not write).
+
+    Raises:
+        LoraError: the file is not a JSON object.
+    """
     path = Path(directory) / SUBJECT_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_bytes())
+    except ValueError as err:
+        raise LoraError(f"{path} is damaged ({err}); restore it, or delete it and pass --model") from None
+    if not isinstance(info, dict):
+        raise LoraError(f"{path} is not a JSON object; restore it, or delete it and pass --model")
+    return info
+
+
+def check_lora_file(directory: str | Path) -> list[str]:
+    """Read the header of a saved subject's weights file, without loading any model; returns its tensor names.
+
+    Raises:
+        FileNotFoundError: ``directory`` has no weights file.
+        LoraError: the file is damaged (truncated, overwritten) or holds no tensors.
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}; pass the 'lora' folder of a run")
+    fix = f"restore it, or delete {directory} and learn the subject again"
+    try:
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise LoraError(f"{path} is damaged ({err}); {fix}") from None
+    if not keys:
+        raise LoraError(f"{path} holds no LoRA weights; {fix}")
+    return keys
+
+
+def load_lora(backbone: Backbone, directory: str | Path) -> None:
+    """Load a saved subject with the stock ``pipe.load_lora_weights`` and check that every tensor found its layer.
+
+    diffusers only warns about LoRA weights that match no layer of the model (another backbone's, renamed keys) and
+    then generates without them; here that is an error.
+
+    Raises:
+        FileNotFoundError, LoraError: as `check_lora_file`; or the weights do not fit this backbone (then no
+            adapter is left loaded).
+    """
+    keys = check_lora_file(directory)
+    expected = sum(not k.endswith(".alpha") for k in keys)  # kohya-style files store alphas as extra entries
+    path = Path(directory) / WEIGHTS_FILE
+    fix = "it was learned on another model: use that one (--model), or learn the subject again on this one"
+    # Our error replaces diffusers' and peft's messages about the same failure.
+    verbosity = diffusers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity(diffusers.utils.logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            backbone.pipe.load_lora_weights(directory, adapter_name=ADAPTER)
+    except (RuntimeError, ValueError) as err:
+        backbone.pipe.unload_lora_weights()
+        reason = (str(err).splitlines() or [type(err).__name__])[-1].strip().rstrip(".")
+        reason = reason if len(reason) <= 200 else reason[:200] + " ..."  # peft may list every module
+        raise LoraError(f"{path} does not fit this model ({reason}); {fix}") from None
+    finally:
+        diffusers.utils.logging.set_verbosity(verbosity)
+    modules = [backbone.denoiser, *backbone.text_encoders.values()]
+    loaded = sum(
+        len(get_peft_model_state_dict(m, adapter_name=ADAPTER))
+        for m in modules
+        if ADAPTER in getattr(m, "peft_config", {})
+    )
+    if loaded != expected:
+        backbone.pipe.unload_lora_weights()
+        raise LoraError(f"{path}: only {loaded} of its {expected} LoRA tensors match layers of this model; {fix}")

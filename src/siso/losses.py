@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPVisionModelWithProjection, Dinov2Model
+from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 
 from siso.config import SimilaritySettings
-from siso.hub import load_pretrained
+from siso.hub import ModelLoadError, load_pretrained
 from siso.images import pil_to_tensor
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,6 +47,12 @@ class DinoEmbedding(torch.nn.Module):
 
     def __init__(self, model: str, resolution: int | None, device, dtype):
         super().__init__()
+        # A checkpoint of another architecture would load with random weights and a warning; refuse it.
+        kind = load_pretrained(Dinov2Config.get_config_dict, model, "DINO similarity model")[0].get("model_type")
+        if kind != "dinov2":
+            raise ModelLoadError(
+                f"DINO similarity model {model!r} is a {kind} model, not DINOv2; pass a DINOv2 checkpoint"
+            )
         self.net = load_pretrained(Dinov2Model.from_pretrained, model, "DINO similarity model", dtype=dtype)
         self.net.to(device).eval().requires_grad_(False)
         self.resolution = resolution or self.net.config.image_size
@@ -56,13 +62,39 @@ class DinoEmbedding(torch.nn.Module):
         return self.net(pixel_values=pixels).pooler_output.float()
 
 
+def clip_vision_config(model: str, what: str = "IR similarity model") -> CLIPVisionConfig:
+    """The vision tower's config of a CLIP checkpoint, full (``CLIPModel``) or vision-only.
+
+    Of a full CLIP config the projection size is the top-level ``projection_dim``, the one its
+    ``visual_projection`` weights have: the nested ``vision_config`` written by an older transformers may lack it
+    (transformers then uses its default, 512) or contradict it (laion/CLIP-ViT-H-14-laion2B-s32B-b79K: 1024).
+
+    Raises:
+        ModelLoadError: the config cannot be read, or the checkpoint is not a CLIP model.
+    """
+    config = load_pretrained(CLIPConfig.get_config_dict, model, what)[0]
+    kind = config.get("model_type")
+    if kind == "clip_vision_model":
+        return CLIPVisionConfig.from_dict(config)
+    if kind != "clip":
+        raise ModelLoadError(f"{what} {model!r} is a {kind} model, not CLIP; pass a CLIP checkpoint")
+    full = CLIPConfig.from_dict(config)
+    full.vision_config.projection_dim = full.projection_dim
+    return full.vision_config
+
+
 class ClipImageEmbedding(torch.nn.Module):
     """Projected CLIP image embedding: the default stand-in for the paper's IR (GUIE) model."""
 
     def __init__(self, model: str, resolution: int | None, device, dtype):
         super().__init__()
         self.net = load_pretrained(
-            CLIPVisionModelWithProjection.from_pretrained, model, "IR similarity model", one_tower=True, dtype=dtype
+            CLIPVisionModelWithProjection.from_pretrained,
+            model,
+            "IR similarity model",
+            one_tower=True,
+            config=clip_vision_config(model),
+            dtype=dtype,
         )
         self.net.to(device).eval().requires_grad_(False)
         self.resolution = resolution or self.net.config.image_size

@@ -19,6 +19,8 @@ An edit (`run_edit`) writes the same files except ``images/``, plus ``input.png`
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import shutil
 import time
@@ -31,11 +33,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siso.backbones import Backbone, default_device, load_backbone
-from siso.config import EditConfig, SisoConfig
+from siso.config import EditConfig, SisoConfig, check_seed
 from siso.editing import composite, edit_subject, prepare_scene
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
-from siso.lora import read_subject_info, save_lora
+from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
 from siso.losses import SimilarityLoss
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, MaskError, ObjectSegmenter
 from siso.optimize import SisoResult, optimize_subject
@@ -59,8 +61,29 @@ class GenerationJob:
             raise ValueError("at least one non-empty prompt is needed")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        for seed in self.seeds:
+            check_seed(seed, "every seed")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Check that ``path`` is a folder or can be made one, before any slow work writes there.
+
+    Raises:
+        OutputExistsError: ``path`` is a file.
+        ValueError: a parent of ``path`` is a file, or the nearest existing one is not writable.
+    """
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output {path} exists and is not a folder")
+    parent = next(p for p in (path, *path.parents) if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"cannot create output folder {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write output folder {path}: {parent} is not writable")
 
 
 @dataclass
@@ -77,8 +100,7 @@ class RunFolder:
 
     def __post_init__(self):
         self.path = Path(self.path)
-        if self.path.exists() and not self.path.is_dir():
-            raise OutputExistsError(f"output {self.path} exists and is not a folder")
+        check_output_folder(self.path)
         if self._nonempty():
             if not self.overwrite:
                 raise OutputExistsError(f"output folder {self.path} is not empty; pass --overwrite to replace it")
@@ -101,8 +123,15 @@ class RunFolder:
         write_json(self.path / name, data)
 
     def save_iteration(self, iteration: int, image: Image.Image) -> None:
+        """Write the frame beside its name and rename it into place.
+
+        A Ctrl-C / SIGTERM mid-write must not leave a truncated frame: the interrupted run's contact sheet reads them.
+        """
         (self.path / "iterations").mkdir(exist_ok=True)
-        image.save(self.path / "iterations" / f"{iteration:04d}.png")
+        path = self.path / "iterations" / f"{iteration:04d}.png"
+        partial = path.with_name(path.name + ".partial")
+        image.save(partial, format="PNG")
+        os.replace(partial, path)
 
     def save_optimization(self, result: SisoResult, backbone: Backbone, modules, subject_info: dict) -> None:
         result.best_image.save(self.path / "best.png")
@@ -351,16 +380,18 @@ def run_reuse(
 
     Raises:
         FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
+        LoraError: the folder's files are damaged (checked before the model loads), or its weights do not fit the
+            model.
         ValueError: no model given and none recorded in the folder.
     """
     lora_dir = Path(lora_dir)
-    if not (lora_dir / "pytorch_lora_weights.safetensors").is_file():
-        raise FileNotFoundError(f"{lora_dir} has no pytorch_lora_weights.safetensors; pass the 'lora' folder of a run")
+    check_lora_file(lora_dir)
     info = read_subject_info(lora_dir)
     model = model or info.get("model")
     if model is None:
         raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
     backbone = load_backbone(model, dtype, device, info.get("resolution"))
+    load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
     out.write_json(
         "config.json",
         {
@@ -372,7 +403,6 @@ def run_reuse(
             "versions": _versions(),
         },
     )
-    backbone.pipe.load_lora_weights(lora_dir)
     metrics: dict = {"complete": False}
     try:
         metrics["images"] = out.generate_images(backbone, job, progress)

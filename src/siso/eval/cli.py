@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     items = SUITES[args.suite](args.data, args.unique_token)[: args.limit]
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--metrics names no metric; known: {', '.join([*METRICS, *SET_METRICS])}")
     scores = Path(args.out)
     generated = args.generated if args.eval_command == "score" else None
     if args.eval_command == "run":

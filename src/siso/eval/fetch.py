@@ -21,12 +21,19 @@ def fetch(suite: str, out: str | Path) -> Path:
     package (``pip install datasets``) and exported to image files and a JSONL.
 
     Raises:
-        ValueError: unknown suite, or ``datasets`` is not installed.
-        subprocess.CalledProcessError: ``git clone`` failed.
+        ValueError: unknown suite, ``out`` is not a new or empty folder, ``datasets`` is not installed, or
+            ``git clone`` failed.
     """
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty folder; pass a new folder to fetch {suite} into")
     if suite == "dreambench":
-        subprocess.run(["git", "clone", "--depth", "1", DREAMBENCH_REPO, str(out)], check=True)
+        git = subprocess.run(
+            ["git", "clone", "--depth", "1", DREAMBENCH_REPO, str(out)], capture_output=True, text=True
+        )
+        if git.returncode:
+            reason = (git.stderr.strip().splitlines() or [f"exit status {git.returncode}"])[-1]
+            raise ValueError(f"git clone {DREAMBENCH_REPO} failed ({reason}); check the internet connection")
     elif suite in IMAGENHUB:
         try:
             from datasets import load_dataset  # optional: only this command needs it

@@ -33,7 +33,7 @@ from siso.config import SisoConfig
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.jsonio import write_json
-from siso.lora import save_lora
+from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora
 from siso.losses import SimilarityLoss
 from siso.optimize import optimize_subject
 
@@ -139,14 +139,17 @@ def generate_suite(
         return [w for w in wanted if not w[2].is_file()]
 
     pending = [unit for unit in units if todo(unit)]
+    for unit in pending:  # a damaged saved LoRA fails now, not after the models have loaded
+        if (out / "subjects" / unit.name / "lora" / WEIGHTS_FILE).is_file():
+            check_lora_file(out / "subjects" / unit.name / "lora")
     models = SuiteModels(config)
     for unit in process_share(pending, "subjects", progress):
         backbone = models.backbone
         folder = out / "subjects" / unit.name
         lora = folder / "lora"
         subject = load_subject(unit.items[0].subject_image)
-        if (lora / "pytorch_lora_weights.safetensors").is_file():
-            backbone.pipe.load_lora_weights(lora)
+        if (lora / WEIGHTS_FILE).is_file():
+            load_lora(backbone, lora)
         else:
             unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
             loss_fn = models.similarity(subject)

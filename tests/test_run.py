@@ -1,0 +1,41 @@
+"""A generation job and an output folder refuse bad values before any work starts."""
+
+import math
+import os
+
+import pytest
+
+from siso.run import GenerationJob, OutputExistsError, RunFolder, check_output_folder
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": [" "]}, "non-empty prompt"),
+        ({"seeds": []}, "at least one seed"),
+        ({"seeds": [0, 2**64]}, "every seed must be between"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be >= 1"),
+        ({"guidance_scale": math.nan}, "guidance_scale must be a finite number >= 0, got nan"),
+        ({"guidance_scale": math.inf}, "guidance_scale must be a finite number >= 0, got inf"),
+        ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
+    ],
+)
+def test_generation_job_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationJob(**{"prompts": ["a dog"], "seeds": [0], **kwargs})
+
+
+def test_output_folder_checks(tmp_path):
+    check_output_folder(tmp_path / "new" / "deeper")  # created later, at the first write
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="exists and is not a folder"):
+        RunFolder(tmp_path / "file")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'file'} is a file"):
+        RunFolder(tmp_path / "file" / "run")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_output_folder_must_be_writable(tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="is not writable"):
+        check_output_folder(tmp_path / "locked" / "run")
