@@ -351,3 +351,21 @@ def test_edit_bad_scene_photo(capsys, edit_args, tmp_path, kind):
     args = [*edit_args, "--box", "1,1,20,20", "--out", str(tmp_path / "run")]
     args[args.index("--image") + 1] = str(path)
     assert "photo to edit" in _error(capsys, args)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--subject-class", " ", "--box", "1,1,20,20"], "subject class must not be empty"),
+        (["--object", ""], "object must not be empty"),
+        (["--prompt", "", "--box", "1,1,20,20"], "prompt must not be empty"),
+        (["--subject-class", "dog", "--detector", "DINO"], "is a dinov2 model, not Grounding DINO"),
+        (["--subject-class", "dog", "--detector", "GD", "--segmenter", "GD"], "is a grounding-dino model, not SAM"),
+        (["--subject-class", "dog", "--device", "cuda:3"], "device 'cuda:3' cannot be used"),
+    ],
+)
+def test_edit_bad_names_and_models(capsys, edit_args, model_dirs, detection_dirs, tmp_path, extra, message):
+    folders = {"DINO": str(model_dirs["dino"]), "GD": str(detection_dirs[0])}
+    extra = [folders.get(e, e) for e in extra]
+    assert message in _error(capsys, [*edit_args, *extra, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()

@@ -83,3 +83,20 @@ def load_pretrained(loader: Callable[..., T], name: str, what: str, one_tower: b
         ) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def require_model_type(name: str, what: str, expected: str, label: str) -> None:
+    """Refuse a checkpoint of another architecture: transformers would load it with random weights and a warning.
+
+    Args:
+        name: Hub id or local directory.
+        what: What the model is for, used in the message.
+        expected: The config's ``model_type`` (e.g. ``dinov2``).
+        label: The architecture's name for the message (e.g. "DINOv2").
+
+    Raises:
+        ModelLoadError: the config cannot be read or names another ``model_type``.
+    """
+    kind = load_pretrained(transformers.PretrainedConfig.get_config_dict, name, what)[0].get("model_type")
+    if kind != expected:
+        raise ModelLoadError(f"{what} {name!r} is a {kind} model, not {label}; pass a {label} checkpoint")

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
+from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Model
 
 from siso.config import SimilaritySettings
-from siso.hub import ModelLoadError, load_pretrained
+from siso.hub import ModelLoadError, load_pretrained, require_model_type
 from siso.images import pil_to_tensor
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,12 +47,7 @@ class DinoEmbedding(torch.nn.Module):
 
     def __init__(self, model: str, resolution: int | None, device, dtype):
         super().__init__()
-        # A checkpoint of another architecture would load with random weights and a warning; refuse it.
-        kind = load_pretrained(Dinov2Config.get_config_dict, model, "DINO similarity model")[0].get("model_type")
-        if kind != "dinov2":
-            raise ModelLoadError(
-                f"DINO similarity model {model!r} is a {kind} model, not DINOv2; pass a DINOv2 checkpoint"
-            )
+        require_model_type(model, "DINO similarity model", "dinov2", "DINOv2")
         self.net = load_pretrained(Dinov2Model.from_pretrained, model, "DINO similarity model", dtype=dtype)
         self.net.to(device).eval().requires_grad_(False)
         self.resolution = resolution or self.net.config.image_size

@@ -19,7 +19,7 @@ from scipy import ndimage
 from transformers import SamModel, SamProcessor
 
 from siso.eval.crop import DEFAULT_DETECTOR, SubjectCropper
-from siso.hub import load_pretrained
+from siso.hub import load_pretrained, require_model_type
 
 __all__ = [
     "DEFAULT_DETECTOR",
@@ -233,6 +233,7 @@ class ObjectSegmenter:
         self.device = torch.device(device)
         self.detector = SubjectCropper(detector, self.device, box_threshold)
         # Weights before the processor, as in SubjectCropper: only the model loader's error names the fix.
+        require_model_type(segmenter, "SAM object segmenter", "sam", "SAM")
         self.model = load_pretrained(SamModel.from_pretrained, segmenter, "SAM object segmenter")
         self.processor = load_pretrained(SamProcessor.from_pretrained, segmenter, "SAM processor")
         self.model.to(self.device).eval().requires_grad_(False)

@@ -255,6 +255,12 @@ class EditJob:
     segmenter: str = DEFAULT_SEGMENTER
     box_threshold: float = 0.3
 
+    def __post_init__(self):
+        for name in ("object_name", "subject_class", "prompt"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name.replace('_name', '').replace('_', ' ')} must not be empty")
+
 
 def _resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tuple[np.ndarray, str, dict]:
     """The object mask, the edit prompt and the names used, detecting and naming objects where the job says to.

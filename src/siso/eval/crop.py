@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-from siso.hub import load_pretrained
+from siso.hub import load_pretrained, require_model_type
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
 
@@ -51,6 +51,7 @@ class SubjectCropper:
         self.text_threshold = text_threshold
         # Weights first: for an empty directory AutoProcessor raises ValueError, which load_pretrained does not
         # translate, while the model loader raises OSError and so gets the clear ModelLoadError.
+        require_model_type(model, "Grounding DINO subject detector", "grounding-dino", "Grounding DINO")
         self.model = load_pretrained(
             GroundingDinoForObjectDetection.from_pretrained, model, "Grounding DINO subject detector"
         )
