@@ -1,0 +1,178 @@
+"""The backbone interface: a frozen diffusers pipeline plus the grad-enabled sampling the SISO loop needs.
+
+The loop only uses `Backbone` (`encode_prompt`, `sample`, `generate`, `decode`, the LoRA targets) and, for editing,
+its `EditSampler`, so a transformer denoiser with packed latents (FLUX, Sana) is added by writing another subclass
+and registering it, without touching the loop. Samplers compose the pipeline's own parts (``encode_prompt``,
+``prepare_latents``, the denoiser, ``scheduler.step``) rather than copying the pipeline: diffusers' ``__call__`` runs
+under no-grad.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from siso.images import tensor_to_pil
+
+
+class Backbone:
+    """A frozen few-step text-to-image model.
+
+    Attributes:
+        pipe: The diffusers pipeline; its components are frozen (``requires_grad=False``).
+        resolution: Image side in pixels (default: the stock pipeline's, ``sample_size * vae_scale_factor``).
+        denoiser_name: Pipeline attribute of the denoiser that gets LoRA.
+        lora_targets: Module names in the denoiser that get LoRA (METHOD.md Sec. 1).
+        text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
+        text_encoder_lora_targets: Module names in the text encoders that get LoRA.
+    """
+
+    pipeline_class: type[DiffusionPipeline]
+    denoiser_name: str
+    lora_targets: tuple[str, ...]
+    text_encoder_names: tuple[str, ...]
+    text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
+
+    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
+        self.pipe = pipe
+        self.resolution = resolution or self.denoiser.config.sample_size * pipe.vae_scale_factor
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+        pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    @property
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self.pipe, name) for name in self.text_encoder_names}
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.denoiser.dtype
+
+    def encode_prompt(self, prompt: str, guidance_scale: float = 0.0) -> dict[str, torch.Tensor]:
+        """Text conditioning for `sample`; differentiable w.r.t. text-encoder LoRA when grad is enabled."""
+        raise NotImplementedError
+
+    def sample(
+        self,
+        cond: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        num_inference_steps: int,
+        grad_steps: int,
+        guidance_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Generate one image, keeping the autograd graph of the last ``grad_steps`` steps and the VAE decode.
+
+        With the same generator state, steps and guidance, this matches the stock pipeline's ``__call__``.
+
+        Returns:
+            Image tensor of shape (1, 3, H, W) in [0, 1].
+        """
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode (differentiable): latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1]."""
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE encode (the posterior mean): images (B, 3, H, W) in [0, 1] -> latents (B, C, h, w) in model dtype."""
+        vae = self.pipe.vae
+        posterior = vae.encode(images.to(self.device, vae.dtype) * 2 - 1).latent_dist
+        return (posterior.mean * vae.config.scaling_factor).to(self.dtype)
+
+    def edit_sampler(self, num_inference_steps: int, strength: float) -> EditSampler:
+        """The sampler that editing denoises with and inversion inverts (see `EditSampler`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support editing yet")
+
+    def denoise(
+        self,
+        sampler: EditSampler,
+        latents: torch.Tensor,
+        noises: list[torch.Tensor],
+        cond: dict[str, torch.Tensor],
+        grad_steps: int,
+        guidance_scale: float = 0.0,
+    ) -> torch.Tensor:
+        """Denoise ``latents`` (at ``sampler.timesteps[0]``) through every step of ``sampler`` with the given per-step
+        noises, keeping the autograd graph of the last ``grad_steps`` steps and the VAE decode.
+
+        Returns:
+            Image tensor of shape (1, 3, H, W) in [0, 1].
+        """
+        latents = latents.to(self.dtype)
+        for i in range(len(sampler)):
+            with nullcontext() if i >= len(sampler) - grad_steps else torch.no_grad():
+                latents = sampler.step(sampler.predict(latents, i, cond, guidance_scale), i, latents, noises[i])
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 0.0) -> Image.Image:
+        """Generate with the stock pipeline ``__call__`` (and whatever LoRA is loaded), seeded like diffusers.
+
+        The seed drives a CPU ``torch.Generator`` for the initial latents and any sampler noise, so a stock pipeline
+        called with ``generator=torch.Generator().manual_seed(seed)`` gives the same image.
+        """
+        latents = self.pipe(
+            prompt=prompt,
+            height=self.resolution,
+            width=self.resolution,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+        ).images
+        return tensor_to_pil(self.decode(latents))[0]
+
+
+class EditSampler:
+    """The last ``n`` steps of a ``num_inference_steps`` schedule (img2img's ``strength``), with explicit noise.
+
+    Editing denoises the inverted latent of the input photo with these steps, and inversion runs them backwards. Both
+    must use the *same* per-step noise for ancestral samplers, so `step` takes the noise as an argument instead of
+    drawing it (ReNoise, Garibi et al. 2024). Steps are indexed ``0 .. n-1`` from the noisiest; step ``i`` goes from
+    ``timesteps[i]`` to the next, less noisy level.
+
+    Attributes:
+        timesteps: (n,) the denoiser timesteps of the steps (e.g. 749, 499, 249 for 4 steps at strength 0.75).
+    """
+
+    timesteps: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def predict(self, latents: torch.Tensor, i: int, cond: dict, guidance_scale: float = 0.0) -> torch.Tensor:
+        """The sampler's update direction at step ``i`` (for epsilon-prediction: the predicted noise), in fp32."""
+        raise NotImplementedError
+
+    def step(self, direction: torch.Tensor, i: int, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Denoising step ``i`` from ``latents`` given `predict`'s ``direction`` and the step's ``noise``."""
+        raise NotImplementedError
+
+    def invert_step(
+        self, direction: torch.Tensor, i: int, next_latents: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The ``latents`` for which ``step(direction, i, latents, noise) == next_latents`` (direction held fixed)."""
+        raise NotImplementedError
+
+    def noise_scale(self, i: int) -> float:
+        """How much of ``noise`` step ``i`` adds (0 for a deterministic step)."""
+        raise NotImplementedError
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """Clean ``latents`` noised to the level of step ``i`` (the forward process)."""
+        raise NotImplementedError
