@@ -17,10 +17,10 @@ from PIL import Image
 from siso.backbones import load_backbone
 from siso.cli import main
 from siso.config import EditConfig, EditSettings, InversionSettings, OptimSettings, SimilaritySettings
-from siso.editing import BackgroundLoss, composite, edit_subject, prepare_scene
+from siso.editing import BackgroundLoss, EditJob, composite, edit_subject, prepare_scene
 from siso.lora import snapshot
 from siso.masks import MaskError
-from siso.run import EditJob, RunFolder, run_edit
+from siso.run import RunFolder, run_edit
 
 SISO = str(Path(sys.executable).parent / "siso")
 

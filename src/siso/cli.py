@@ -26,12 +26,12 @@ from siso.config import (
     SisoConfig,
     check_seed,
 )
+from siso.editing import EditJob
 from siso.eval import cli as eval_cli
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, box_mask, load_mask
 from siso.run import (
-    EditJob,
     GenerationJob,
     OutputExistsError,
     RunFolder,
@@ -244,19 +244,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_seed(args.seed, "--seed")
         check_seed(args.seed + max(getattr(args, "num_images", 1), 1) - 1, "--seed + --num-images - 1")
     if args.command == "generate" and args.lora:  # no optimization then, but its options' values must be valid
-        SisoConfig(
-            resolution=args.resolution,
-            lora=LoraSettings(rank=args.rank),
-            similarity=SimilaritySettings(dino_resolution=args.dino_resolution, ir_resolution=args.ir_resolution),
-            optim=OptimSettings(
-                lr=args.lr,
-                max_iters=args.max_iters,
-                patience=args.patience,
-                min_improvement=args.min_improvement,
-                num_inference_steps=args.train_steps,
-                grad_steps=args.grad_steps,
-            ),
-        )
+        SisoConfig(**_settings(args, args.train_steps))
 
 
 def _raise_interrupt(signum, frame):

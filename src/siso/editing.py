@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from siso.backbones import Backbone
+from siso.backbones import Backbone, default_device
 from siso.config import EditConfig
 from siso.images import pil_to_tensor, tensor_to_pil
 from siso.inversion import invert
 from siso.losses import SimilarityLoss
-from siso.masks import MaskError, dilate
+from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, MaskError, ObjectSegmenter, dilate
 from siso.optimize import IterationCallback, SisoResult, optimize_lora
 
 
@@ -236,3 +236,67 @@ def edit_subject(
         inversion_evaluations=inversion.model_evaluations,
         best_background_mse=float(BackgroundLoss(image, weights)(best).mean()),
     )
+
+
+@dataclass
+class EditJob:
+    """What to edit: the scene photo, and where the object mask comes from.
+
+    Attributes:
+        scene: The photo to edit (RGB).
+        mask: The object mask in the scene's pixels (from ``--mask`` or ``--box``), or None to detect ``object_name``
+            with Grounding DINO and segment it with SAM.
+        mask_source: How ``mask`` was made, for config.json (``file PATH``, ``box x0,y0,x1,y1``, ``detected``).
+        object_name: The object to detect (default: the subject class).
+        subject_class: The subject's class, for the default prompt "a photo of a {class}" (inferred from the subject
+            photo when None and the prompt is not given).
+        prompt: The edit prompt (default "a photo of a {subject class}").
+        detector, segmenter: Grounding DINO and SAM models for detection and class inference.
+        box_threshold: Minimum detection score (the paper's 0.3).
+    """
+
+    scene: Image.Image
+    mask: np.ndarray | None = None
+    mask_source: str = "detected"
+    object_name: str | None = None
+    subject_class: str | None = None
+    prompt: str | None = None
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    box_threshold: float = 0.3
+
+    def __post_init__(self):
+        for name in ("object_name", "subject_class", "prompt"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name.replace('_name', '').replace('_', ' ')} must not be empty")
+
+
+def resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tuple[np.ndarray, str, dict]:
+    """The object mask, the edit prompt and the names used, detecting and naming objects where the job says to.
+
+    Raises:
+        MaskError: nothing detected, or the subject's class could not be inferred.
+    """
+    names = {"object": job.object_name, "subject_class": job.subject_class}
+    need_class = job.subject_class is None and (job.prompt is None or (job.mask is None and job.object_name is None))
+    mask = job.mask
+    if mask is not None and not need_class:
+        return mask, job.prompt or f"a photo of a {job.subject_class}", names
+    segmenter = ObjectSegmenter(job.detector, job.segmenter, device or default_device(), job.box_threshold)
+    if need_class:
+        names["subject_class"] = segmenter.name_object(subject)
+        if names["subject_class"] is None:
+            raise MaskError(
+                "could not tell what the subject is; pass --subject-class NAME (e.g. dog), and --object NAME for "
+                "the object to replace if it differs"
+            )
+    if mask is None:
+        names["object"] = job.object_name or names["subject_class"]
+        mask = segmenter.segment(job.scene, names["object"])
+        if mask is None or not mask.any():
+            raise MaskError(
+                f"no {names['object']!r} was detected in the photo to edit; name it with --object NAME, or give "
+                "--box x0,y0,x1,y1 or --mask PNG"
+            )
+    return mask, job.prompt or f"a photo of a {names['subject_class']}", names

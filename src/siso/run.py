@@ -11,9 +11,9 @@ Layout::
     lora/                the subject: diffusers LoRA (pytorch_lora_weights.safetensors) + siso_subject.json
     images/              final images, one per prompt x seed
 
-An edit (`run_edit`) writes the same files except ``images/``, plus ``input.png`` (the photo as the model saw it),
-``mask.png`` (the dilated object mask), ``inversion.png`` (the inverted photo denoised with no LoRA) and, with
-``--composite``, ``best_uncomposited.png`` (``best.png`` is then the composite).
+An edit (`run_edit` of a `siso.editing.EditJob`) writes the same files except ``images/``, plus ``input.png`` (the
+photo as the model saw it), ``mask.png`` (the dilated object mask), ``inversion.png`` (the inverted photo denoised
+with no LoRA) and, with ``--composite``, ``best_uncomposited.png`` (``best.png`` is then the composite).
 """
 
 from __future__ import annotations
@@ -28,18 +28,16 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from siso.backbones import Backbone, default_device, load_backbone
+from siso.backbones import Backbone, load_backbone
 from siso.config import EditConfig, SisoConfig, check_seed
-from siso.editing import composite, edit_subject, prepare_scene
+from siso.editing import EditJob, composite, edit_subject, prepare_scene, resolve_edit
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
 from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
 from siso.losses import SimilarityLoss
-from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, MaskError, ObjectSegmenter
 from siso.optimize import SisoResult, optimize_subject
 
 
@@ -228,70 +226,6 @@ def run_generate(
     return metrics
 
 
-@dataclass
-class EditJob:
-    """What to edit: the scene photo, and where the object mask comes from.
-
-    Attributes:
-        scene: The photo to edit (RGB).
-        mask: The object mask in the scene's pixels (from ``--mask`` or ``--box``), or None to detect ``object_name``
-            with Grounding DINO and segment it with SAM.
-        mask_source: How ``mask`` was made, for config.json (``file PATH``, ``box x0,y0,x1,y1``, ``detected``).
-        object_name: The object to detect (default: the subject class).
-        subject_class: The subject's class, for the default prompt "a photo of a {class}" (inferred from the subject
-            photo when None and the prompt is not given).
-        prompt: The edit prompt (default "a photo of a {subject class}").
-        detector, segmenter: Grounding DINO and SAM models for detection and class inference.
-        box_threshold: Minimum detection score (the paper's 0.3).
-    """
-
-    scene: Image.Image
-    mask: np.ndarray | None = None
-    mask_source: str = "detected"
-    object_name: str | None = None
-    subject_class: str | None = None
-    prompt: str | None = None
-    detector: str = DEFAULT_DETECTOR
-    segmenter: str = DEFAULT_SEGMENTER
-    box_threshold: float = 0.3
-
-    def __post_init__(self):
-        for name in ("object_name", "subject_class", "prompt"):
-            value = getattr(self, name)
-            if value is not None and not value.strip():
-                raise ValueError(f"{name.replace('_name', '').replace('_', ' ')} must not be empty")
-
-
-def _resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tuple[np.ndarray, str, dict]:
-    """The object mask, the edit prompt and the names used, detecting and naming objects where the job says to.
-
-    Raises:
-        MaskError: nothing detected, or the subject's class could not be inferred.
-    """
-    names = {"object": job.object_name, "subject_class": job.subject_class}
-    need_class = job.subject_class is None and (job.prompt is None or (job.mask is None and job.object_name is None))
-    mask = job.mask
-    if mask is not None and not need_class:
-        return mask, job.prompt or f"a photo of a {job.subject_class}", names
-    segmenter = ObjectSegmenter(job.detector, job.segmenter, device or default_device(), job.box_threshold)
-    if need_class:
-        names["subject_class"] = segmenter.name_object(subject)
-        if names["subject_class"] is None:
-            raise MaskError(
-                "could not tell what the subject is; pass --subject-class NAME (e.g. dog), and --object NAME for "
-                "the object to replace if it differs"
-            )
-    if mask is None:
-        names["object"] = job.object_name or names["subject_class"]
-        mask = segmenter.segment(job.scene, names["object"])
-        if mask is None or not mask.any():
-            raise MaskError(
-                f"no {names['object']!r} was detected in the photo to edit; name it with --object NAME, or give "
-                "--box x0,y0,x1,y1 or --mask PNG"
-            )
-    return mask, job.prompt or f"a photo of a {names['subject_class']}", names
-
-
 def run_edit(
     out: RunFolder,
     config: EditConfig,
@@ -313,7 +247,7 @@ def run_edit(
         MaskError: no usable mask (nothing detected, or a mask that vanishes at the model resolution).
     """
     start = time.perf_counter()
-    mask, prompt, names = _resolve_edit(job, subject, config.device)
+    mask, prompt, names = resolve_edit(job, subject, config.device)
     config = dataclasses.replace(config, train_prompt=prompt)
     backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
