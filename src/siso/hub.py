@@ -98,5 +98,5 @@ def require_model_type(name: str, what: str, expected: str, label: str) -> None:
         ModelLoadError: the config cannot be read or names another ``model_type``.
     """
     kind = load_pretrained(transformers.PretrainedConfig.get_config_dict, name, what)[0].get("model_type")
-    if kind != expected:
+    if kind is not None and kind != expected:  # no config at all: the model loader's own error says what is missing
         raise ModelLoadError(f"{what} {name!r} is a {kind} model, not {label}; pass a {label} checkpoint")
