@@ -319,6 +319,7 @@ def _error(capsys, args) -> str:
         (["--strength", "nan"], "strength"),
         (["--bg-weight", "-1"], "bg_weight"),
         (["--mask-dilation", "-2"], "mask_dilation"),
+        (["--feather", "-1"], "feather"),
         (["--steps", "4", "--grad-steps", "4"], "grad_steps"),
     ],
 )

@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--composite", action="store_true", help="paste the input back outside the (feathered) mask in best.png"
     )
     edit.add_argument(
+        "--feather",
+        type=int,
+        default=EditSettings.feather,
+        metavar="PX",
+        help=f"--composite blends over PX pixels inside the mask ({EditSettings.feather})",
+    )
+    edit.add_argument(
         "--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"Grounding DINO ({DEFAULT_DETECTOR})"
     )
     edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"SAM ({DEFAULT_SEGMENTER})")
@@ -298,6 +305,7 @@ def edit(args: argparse.Namespace, argv: list[str]) -> int:
             bg_target=args.bg_target,
             mask_dilation=args.mask_dilation,
             composite=args.composite,
+            feather=args.feather,
         ),
         inversion=InversionSettings.preset(args.inversion),
         **_settings(args, args.steps),
