@@ -370,3 +370,33 @@ def test_edit_bad_names_and_models(capsys, edit_args, model_dirs, detection_dirs
     extra = [folders.get(e, e) for e in extra]
     assert message in _error(capsys, [*edit_args, *extra, "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+
+
+def test_edit_gradients_reach_only_lora_and_only_through_the_last_steps(model_dirs, scene_photo):
+    """Denoising from the inverted latent: gradients reach the LoRA only, and ``grad_steps`` decides how many of the
+    3 steps keep their graph (same image, different gradient)."""
+    from siso.inversion import invert
+    from siso.lora import add_lora
+
+    backbone = load_backbone(str(model_dirs["sdxl"]), device="cpu")
+    config = _edit_config(model_dirs, "sdxl")
+    scene = prepare_scene(scene_photo, _box(scene_photo), backbone.resolution, 1)
+    sampler = backbone.edit_sampler(4, 0.75)
+    cond = backbone.encode_prompt(config.train_prompt)
+    inversion = invert(sampler, backbone.encode(scene.image), cond, config.inversion, torch.Generator().manual_seed(0))
+    add_lora(backbone, config.lora)
+    with torch.no_grad():  # move B off zero so that every LoRA tensor gets a gradient
+        for name, p in backbone.denoiser.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.01, generator=torch.Generator().manual_seed(1))
+    grads, images = {}, {}
+    for k in (1, 3):
+        image = backbone.denoise(sampler, inversion.latents, inversion.noises, cond, grad_steps=k)
+        image.square().mean().backward()
+        named = dict(backbone.denoiser.named_parameters())
+        assert all(("lora_" in n) == (p.grad is not None) for n, p in named.items())
+        grads[k] = torch.cat([p.grad.flatten() for n, p in named.items() if p.grad is not None])
+        images[k] = image.detach()
+        backbone.denoiser.zero_grad(set_to_none=True)
+    assert torch.equal(images[1], images[3]) and not torch.allclose(grads[1], grads[3])
+    assert not inversion.latents.requires_grad and not backbone.pipe.vae.decoder.conv_out.weight.requires_grad
