@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from siso.backbones import load_backbone
+from siso.config import LoraSettings
 from siso.lora import add_lora, restore, snapshot
 from siso.losses import SimilarityLoss
 from siso.optimize import EarlyStopping, optimize_subject
@@ -227,3 +228,20 @@ def test_runs_are_reproducible_whatever_the_global_seed(model_dirs, subject, mak
         histories.append([h["loss"] for h in result.history])
     assert histories[0] == histories[1]
     assert torch.initial_seed() == 2  # the caller's generator state is left alone
+
+
+def test_text_encoder_lora_has_its_own_lr_and_weight_decay(model_dirs, subject, make_config, monkeypatch):
+    config = make_config("sd", max_iters=1)
+    config.lora = LoraSettings(train_text_encoder=True, text_encoder_lr=5e-6, text_encoder_weight_decay=1e-3)
+    seen = {}
+    original = torch.optim.AdamW.__init__
+
+    def record(self, groups, **kw):
+        seen["groups"] = [(g["lr"], g["weight_decay"]) for g in groups]
+        original(self, groups, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", record)
+    optimize_subject(load_backbone(str(model_dirs["sd"]), device="cpu"), subject, config, progress=False)
+    assert seen["groups"] == [(1e-2, 1e-2), (5e-6, 1e-3)]  # unet: optim's lr and decay; text encoder: its own
+    with pytest.raises(ValueError, match="text_encoder_weight_decay"):
+        LoraSettings(text_encoder_weight_decay=float("nan"))

@@ -34,12 +34,14 @@ class LoraSettings:
             alpha = r when no metadata is read) reproduces our images.
         train_text_encoder: Also put LoRA on the CLIP text encoder(s) (the reference code does for SDXL).
         text_encoder_lr: Learning rate of the text-encoder LoRA; ``None`` means the denoiser's lr.
+        text_encoder_weight_decay: AdamW weight decay of the text-encoder LoRA; ``None`` means the denoiser's.
     """
 
     rank: int = 4
     alpha: float | None = None
     train_text_encoder: bool = False
     text_encoder_lr: float | None = None
+    text_encoder_weight_decay: float | None = None
 
     def __post_init__(self):
         if self.rank < 1:
@@ -48,6 +50,9 @@ class LoraSettings:
             raise ValueError(f"LoRA alpha must be a finite number > 0, got {self.alpha}")
         if self.text_encoder_lr is not None and not (math.isfinite(self.text_encoder_lr) and self.text_encoder_lr > 0):
             raise ValueError(f"text_encoder_lr must be a finite number > 0, got {self.text_encoder_lr}")
+        decay = self.text_encoder_weight_decay
+        if decay is not None and not (math.isfinite(decay) and decay >= 0):
+            raise ValueError(f"text_encoder_weight_decay must be a finite number >= 0, got {decay}")
 
     @property
     def lora_alpha(self) -> float:

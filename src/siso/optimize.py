@@ -155,9 +155,14 @@ def optimize_lora(
     with torch.random.fork_rng():
         torch.manual_seed(opt.seed)  # peft draws the LoRA A matrices from the global generator: seed them too
         modules = add_lora(backbone, config.lora)
-    te_lr = config.lora.text_encoder_lr or opt.lr
+    lora = config.lora
+    text_encoder = {
+        "lr": opt.lr if lora.text_encoder_lr is None else lora.text_encoder_lr,
+        "weight_decay": opt.weight_decay if lora.text_encoder_weight_decay is None else lora.text_encoder_weight_decay,
+    }
+    denoiser = {"lr": opt.lr, "weight_decay": opt.weight_decay}
     groups = [
-        {"params": list(trainable(m).values()), "lr": opt.lr if m is backbone.denoiser else te_lr}
+        {"params": list(trainable(m).values()), **(denoiser if m is backbone.denoiser else text_encoder)}
         for m in modules.values()
     ]
     params = [p for g in groups for p in g["params"]]

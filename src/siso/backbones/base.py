@@ -10,6 +10,7 @@ under no-grad.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import ClassVar
 
 import torch
 from diffusers import DiffusionPipeline
@@ -28,6 +29,9 @@ class Backbone:
         lora_targets: Module names in the denoiser that get LoRA (METHOD.md Sec. 1).
         text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
         text_encoder_lora_targets: Module names in the text encoders that get LoRA.
+        defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
+            ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
+            records what was used.
     """
 
     pipeline_class: type[DiffusionPipeline]
@@ -35,6 +39,7 @@ class Backbone:
     lora_targets: tuple[str, ...]
     text_encoder_names: tuple[str, ...]
     text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
+    defaults: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
         self.pipe = pipe
