@@ -478,3 +478,20 @@ def test_saved_subject_of_another_backbone(capsys, saved_subjects, model_dirs, t
 
 def test_saved_subject_still_reloads(capsys, saved_subjects, tmp_path):
     assert main([*_reuse_args(tmp_path), "--lora", str(saved_subjects["sd"]), "--quiet"]) == 0
+
+
+def test_backbone_family_defaults_apply_and_flags_override(monkeypatch, base_args, tmp_path):
+    """A family's own settings (`Backbone.defaults`, e.g. Sana's lr 8e-4 and 20 steps) are the defaults; flags given
+    on the command line win; config.json records what was used."""
+    from siso.backbones import SDBackbone
+
+    monkeypatch.setattr(SDBackbone, "defaults", {"optim": {"lr": 5e-3, "patience": 3, "num_inference_steps": 2}})
+    args = [a for a in base_args if a not in ("--lr", "1e-2")]
+    assert main([*args, "--prompt", "a dog", "--max-iters", "2", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    optim = json.loads((tmp_path / "a" / "config.json").read_text())["siso"]["optim"]
+    assert (optim["lr"], optim["patience"], optim["num_inference_steps"], optim["max_iters"]) == (5e-3, 3, 2, 2)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["job"]["num_inference_steps"] == 2
+    given = ["--lr", "1e-3", "--train-steps", "1", "--max-iters", "2", "--quiet"]
+    assert main([*args, "--prompt", "a dog", *given, "--out", str(tmp_path / "b")]) == 0
+    optim = json.loads((tmp_path / "b" / "config.json").read_text())["siso"]["optim"]
+    assert (optim["lr"], optim["patience"], optim["num_inference_steps"]) == (1e-3, 3, 1)

@@ -400,3 +400,11 @@ def test_edit_gradients_reach_only_lora_and_only_through_the_last_steps(model_di
         backbone.denoiser.zero_grad(set_to_none=True)
     assert torch.equal(images[1], images[3]) and not torch.allclose(grads[1], grads[3])
     assert not inversion.latents.requires_grad and not backbone.pipe.vae.decoder.conv_out.weight.requires_grad
+
+
+def test_edit_needs_a_family_that_edits(capsys, monkeypatch, edit_args, tmp_path):
+    from siso.backbones import SDBackbone
+
+    monkeypatch.setattr(SDBackbone, "supports_editing", False)
+    line = _error(capsys, [*edit_args, "--box", "1,1,20,20", "--out", str(tmp_path / "run")])
+    assert "cannot edit yet; editing works with sdxl-turbo" in line

@@ -12,7 +12,7 @@ import diffusers
 import huggingface_hub
 import transformers
 
-from siso.backbones import BACKBONES, check_device
+from siso.backbones import BACKBONES, check_can_edit, check_device, family_defaults
 from siso.config import (
     BACKGROUND_TARGETS,
     DTYPES,
@@ -25,11 +25,13 @@ from siso.config import (
     SimilaritySettings,
     SisoConfig,
     check_seed,
+    with_defaults,
 )
 from siso.editing import EditJob
 from siso.eval import cli as eval_cli
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
+from siso.lora import check_lora_file, read_subject_info
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, box_mask, load_mask
 from siso.run import (
     GenerationJob,
@@ -50,22 +52,20 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the optimization noise (0)")
     parser.add_argument(
-        "--grad-steps", type=int, default=1, metavar="K", help="last steps that keep gradients while optimizing (1)"
+        "--grad-steps", type=int, metavar="K", help="last steps that keep gradients while optimizing (backbone's; 1)"
     )
-    parser.add_argument("--guidance-scale", type=float, default=0.0, help="CFG scale; turbo models use 0 (0)")
-    parser.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
-    parser.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4, the paper's)")
+    parser.add_argument("--guidance-scale", type=float, help="CFG scale (backbone's; turbo models: 0)")
+    parser.add_argument("--max-iters", type=int, help=f"iteration cap ({OptimSettings.max_iters})")
+    parser.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
     parser.add_argument(
         "--patience",
         type=int,
-        default=OptimSettings.patience,
-        help="early stopping: iterations without improvement (7)",
+        help=f"early stopping: iterations without improvement (backbone's; {OptimSettings.patience} for SD/SDXL)",
     )
     parser.add_argument(
         "--min-improvement",
         type=float,
-        default=OptimSettings.min_improvement,
-        help="early stopping: relative improvement that counts (0.03)",
+        help=f"early stopping: relative improvement that counts ({OptimSettings.min_improvement})",
     )
     parser.add_argument("--rank", type=int, default=LoraSettings.rank, help="LoRA rank (4)")
     parser.add_argument("--text-encoder-lora", action="store_true", help="also train LoRA on the text encoder(s)")
@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--steps", type=int, metavar="N", help="denoising steps of the final images (default: --train-steps)"
     )
-    gen.add_argument("--train-steps", type=int, default=1, metavar="N", help="denoising steps while optimizing (1)")
+    gen.add_argument(
+        "--train-steps", type=int, metavar="N", help="denoising steps while optimizing (backbone's; 1 for SD/SDXL)"
+    )
     _add_shared_options(gen)
 
     edit = sub.add_parser(
@@ -186,20 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, num_inference_steps: int) -> dict:
-    """The LoRA, similarity and optimization settings of the shared options."""
+def _settings(args: argparse.Namespace, model: str | None, num_inference_steps: int | None) -> dict:
+    """The LoRA, similarity and optimization settings of the shared options: ``model``'s family defaults
+    (`siso.backbones.Backbone.defaults`; none for ``None``), overridden by the flags given."""
+    defaults = family_defaults(model) if model else {}
     return {
         "resolution": args.resolution,
         "dtype": args.dtype,
         "device": args.device,
-        "lora": LoraSettings(rank=args.rank, train_text_encoder=args.text_encoder_lora),
+        "lora": with_defaults(
+            LoraSettings, defaults.get("lora", {}), rank=args.rank, train_text_encoder=args.text_encoder_lora
+        ),
         "similarity": SimilaritySettings(
             dino_model=args.dino_model,
             ir_model=args.ir_model,
             dino_resolution=args.dino_resolution,
             ir_resolution=args.ir_resolution,
         ),
-        "optim": OptimSettings(
+        "optim": with_defaults(
+            OptimSettings,
+            defaults.get("optim", {}),
             lr=args.lr,
             max_iters=args.max_iters,
             patience=args.patience,
@@ -250,8 +258,8 @@ def check_args(args: argparse.Namespace) -> None:
     if getattr(args, "seed", None) is not None:
         check_seed(args.seed, "--seed")
         check_seed(args.seed + max(getattr(args, "num_images", 1), 1) - 1, "--seed + --num-images - 1")
-    if args.command == "generate" and args.lora:  # no optimization then, but its options' values must be valid
-        SisoConfig(**_settings(args, args.train_steps))
+    if args.command == "generate":  # with --lora no optimization runs, but its options' values must be valid too
+        SisoConfig(**_settings(args, None if args.lora else args.model, args.train_steps))
 
 
 def _raise_interrupt(signum, frame):
@@ -259,11 +267,16 @@ def _raise_interrupt(signum, frame):
 
 
 def generate(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.lora:
+        check_lora_file(args.lora)  # a damaged subject is the error to report, whatever the model
+    model = args.model or (read_subject_info(args.lora).get("model") if args.lora else None) or "sdxl-turbo"
+    settings = _settings(args, model, args.train_steps)
+    optim = settings["optim"]
     job = GenerationJob(
         prompts=args.prompt,
         seeds=[args.seed + k for k in range(args.num_images)],
-        num_inference_steps=args.train_steps if args.steps is None else args.steps,
-        guidance_scale=args.guidance_scale,
+        num_inference_steps=optim.num_inference_steps if args.steps is None else args.steps,
+        guidance_scale=optim.guidance_scale,
     )
     if args.lora:
         out = RunFolder(args.out, args.overwrite)
@@ -274,11 +287,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
             )
 
     else:
-        config = SisoConfig(
-            model=args.model or "sdxl-turbo",
-            train_prompt=args.train_prompt or args.prompt[0],
-            **_settings(args, args.train_steps),
-        )
+        config = SisoConfig(model=model, train_prompt=args.train_prompt or args.prompt[0], **settings)
         subject = load_subject(args.subject)
         out = RunFolder(args.out, args.overwrite)
 
@@ -297,6 +306,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def edit(args: argparse.Namespace, argv: list[str]) -> int:
+    check_can_edit(args.model)
     config = EditConfig(
         model=args.model,
         edit=EditSettings(
@@ -308,7 +318,7 @@ def edit(args: argparse.Namespace, argv: list[str]) -> int:
             feather=args.feather,
         ),
         inversion=InversionSettings.preset(args.inversion),
-        **_settings(args, args.steps),
+        **_settings(args, args.model, args.steps),
     )
     scene = load_subject(args.image, what="photo to edit")
     if args.mask:

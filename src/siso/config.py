@@ -12,6 +12,9 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DTYPES = ("fp32", "bf16", "fp16")
 # What torch.Generator.manual_seed accepts (a negative seed s is taken as 2**64 + s).
@@ -147,6 +150,13 @@ class OptimSettings:
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         check_seed(self.seed)
+
+
+def with_defaults(cls: type[T], defaults: dict, **given) -> T:
+    """Settings of type ``cls`` from a backbone family's ``defaults`` (`siso.backbones.Backbone.defaults`), with the
+    values ``given`` (command-line flags; ``None`` = not given) taking precedence, and ``cls``'s own defaults after
+    both."""
+    return cls(**{**defaults, **{name: value for name, value in given.items() if value is not None}})
 
 
 @dataclass

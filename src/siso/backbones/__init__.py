@@ -24,8 +24,10 @@ __all__ = [
     "SDBackbone",
     "SDXLBackbone",
     "UNetBackbone",
+    "check_can_edit",
     "check_device",
     "default_device",
+    "family_defaults",
     "load_backbone",
     "resolve_model",
 ]
@@ -63,6 +65,26 @@ def resolve_model(model: str) -> tuple[str, type[Backbone], int | None]:
     if family not in FAMILIES:
         raise ModelLoadError(f"{model} is a {family}; supported pipelines: {', '.join(FAMILIES)}")
     return (str(path) if path.is_dir() else model), FAMILIES[family], None
+
+
+def check_can_edit(model: str) -> None:
+    """Raise ValueError when ``model``'s family cannot edit (before anything loads).
+
+    Raises:
+        ModelLoadError: as `resolve_model`.
+    """
+    if not resolve_model(model)[1].supports_editing:
+        families = [name for name, (_, cls, _) in BACKBONES.items() if cls.supports_editing]
+        raise ValueError(f"{model} cannot edit yet; editing works with {', '.join(families)} (or their families)")
+
+
+def family_defaults(model: str) -> dict[str, dict]:
+    """The settings a backbone family uses where they differ from `siso.config`'s (`Backbone.defaults`); none for a
+    model that cannot be resolved, whose error is reported when it loads (after the checks that need no model)."""
+    try:
+        return resolve_model(model)[1].defaults
+    except ModelLoadError:
+        return {}
 
 
 def default_device() -> str:

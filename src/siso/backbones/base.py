@@ -29,6 +29,7 @@ class Backbone:
         lora_targets: Module names in the denoiser that get LoRA (METHOD.md Sec. 1).
         text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
         text_encoder_lora_targets: Module names in the text encoders that get LoRA.
+        supports_editing: Whether the family implements `edit_sampler` (checked before any model loads).
         defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
             ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
             records what was used.
@@ -40,6 +41,7 @@ class Backbone:
     text_encoder_names: tuple[str, ...]
     text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
     defaults: ClassVar[dict[str, dict]] = {}
+    supports_editing: ClassVar[bool] = False  # whether `edit_sampler` is implemented
 
     def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
         self.pipe = pipe
@@ -101,7 +103,7 @@ class Backbone:
 
     def edit_sampler(self, num_inference_steps: int, strength: float) -> EditSampler:
         """The sampler that editing denoises with and inversion inverts (see `EditSampler`)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support editing yet")
+        raise ValueError(f"{type(self).__name__} does not support editing yet")
 
     def denoise(
         self,

@@ -91,6 +91,7 @@ class UNetBackbone(Backbone):
 
     denoiser_name = "unet"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    supports_editing = True
 
     def unet_kwargs(self, cond: dict[str, torch.Tensor]) -> dict:
         return {"encoder_hidden_states": cond["prompt_embeds"]}

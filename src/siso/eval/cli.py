@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from accelerate import PartialState
 
-from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig
+from siso.backbones import check_can_edit, family_defaults
+from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
 from siso.eval.edit import edit_suite
 from siso.eval.fetch import fetch
 from siso.eval.generate import PROTOCOLS, generate_suite
@@ -114,8 +114,8 @@ def add_parser(sub) -> None:
         "as `siso edit --steps` (default: 4)",
     )
     ru.add_argument("--seed", type=int, default=0, help="optimization seed and first image seed (0)")
-    ru.add_argument("--max-iters", type=int, default=OptimSettings.max_iters, help="iteration cap (50)")
-    ru.add_argument("--lr", type=float, default=OptimSettings.lr, help="AdamW learning rate (3e-4)")
+    ru.add_argument("--max-iters", type=int, help=f"iteration cap ({OptimSettings.max_iters})")
+    ru.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
     ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
     ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
     ru.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 on GPU)")
@@ -149,9 +149,15 @@ def run(args: argparse.Namespace) -> str:
                 raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
             if args.protocol is not None:
                 raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
-            optim = dataclasses.replace(EditConfig().optim, lr=args.lr, max_iters=args.max_iters, seed=args.seed)
-            if args.steps is not None:
-                optim = dataclasses.replace(optim, num_inference_steps=args.steps)
+            check_can_edit(args.model)
+            optim = with_defaults(
+                OptimSettings,
+                {"num_inference_steps": EditConfig().optim.num_inference_steps},
+                lr=args.lr,
+                max_iters=args.max_iters,
+                seed=args.seed,
+                num_inference_steps=args.steps,
+            )
             config = EditConfig(
                 model=args.model, dtype=args.dtype, device=args.device, similarity=similarity, optim=optim
             )
@@ -167,7 +173,13 @@ def run(args: argparse.Namespace) -> str:
                 dtype=args.dtype,
                 device=args.device,
                 similarity=similarity,
-                optim=OptimSettings(lr=args.lr, max_iters=args.max_iters, seed=args.seed),
+                optim=with_defaults(
+                    OptimSettings,
+                    family_defaults(args.model).get("optim", {}),
+                    lr=args.lr,
+                    max_iters=args.max_iters,
+                    seed=args.seed,
+                ),
             )
             generated = generate_suite(
                 items,
