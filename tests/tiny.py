@@ -8,9 +8,11 @@ diffusers' own fast tests. `torch.manual_seed(0)` runs before each component so 
 on which other components were built first.
 
 Sizes: pipelines generate 32x32 px images (16x16 latents, VAE downsampling factor 2), which is also their default
-size; the vision encoders take 28x28 px images (7x7 patches of 4 px).
+size, except FLUX, whose pipeline default is fixed at 128 x the VAE factor (256 px): pass 32 px explicitly there. The
+vision encoders take 28x28 px images (7x7 patches of 4 px).
 """
 
+import string
 from os import PathLike
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from diffusers import (
     AutoencoderKL,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -46,6 +51,9 @@ from transformers import (
     SamPromptEncoderConfig,
     SamVisionConfig,
     SwinConfig,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
     ViTConfig,
     ViTModel,
 )
@@ -97,7 +105,7 @@ def _text_config(tokenizer: CLIPTokenizer, hidden_act: str, **kw) -> CLIPTextCon
     )
 
 
-def _vae(**kw) -> AutoencoderKL:
+def _vae(latent_channels: int = 4, **kw) -> AutoencoderKL:
     # Two blocks -> one downsampling -> factor 2: 32 px images <-> 16x16x4 latents.
     torch.manual_seed(0)
     return AutoencoderKL(
@@ -106,7 +114,7 @@ def _vae(**kw) -> AutoencoderKL:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
+        latent_channels=latent_channels,
         sample_size=32,
         **kw,
     )
@@ -186,6 +194,90 @@ def make_sdxl_turbo(path: str | PathLike) -> Path:
         scheduler=EulerAncestralDiscreteScheduler(**_SCHEDULER_KW),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,  # never depend on the optional invisible-watermark package
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+T5_WORDS = ["a", "photo", "of", "dog", "cat", "backpack", "subject", "on", "in", "the", "beach", "moon", "paris"]
+
+
+def make_t5_tokenizer() -> T5Tokenizer:
+    """A T5 Unigram tokenizer (pad, eos, unk at ids 0-2 as in T5) over whole test words plus single characters.
+
+    Built from a ``tokenizers`` Unigram vocabulary, so no sentencepiece model is needed; ``extra_ids=0`` keeps the
+    100 sentinel tokens (which would lie outside this vocabulary) out.
+    """
+    word_start = "\u2581"  # sentencepiece's marker of a word's first piece
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (word_start, -2.0)]
+    vocab += [(word_start + word, -1.0) for word in T5_WORDS]
+    vocab += [(char, -5.0) for char in string.ascii_letters + string.digits + string.punctuation]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def make_flux_schnell(path: str | PathLike, guidance_embeds: bool = False) -> Path:
+    """A tiny black-forest-labs/FLUX.1-schnell saved as a FluxPipeline directory; returns its path.
+
+    1 double-stream + 1 single-stream block (2 heads of 16), the real 16-channel VAE latents with its shift and scale,
+    CLIP-L-like and T5-like text encoders of width 32, and schnell's scheduler config. ``guidance_embeds=True`` gives
+    a FLUX.1-dev-like (guidance-distilled) transformer instead.
+    """
+    path = Path(path)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels packed in 2x2 patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # = T5 d_model
+        pooled_projection_dim=32,  # = CLIP hidden size
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim, like (16, 56, 56) for 128
+    )
+    tokenizer = make_tokenizer()  # CLIP ViT-L: quick_gelu, pads with <|endoftext|>
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(tokenizer, "quick_gelu"))
+    tokenizer_2 = make_t5_tokenizer()
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",  # T5 v1.1, as google/t5-v1_1-xxl
+            pad_token_id=tokenizer_2.pad_token_id,
+            eos_token_id=tokenizer_2.eos_token_id,
+            decoder_start_token_id=tokenizer_2.pad_token_id,
+        )
+    )
+    # The FLUX VAE: 16 latent channels, no quant convs, latents shifted then scaled.
+    vae = _vae(
+        latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False
+    )
+    # FLUX.1-schnell's scheduler_config.json: no resolution-dependent shift.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=1.0,
+        use_dynamic_shifting=False,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
     )
     pipe.save_pretrained(path)
     return path

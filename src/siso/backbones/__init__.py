@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 from siso.backbones.base import Backbone, EditSampler
+from siso.backbones.flux import FluxBackbone
 from siso.backbones.unet import EulerSampler, SDBackbone, SDXLBackbone, UNetBackbone
 from siso.hub import ModelLoadError, load_pretrained
 
@@ -21,6 +22,7 @@ __all__ = [
     "Backbone",
     "EditSampler",
     "EulerSampler",
+    "FluxBackbone",
     "SDBackbone",
     "SDXLBackbone",
     "UNetBackbone",
@@ -38,11 +40,13 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 BACKBONES: dict[str, tuple[str, type[Backbone], int]] = {
     "sdxl-turbo": ("stabilityai/sdxl-turbo", SDXLBackbone, 512),
     "sd-turbo": ("stabilityai/sd-turbo", SDBackbone, 512),
+    "flux-schnell": ("black-forest-labs/FLUX.1-schnell", FluxBackbone, 512),
 }
 # Any diffusers directory or Hub repo whose model_index.json names one of these pipelines loads too.
 FAMILIES: dict[str, type[Backbone]] = {
     "StableDiffusionPipeline": SDBackbone,
     "StableDiffusionXLPipeline": SDXLBackbone,
+    "FluxPipeline": FluxBackbone,
 }
 
 

@@ -1,0 +1,163 @@
+"""FLUX backbones (FLUX.1-schnell): a rectified-flow MMDiT denoiser on packed latents, two text encoders."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ClassVar
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from PIL import Image
+
+from siso.backbones.base import Backbone
+from siso.images import tensor_to_pil
+
+# T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
+# and the reference code samples with 256. The T5 tokens are padded to this length, so it changes the image.
+MAX_SEQUENCE_LENGTH = 256
+
+
+class FluxBackbone(Backbone):
+    """``FluxPipeline`` models (FLUX.1-schnell).
+
+    LoRA targets are the reference code's, which are diffusers' FLUX DreamBooth LoRA script's defaults: in the
+    double-stream blocks the image and context ("add") attention projections and both feed-forwards; in the
+    single-stream blocks that matches only the attention ``to_q``/``to_k``/``to_v`` (their fused MLP and output
+    projections ``proj_mlp``/``proj_out`` are left frozen). The ``attn.`` prefix keeps the transformer's top-level
+    ``proj_out`` and the norms' linears out. Only the CLIP-L text encoder may get LoRA; T5 stays frozen (as in the
+    reference code).
+
+    Latents are the pipeline's packed sequence ``(B, (h/2)*(w/2), 4*C)`` of 2x2 latent patches throughout; `decode`
+    unpacks them.
+    """
+
+    pipeline_class = FluxPipeline
+    denoiser_name = "transformer"
+    lora_targets = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    )
+    text_encoder_names = ("text_encoder",)
+    # The reference code's FLUX settings (its README and siso_generation_flux.py).
+    defaults: ClassVar[dict[str, dict]] = {
+        "optim": {
+            "lr": 2e-4,
+            "weight_decay": 1e-4,
+            "num_inference_steps": 1,
+            "grad_steps": 1,
+            "guidance_scale": 0.0,
+            "patience": 7,
+        },
+        "lora": {"text_encoder_lr": 5e-6, "text_encoder_weight_decay": 1e-3},
+    }
+
+    def __init__(self, pipe: FluxPipeline, resolution: int | None = None):
+        """
+        Raises:
+            ValueError: ``resolution`` is not a multiple of twice the VAE factor (the latents are packed in 2x2
+                patches; the stock pipeline would silently round it down).
+        """
+        resolution = resolution or pipe.default_sample_size * pipe.vae_scale_factor
+        if resolution % (2 * pipe.vae_scale_factor):
+            raise ValueError(f"FLUX resolution must be a multiple of {2 * pipe.vae_scale_factor}, got {resolution}")
+        super().__init__(pipe, resolution)
+
+    def encode_prompt(self, prompt, guidance_scale=0.0):
+        """CLIP-L pooled and T5 token embeddings (the pipeline's own ``encode_prompt``, which is not under no-grad).
+
+        FLUX has no classifier-free guidance here (schnell is guidance-free), so ``guidance_scale`` plays no part.
+
+        Returns:
+            ``prompt_embeds`` (1, 256, D_t5), ``pooled_prompt_embeds`` (1, D_clip), ``text_ids`` (256, 3).
+        """
+        embeds, pooled, text_ids = self.pipe.encode_prompt(
+            prompt, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
+
+    def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
+        pipe, scheduler = self.pipe, self.pipe.scheduler
+        latents, image_ids = pipe.prepare_latents(
+            1,
+            self.denoiser.config.in_channels // 4,
+            self.resolution,
+            self.resolution,
+            cond["prompt_embeds"].dtype,
+            self.device,
+            generator,
+        )
+        # The pipeline's schedule: linear sigmas, shifted by the image length when the scheduler shifts dynamically.
+        config = scheduler.config
+        mu = calculate_shift(
+            latents.shape[1],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler.set_begin_index(0)
+        guidance = None
+        if self.denoiser.config.guidance_embeds:  # guidance-distilled FLUX.1-dev: the scale is a model input
+            guidance = torch.full([1], guidance_scale, device=self.device, dtype=torch.float32)
+        first_grad_step = num_inference_steps - grad_steps
+        for i, t in enumerate(timesteps):
+            with nullcontext() if i >= first_grad_step else torch.no_grad():
+                velocity = self.denoiser(
+                    hidden_states=latents,
+                    timestep=t.expand(1).to(latents.dtype) / 1000,
+                    guidance=guidance,
+                    pooled_projections=cond["pooled_prompt_embeds"],
+                    encoder_hidden_states=cond["prompt_embeds"],
+                    txt_ids=cond["text_ids"],
+                    img_ids=image_ids,
+                    return_dict=False,
+                )[0]
+                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+        return self.decode(latents)
+
+    def decode(self, latents):
+        """VAE decode (differentiable): packed latents (B, (h/2)*(w/2), 4*C) -> images (B, 3, H, W) in [0, 1]."""
+        vae = self.pipe.vae
+        latents = self.pipe._unpack_latents(latents, self.resolution, self.resolution, self.pipe.vae_scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, images):
+        """VAE encode (the posterior mean), the inverse of `decode`: images (B, 3, H, W) in [0, 1] -> packed latents
+        (B, (h/2)*(w/2), 4*C) in model dtype."""
+        vae = self.pipe.vae
+        posterior = vae.encode(images.to(self.device, vae.dtype) * 2 - 1).latent_dist
+        latents = (posterior.mean - vae.config.shift_factor) * vae.config.scaling_factor
+        return self.pipe._pack_latents(latents, *latents.shape).to(self.dtype)
+
+    @torch.no_grad()
+    def generate(self, prompt, seed, num_inference_steps, guidance_scale=0.0) -> Image.Image:
+        """As `Backbone.generate`, with schnell's T5 length: the stock call is ``pipe(prompt, height=resolution,
+        width=resolution, ..., max_sequence_length=256, generator=torch.Generator().manual_seed(seed))``."""
+        latents = self.pipe(
+            prompt=prompt,
+            height=self.resolution,
+            width=self.resolution,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            output_type="latent",
+        ).images
+        return tensor_to_pil(self.decode(latents))[0]
