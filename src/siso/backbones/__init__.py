@@ -11,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 from siso.backbones.base import Backbone, EditSampler
+from siso.backbones.sana import SanaBackbone
 from siso.backbones.unet import EulerSampler, SDBackbone, SDXLBackbone, UNetBackbone
 from siso.hub import ModelLoadError, load_pretrained
 
@@ -23,6 +24,7 @@ __all__ = [
     "EulerSampler",
     "SDBackbone",
     "SDXLBackbone",
+    "SanaBackbone",
     "UNetBackbone",
     "check_device",
     "default_device",
@@ -36,11 +38,13 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 BACKBONES: dict[str, tuple[str, type[Backbone], int]] = {
     "sdxl-turbo": ("stabilityai/sdxl-turbo", SDXLBackbone, 512),
     "sd-turbo": ("stabilityai/sd-turbo", SDBackbone, 512),
+    "sana": ("Efficient-Large-Model/Sana_1600M_512px_diffusers", SanaBackbone, 512),
 }
 # Any diffusers directory or Hub repo whose model_index.json names one of these pipelines loads too.
 FAMILIES: dict[str, type[Backbone]] = {
     "StableDiffusionPipeline": SDBackbone,
     "StableDiffusionXLPipeline": SDXLBackbone,
+    "SanaPipeline": SanaBackbone,
 }
 
 
