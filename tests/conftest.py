@@ -16,12 +16,13 @@ from siso import OptimSettings, SimilaritySettings, SisoConfig
 
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
-    # Built once per session: building all five takes well under a second.
+    # Built once per session: building them all takes well under a second.
     root = tmp_path_factory.mktemp("tiny")
     return {
         "sd": tiny.make_sd_turbo(root / "sd-turbo"),
         "sdxl": tiny.make_sdxl_turbo(root / "sdxl-turbo"),
         "flux": tiny.make_flux_schnell(root / "flux-schnell"),
+        "sana": tiny.make_sana(root / "sana"),
         "dino": tiny.make_dino(root / "dino"),
         "clip": tiny.make_clip_vision(root / "clip-vision"),
     }
@@ -45,7 +46,7 @@ def subject_path(subject, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def make_config(model_dirs):
-    """SisoConfig for a tiny backbone ("sd", "sdxl" or "flux") and the tiny similarity networks."""
+    """SisoConfig for a tiny backbone ("sd", "sdxl", "flux" or "sana") and the tiny similarity networks."""
 
     def make(family: str = "sd", **optim) -> SisoConfig:
         optim = {"lr": 1e-2, "max_iters": 4, **optim}

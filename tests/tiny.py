@@ -12,22 +12,29 @@ size, except FLUX, whose pipeline default is fixed at 128 x the VAE factor (256 
 vision encoders take 28x28 px images (7x7 patches of 4 px).
 """
 
+import inspect
+import json
 import string
 from os import PathLike
 from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderDC,
     AutoencoderKL,
+    DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    SanaPipeline,
+    SanaTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from tokenizers import Tokenizer, models, normalizers, trainers
 from transformers import (
     BertConfig,
     BertTokenizer,
@@ -41,6 +48,9 @@ from transformers import (
     CLIPVisionModelWithProjection,
     Dinov2Config,
     Dinov2Model,
+    Gemma2Config,
+    Gemma2Model,
+    GemmaTokenizer,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoProcessor,
@@ -278,6 +288,105 @@ def make_flux_schnell(path: str | PathLike, guidance_embeds: bool = False) -> Pa
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         transformer=transformer,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+# Every prompt the tests use, and the instruction SanaPipeline prefixes to prompts: the corpus the tiny Gemma BPE
+# merges are trained on (any other text still encodes, through byte fallback).
+GEMMA_CORPUS = [
+    *inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default,
+    "a photo of a dog",
+    "a dog on the beach",
+    "a dog in Paris",
+    "a dog on the moon",
+]
+
+
+def make_gemma_tokenizer() -> GemmaTokenizer:
+    """A Gemma-layout BPE tokenizer (ids 0-4 <pad> <eos> <bos> <unk> <mask>, then 256 byte-fallback tokens, then ~300
+    trained characters and merges; 556 tokens), trained in a few ms on `GEMMA_CORPUS` without sentencepiece.
+
+    As Gemma's, it adds <bos> and no <eos>, and text is one "word" with spaces written as "▁".
+    """
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Replace(" ", "▁")  # as GemmaTokenizer's, so the merges see the same text
+    bpe.train_from_iterator(GEMMA_CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials))
+    vocab = {token: i for i, token in enumerate([*specials, *(f"<0x{b:02X}>" for b in range(256))])}
+    for token in sorted(bpe.get_vocab(), key=bpe.get_vocab().get):
+        vocab.setdefault(token, len(vocab))
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    return GemmaTokenizer(vocab=vocab, merges=[tuple(m) for m in merges], add_bos_token=True)
+
+
+def make_sana(path: str | PathLike) -> Path:
+    """A tiny Efficient-Large-Model/Sana_1600M_512px saved as a SanaPipeline directory; returns its path.
+
+    1-layer Sana transformer (patch size 1, linear self-attention, 16x16 latents), a 2-stage DC-AE (factor 2, 4 latent
+    channels, the real one's two block kinds and scaling factor), a 2-layer Gemma-2 and the real model's scheduler.
+    """
+    path = Path(path)
+    tokenizer = make_gemma_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,  # Gemma-2 alternates sliding-window and global attention layers
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            max_position_embeddings=1024,  # instruction + 256 prompt tokens
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=1,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=16,  # = text encoder hidden size
+        sample_size=16,  # latent size: 16 * vae factor 2 = 32 px
+        patch_size=1,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=8,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 16),
+        decoder_block_out_channels=(8, 16),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        downsample_block_type="Conv",
+        upsample_block_type="interpolate",
+        scaling_factor=0.41407,
+    )
+    # As diffusers' scripts/convert_sana_to_diffusers.py builds it (flow shift 3 below 4K px; the rest class defaults).
+    scheduler = DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=3.0,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+    )
+    pipe = SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
     )
     pipe.save_pretrained(path)
     return path

@@ -39,8 +39,14 @@ def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.M
         Pipeline component name -> module that carries an adapter (the denoiser, then any text encoders).
 
     Raises:
-        ValueError: the backbone already carries a LoRA adapter.
+        ValueError: the backbone already carries a LoRA adapter, or text-encoder LoRA is asked of a backbone without
+            it.
     """
+    if settings.train_text_encoder and not backbone.text_encoder_names:
+        raise ValueError(
+            f"{type(backbone).__name__} has no text-encoder LoRA (its text encoder stays frozen); leave "
+            "train_text_encoder (--text-encoder-lora) off"
+        )
     modules = {backbone.denoiser_name: backbone.denoiser}
     if settings.train_text_encoder:
         modules.update(backbone.text_encoders)

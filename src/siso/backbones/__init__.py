@@ -12,6 +12,7 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 from siso.backbones.base import Backbone, EditSampler
 from siso.backbones.flux import FluxBackbone
+from siso.backbones.sana import SanaBackbone
 from siso.backbones.unet import EulerSampler, SDBackbone, SDXLBackbone, UNetBackbone
 from siso.hub import ModelLoadError, load_pretrained
 
@@ -25,6 +26,7 @@ __all__ = [
     "FluxBackbone",
     "SDBackbone",
     "SDXLBackbone",
+    "SanaBackbone",
     "UNetBackbone",
     "check_can_edit",
     "check_device",
@@ -41,12 +43,14 @@ BACKBONES: dict[str, tuple[str, type[Backbone], int]] = {
     "sdxl-turbo": ("stabilityai/sdxl-turbo", SDXLBackbone, 512),
     "sd-turbo": ("stabilityai/sd-turbo", SDBackbone, 512),
     "flux-schnell": ("black-forest-labs/FLUX.1-schnell", FluxBackbone, 512),
+    "sana": ("Efficient-Large-Model/Sana_1600M_512px_diffusers", SanaBackbone, 512),
 }
 # Any diffusers directory or Hub repo whose model_index.json names one of these pipelines loads too.
 FAMILIES: dict[str, type[Backbone]] = {
     "StableDiffusionPipeline": SDBackbone,
     "StableDiffusionXLPipeline": SDXLBackbone,
     "FluxPipeline": FluxBackbone,
+    "SanaPipeline": SanaBackbone,
 }
 
 
