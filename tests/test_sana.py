@@ -286,3 +286,23 @@ def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path)
         assert np.array_equal(
             np.asarray(Image.open(out / record["file"])), np.asarray(Image.open(again / record["file"]))
         )
+
+
+def test_cli_uses_sanas_own_defaults(model_dirs, subject_path, tmp_path):
+    """Without flags, a Sana run optimizes with the reference code's Sana settings (config.json records them)."""
+    from siso.cli import main
+
+    out = tmp_path / "run"
+    args = ["generate", "--subject", str(subject_path), "--model", str(model_dirs["sana"]), "--prompt", "a dog"]
+    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    assert main([*args, "--max-iters", "1", "--quiet", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    optim = config["siso"]["optim"]
+    assert (optim["lr"], optim["weight_decay"], optim["num_inference_steps"], optim["grad_steps"]) == (
+        8e-4,
+        1e-4,
+        20,
+        3,
+    )
+    assert (optim["guidance_scale"], optim["patience"]) == (4.5, 5)
+    assert config["job"]["num_inference_steps"] == 20 and config["job"]["guidance_scale"] == 4.5

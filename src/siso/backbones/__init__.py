@@ -1,4 +1,4 @@
-"""Diffusion backbones: the registry, model resolution and loading (one module per family: `unet`).
+"""Diffusion backbones: the registry, model resolution and loading (one module per family: `unet`, `flux`, `sana`).
 
 `Backbone` and `EditSampler` (`siso.backbones.base`) are the interface the loop, inversion and LoRA I/O use.
 """
