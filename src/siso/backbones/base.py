@@ -42,6 +42,8 @@ class Backbone:
     text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
     defaults: ClassVar[dict[str, dict]] = {}
     supports_editing: ClassVar[bool] = False  # whether `edit_sampler` is implemented
+    # Extra arguments of the stock ``__call__`` that `generate` needs to draw what `sample` draws.
+    pipeline_call_kwargs: ClassVar[dict] = {}
 
     def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
         self.pipe = pipe
@@ -141,6 +143,7 @@ class Backbone:
             guidance_scale=guidance_scale,
             generator=torch.Generator().manual_seed(seed),
             output_type="latent",
+            **self.pipeline_call_kwargs,
         ).images
         return tensor_to_pil(self.decode(latents))[0]
 

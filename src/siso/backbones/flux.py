@@ -9,10 +9,8 @@ import numpy as np
 import torch
 from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-from PIL import Image
 
 from siso.backbones.base import Backbone
-from siso.images import tensor_to_pil
 
 # T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
 # and the reference code samples with 256. The T5 tokens are padded to this length, so it changes the image.
@@ -35,6 +33,8 @@ class FluxBackbone(Backbone):
 
     pipeline_class = FluxPipeline
     denoiser_name = "transformer"
+    # schnell's T5 length (the stock call defaults to 512 tokens)
+    pipeline_call_kwargs: ClassVar[dict] = {"max_sequence_length": MAX_SEQUENCE_LENGTH}
     lora_targets = (
         "attn.to_q",
         "attn.to_k",
@@ -145,19 +145,3 @@ class FluxBackbone(Backbone):
         posterior = vae.encode(images.to(self.device, vae.dtype) * 2 - 1).latent_dist
         latents = (posterior.mean - vae.config.shift_factor) * vae.config.scaling_factor
         return self.pipe._pack_latents(latents, *latents.shape).to(self.dtype)
-
-    @torch.no_grad()
-    def generate(self, prompt, seed, num_inference_steps, guidance_scale=0.0) -> Image.Image:
-        """As `Backbone.generate`, with schnell's T5 length: the stock call is ``pipe(prompt, height=resolution,
-        width=resolution, ..., max_sequence_length=256, generator=torch.Generator().manual_seed(seed))``."""
-        latents = self.pipe(
-            prompt=prompt,
-            height=self.resolution,
-            width=self.resolution,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed),
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            output_type="latent",
-        ).images
-        return tensor_to_pil(self.decode(latents))[0]

@@ -12,10 +12,8 @@ from typing import ClassVar
 
 import torch
 from diffusers import SanaPipeline
-from PIL import Image
 
 from siso.backbones.base import Backbone
-from siso.images import tensor_to_pil
 
 # SanaPipeline.__call__'s default that its encode_prompt lacks: the instruction that prefixes every prompt (Sana's
 # "complex human instruction").
@@ -35,6 +33,8 @@ class SanaBackbone(Backbone):
 
     pipeline_class = SanaPipeline
     denoiser_name = "transformer"
+    # exactly `resolution` (no binning), 256 prompt tokens
+    pipeline_call_kwargs: ClassVar[dict] = {"use_resolution_binning": False, "max_sequence_length": MAX_SEQUENCE_LENGTH}
     lora_targets = ("to_q", "to_k", "to_v")  # self- and cross-attention (METHOD.md Sec. 1)
     text_encoder_names = ()
     # The reference code's Sana settings: 20 DPM-Solver steps with gradient through the last 3, CFG 4.5.
@@ -95,19 +95,3 @@ class SanaBackbone(Backbone):
         # which would otherwise stay alive after the caller is done with the image.
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         return self.decode(latents)
-
-    @torch.no_grad()
-    def generate(self, prompt, seed, num_inference_steps, guidance_scale=0.0) -> Image.Image:
-        """As `Backbone.generate`, at ``resolution`` exactly (no resolution binning) with 256 prompt tokens."""
-        latents = self.pipe(
-            prompt=prompt,
-            height=self.resolution,
-            width=self.resolution,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="latent",
-            use_resolution_binning=False,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-        ).images
-        return tensor_to_pil(self.decode(latents))[0]
