@@ -16,7 +16,7 @@ from PIL import Image
 
 from siso import OptimSettings, SimilaritySettings, SisoConfig
 from siso.backbones import SanaBackbone, load_backbone, resolve_model
-from siso.config import LoraSettings
+from siso.config import LoraSettings, MemorySettings
 from siso.lora import add_lora, save_lora, trainable
 from siso.optimize import optimize_subject
 
@@ -180,6 +180,7 @@ def trained(model_dirs, subject):
             grad_steps=2,
             guidance_scale=4.5,
         ),
+        memory=MemorySettings(offload_text_encoders=False),  # keep Gemma in place, to compare its weights
     )
     result = optimize_subject(backbone, subject, config, progress=False)
     return backbone, result, before

@@ -1,10 +1,10 @@
 """siso: single-image subject-driven generation and editing (SISO, arXiv 2503.16025) on diffusers backbones."""
 
-from siso.quiet import silence_torchvision_fallback
+from siso.quiet import silence_notices
 
 # Before the imports below, which import diffusers' pipelines: every `siso` command and `import siso` would start
-# with transformers' two torchvision-fallback notices.
-silence_torchvision_fallback()
+# with transformers' two torchvision-fallback notices (and, with torchao installed, its start-up notices).
+silence_notices()
 
 from siso.backbones import BACKBONES, Backbone, load_backbone
 from siso.config import (

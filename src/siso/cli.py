@@ -12,7 +12,7 @@ import diffusers
 import huggingface_hub
 import transformers
 
-from siso.backbones import BACKBONES, check_can_edit, check_device, family_defaults
+from siso.backbones import BACKBONES, check_can_edit, check_device, family, family_defaults
 from siso.config import (
     BACKGROUND_TARGETS,
     DTYPES,
@@ -33,6 +33,8 @@ from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.lora import check_lora_file, read_subject_info
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, box_mask, load_mask
+from siso.memory import add_memory_options, is_out_of_memory, memory_settings, out_of_memory_message
+from siso.quantize import check_quantize
 from siso.run import (
     GenerationJob,
     OutputExistsError,
@@ -43,7 +45,7 @@ from siso.run import (
     run_reuse,
 )
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 2, 3, 130
 
 
 def _add_shared_options(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +90,7 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_memory_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +195,9 @@ def _settings(args: argparse.Namespace, model: str | None, num_inference_steps: 
     """The LoRA, similarity and optimization settings of the shared options: ``model``'s family defaults
     (`siso.backbones.Backbone.defaults`; none for ``None``), overridden by the flags given."""
     defaults = family_defaults(model) if model else {}
+    cls = family(model) if model else None
+    if args.text_encoder_lora and cls is not None and not cls.text_encoder_names:
+        raise ValueError(f"{model} has no text-encoder LoRA (its text encoder stays frozen); drop --text-encoder-lora")
     return {
         "resolution": args.resolution,
         "dtype": args.dtype,
@@ -217,6 +223,7 @@ def _settings(args: argparse.Namespace, model: str | None, num_inference_steps: 
             guidance_scale=args.guidance_scale,
             seed=args.seed,
         ),
+        "memory": memory_settings(args),
     }
 
 
@@ -249,6 +256,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_device(args.device)
     if getattr(args, "out", None) is not None:
         check_output_folder(args.out)
+    if getattr(args, "quantize", None) is not None:
+        check_quantize(args.quantize, args.device)
     for name, value in vars(args).items():
         option = "--" + name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
@@ -283,7 +292,15 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
 
         def work():
             return run_reuse(
-                out, args.lora, job, args.model, args.dtype, args.device, command=argv, progress=not args.quiet
+                out,
+                args.lora,
+                job,
+                args.model,
+                args.dtype,
+                args.device,
+                command=argv,
+                progress=not args.quiet,
+                quantize=args.quantize,
             )
 
     else:
@@ -382,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"siso: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(err):
+            raise
+        print(f"siso: error: {out_of_memory_message(err)}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
     finally:
         signal.signal(signal.SIGTERM, previous)
 

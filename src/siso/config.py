@@ -17,6 +17,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 DTYPES = ("fp32", "bf16", "fp16")
+# --quantize methods of the frozen denoiser (`siso.quantize`).
+QUANTIZE_METHODS = ("int8", "nf4")
 # What torch.Generator.manual_seed accepts (a negative seed s is taken as 2**64 + s).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
@@ -152,6 +154,31 @@ class OptimSettings:
         check_seed(self.seed)
 
 
+@dataclass
+class MemorySettings:
+    """Options that trade time for memory (what a 12B model needs to optimize on a 24 GB GPU).
+
+    Attributes:
+        offload_text_encoders: After the prompt is encoded, take the text encoders that get no LoRA out of the
+            compute device's memory until a new prompt needs them: moved to CPU RAM from a GPU, freed (and loaded
+            again when needed) when the device is the CPU. Images are unchanged.
+        gradient_checkpointing: Recompute the denoiser's (and, where diffusers supports it, the VAE decoder's)
+            activations during the backward pass instead of keeping them. Images are unchanged; each iteration
+            takes longer.
+        quantize: Quantize the frozen denoiser's linear weights on loading (the LoRA stays in full precision):
+            ``int8`` (torchao int8 weight-only; CPU and CUDA) or ``nf4`` (bitsandbytes 4-bit NF4; CUDA only).
+            Changes the images a little (the base model is approximated). ``None``: off.
+    """
+
+    offload_text_encoders: bool = True
+    gradient_checkpointing: bool = False
+    quantize: str | None = None
+
+    def __post_init__(self):
+        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_METHODS)}, got {self.quantize!r}")
+
+
 def with_defaults(cls: type[T], defaults: dict, **given) -> T:
     """Settings of type ``cls`` from a backbone family's ``defaults`` (`siso.backbones.Backbone.defaults`), with the
     values ``given`` (command-line flags; ``None`` = not given) taking precedence, and ``cls``'s own defaults after
@@ -179,6 +206,7 @@ class SisoConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -144,7 +144,8 @@ def optimize_lora(
         render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
             the text encoders carry LoRA).
         objective: Image -> loss terms with the total under ``"loss"``.
-        config: ``train_prompt``, ``lora`` and ``optim`` are used.
+        config: ``train_prompt``, ``lora``, ``optim`` and ``memory`` (text-encoder offload, gradient checkpointing)
+            are used.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         progress: Show a tqdm bar.
 
@@ -172,9 +173,13 @@ def optimize_lora(
     def conditioning():
         return backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
 
-    if not config.lora.train_text_encoder:
-        with torch.no_grad():
-            cond = conditioning()
+    with torch.no_grad():  # once, also with text-encoder LoRA: it leaves the frozen encoders' embeddings cached
+        cond = conditioning()
+    memory = config.memory
+    if memory.offload_text_encoders:  # after encoding: those without LoRA are not needed until a new prompt
+        backbone.park_text_encoders(keep=[name for name in modules if name != backbone.denoiser_name])
+    if memory.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
 
     best: dict = {}
     history: list[dict] = []

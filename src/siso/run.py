@@ -185,7 +185,7 @@ def run_generate(
         The metrics written to ``metrics.json``.
     """
     start = time.perf_counter()
-    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
+    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
@@ -249,7 +249,7 @@ def run_edit(
     start = time.perf_counter()
     mask, prompt, names = resolve_edit(job, subject, config.device)
     config = dataclasses.replace(config, train_prompt=prompt)
-    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution)
+    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
     out.timings["load_seconds"] = time.perf_counter() - start
@@ -311,12 +311,14 @@ def run_reuse(
     device: str | None = None,
     command: list[str] | None = None,
     progress: bool = True,
+    quantize: str | None = None,
 ) -> dict:
     """Generate every prompt x seed from a saved subject (stage two of prompt simplification), no optimization.
 
     Args:
         lora_dir: A folder written by `siso.lora.save_lora` (or any diffusers LoRA folder, with ``model`` given).
         model: Backbone to load; defaults to the one named in the folder's ``siso_subject.json``.
+        quantize: Quantize the base model's denoiser (`siso.quantize`); the LoRA is loaded in full precision.
 
     Raises:
         FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
@@ -330,7 +332,7 @@ def run_reuse(
     model = model or info.get("model")
     if model is None:
         raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
-    backbone = load_backbone(model, dtype, device, info.get("resolution"))
+    backbone = load_backbone(model, dtype, device, info.get("resolution"), quantize)
     load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
     out.write_json(
         "config.json",
@@ -339,6 +341,7 @@ def run_reuse(
             "lora": str(lora_dir),
             "model": model,
             "dtype": dtype,
+            "quantize": quantize,
             "job": job.__dict__,
             "versions": _versions(),
         },

@@ -15,6 +15,7 @@ from siso.backbones.flux import FluxBackbone
 from siso.backbones.sana import SanaBackbone
 from siso.backbones.unet import EulerSampler, SDBackbone, SDXLBackbone, UNetBackbone
 from siso.hub import ModelLoadError, load_pretrained
+from siso.quantize import check_quantize, quantization_config
 
 __all__ = [
     "BACKBONES",
@@ -31,6 +32,7 @@ __all__ = [
     "check_can_edit",
     "check_device",
     "default_device",
+    "family",
     "family_defaults",
     "load_backbone",
     "resolve_model",
@@ -86,13 +88,20 @@ def check_can_edit(model: str) -> None:
         raise ValueError(f"{model} cannot edit yet; editing works with {', '.join(families)} (or their families)")
 
 
+def family(model: str) -> type[Backbone] | None:
+    """The backbone class of ``model``; ``None`` for a model that cannot be resolved, whose error is reported when
+    it loads (after the checks that need no model)."""
+    try:
+        return resolve_model(model)[1]
+    except ModelLoadError:
+        return None
+
+
 def family_defaults(model: str) -> dict[str, dict]:
     """The settings a backbone family uses where they differ from `siso.config`'s (`Backbone.defaults`); none for a
-    model that cannot be resolved, whose error is reported when it loads (after the checks that need no model)."""
-    try:
-        return resolve_model(model)[1].defaults
-    except ModelLoadError:
-        return {}
+    model that cannot be resolved."""
+    cls = family(model)
+    return cls.defaults if cls else {}
 
 
 def default_device() -> str:
@@ -141,27 +150,46 @@ def check_device(device: str) -> str:
 
 
 def load_backbone(
-    model: str = "sdxl-turbo", dtype: str = "fp32", device: str | None = None, resolution: int | None = None
+    model: str = "sdxl-turbo",
+    dtype: str = "fp32",
+    device: str | None = None,
+    resolution: int | None = None,
+    quantize: str | None = None,
 ) -> Backbone:
     """Load a frozen backbone.
 
     Args:
-        model: Backbone name (``sdxl-turbo``, ``sd-turbo``), Hub id, or local diffusers directory.
+        model: Backbone name (``sdxl-turbo``, ``sd-turbo``, ``flux-schnell``, ``sana``), Hub id, or local diffusers
+            directory.
         dtype: ``fp32``, ``bf16`` or ``fp16`` for the frozen weights.
         device: Torch device; ``None`` picks cuda, then mps, then cpu.
-        resolution: Image side in pixels; ``None`` means 512 for the named turbo backbones, else the pipeline's
-            default.
+        resolution: Image side in pixels; ``None`` means 512 for the named backbones, else the pipeline's default.
+        quantize: Quantize the denoiser's linear weights: ``int8`` or ``nf4`` (`siso.quantize`); ``None``: off.
 
     Raises:
         ModelLoadError: the model cannot be found or is of an unsupported family.
-        ValueError: this machine cannot use ``device``.
+        ValueError: this machine cannot use ``device``, or cannot run ``quantize``.
     """
     device = default_device() if device is None else check_device(device)
+    check_quantize(quantize, device)
     source, cls, default_resolution = resolve_model(model)
     torch_dtype = TORCH_DTYPES[dtype]
-    pipe = load_pretrained(cls.pipeline_class.from_pretrained, source, "diffusion model", dtype=torch_dtype)
+    kwargs = {}
+    if quantize:
+        from diffusers.quantizers import PipelineQuantizationConfig  # imports torchao and bitsandbytes when present
+
+        config = quantization_config(quantize, torch_dtype)
+        kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping={cls.denoiser_name: config})
+    pipe = load_pretrained(cls.pipeline_class.from_pretrained, source, "diffusion model", dtype=torch_dtype, **kwargs)
     pipe.to(device)
     if torch_dtype == torch.float16 and isinstance(pipe, StableDiffusionXLPipeline) and pipe.vae.config.force_upcast:
         # The SDXL VAE overflows in fp16; the stock pipeline upcasts it for every decode, we keep it fp32.
         pipe.vae.to(torch.float32)
-    return cls(pipe, resolution or default_resolution)
+    component_classes = {name: type(module) for name, module in pipe.components.items()}
+
+    def load_component(name: str) -> torch.nn.Module:
+        """A text encoder freed by `Backbone.park_text_encoders`, loaded again as it was (never quantized)."""
+        loader = component_classes[name].from_pretrained
+        return load_pretrained(loader, source, "diffusion model", subfolder=name, dtype=torch_dtype)
+
+    return cls(pipe, resolution or default_resolution, load_component)

@@ -9,6 +9,7 @@ under no-grad.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from typing import ClassVar
 
@@ -45,9 +46,23 @@ class Backbone:
     # Extra arguments of the stock ``__call__`` that `generate` needs to draw what `sample` draws.
     pipeline_call_kwargs: ClassVar[dict] = {}
 
-    def __init__(self, pipe: DiffusionPipeline, resolution: int | None = None):
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        resolution: int | None = None,
+        load_component: Callable[[str], torch.nn.Module] | None = None,
+    ):
+        """
+        Args:
+            pipe: The pipeline (moved to its device).
+            resolution: Image side in pixels.
+            load_component: Loads a pipeline component again by name (`siso.backbones.load_backbone` passes one);
+                without it a text encoder is never freed (`park_text_encoders` on the CPU keeps it).
+        """
         self.pipe = pipe
         self.resolution = resolution or self.denoiser.config.sample_size * pipe.vae_scale_factor
+        self.load_component = load_component
+        self._parked: set[str] = set()  # text encoders out of the device's memory (on the CPU, or freed)
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
@@ -60,6 +75,62 @@ class Backbone:
     @property
     def text_encoders(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self.pipe, name) for name in self.text_encoder_names}
+
+    @property
+    def all_text_encoder_names(self) -> tuple[str, ...]:
+        """Every text encoder of the pipeline, with LoRA or without (`text_encoder_names` are those that may get it)."""
+        names = [name for name in self.pipe.components if name.startswith("text_encoder")]
+        return tuple(name for name in names if name in self._parked or getattr(self.pipe, name) is not None)
+
+    def park_text_encoders(self, keep: Collection[str] = ()) -> list[str]:
+        """Take the text encoders not in ``keep`` out of the compute device's memory until `ensure_text_encoders`.
+
+        From an accelerator they move to CPU RAM; when the device is the CPU they are freed (and loaded again from
+        the model when a prompt needs them), provided the backbone can reload them (``load_component``).
+
+        Returns:
+            The names parked by this call.
+        """
+        parked = []
+        on_cpu = self.device.type == "cpu"
+        for name in self.all_text_encoder_names:
+            if name in keep or name in self._parked or (on_cpu and self.load_component is None):
+                continue
+            if on_cpu:
+                self.pipe.register_modules(**{name: None})
+            else:
+                getattr(self.pipe, name).to("cpu")
+            self._parked.add(name)
+            parked.append(name)
+        if parked and not on_cpu and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return parked
+
+    def ensure_text_encoders(self, *names: str) -> None:
+        """Bring parked text encoders (``names``, or all) back to the compute device; they stay there."""
+        for name in names or tuple(self._parked):
+            if name not in self._parked:
+                continue
+            module = getattr(self.pipe, name)
+            if module is None:
+                module = self.load_component(name)
+                module.requires_grad_(False)
+                self.pipe.register_modules(**{name: module})
+            module.to(self.device)
+            self._parked.discard(name)
+
+    def enable_gradient_checkpointing(self) -> list[str]:
+        """Recompute activations in the backward pass: the denoiser's, and the VAE's where diffusers supports it
+        (``AutoencoderKL`` does, Sana's ``AutoencoderDC`` does not). Images and gradients are unchanged.
+
+        Returns:
+            The pipeline components that checkpoint.
+        """
+        names = [self.denoiser_name, "vae"]
+        names = [name for name in names if getattr(self.pipe, name)._supports_gradient_checkpointing]
+        for name in names:
+            getattr(self.pipe, name).enable_gradient_checkpointing()
+        return names
 
     @property
     def device(self) -> torch.device:
@@ -135,6 +206,7 @@ class Backbone:
         The seed drives a CPU ``torch.Generator`` for the initial latents and any sampler noise, so a stock pipeline
         called with ``generator=torch.Generator().manual_seed(seed)`` gives the same image.
         """
+        self.ensure_text_encoders()
         latents = self.pipe(
             prompt=prompt,
             height=self.resolution,

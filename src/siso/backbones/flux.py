@@ -15,6 +15,7 @@ from siso.backbones.base import Backbone
 # T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
 # and the reference code samples with 256. The T5 tokens are padded to this length, so it changes the image.
 MAX_SEQUENCE_LENGTH = 256
+T5_CACHE_SIZE = 16  # prompts whose T5 embeddings are kept (4 MB each at 256 x 4096 fp32)
 
 
 class FluxBackbone(Backbone):
@@ -63,7 +64,7 @@ class FluxBackbone(Backbone):
         "lora": {"text_encoder_lr": 5e-6, "text_encoder_weight_decay": 1e-3},
     }
 
-    def __init__(self, pipe: FluxPipeline, resolution: int | None = None):
+    def __init__(self, pipe: FluxPipeline, resolution: int | None = None, load_component=None):
         """
         Raises:
             ValueError: ``resolution`` is not a multiple of twice the VAE factor (the latents are packed in 2x2
@@ -72,20 +73,35 @@ class FluxBackbone(Backbone):
         resolution = resolution or pipe.default_sample_size * pipe.vae_scale_factor
         if resolution % (2 * pipe.vae_scale_factor):
             raise ValueError(f"FLUX resolution must be a multiple of {2 * pipe.vae_scale_factor}, got {resolution}")
-        super().__init__(pipe, resolution)
+        super().__init__(pipe, resolution, load_component)
+        self._t5_cache: dict[str, torch.Tensor] = {}
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
-        """CLIP-L pooled and T5 token embeddings (the pipeline's own ``encode_prompt``, which is not under no-grad).
+        """CLIP-L pooled and T5 token embeddings, as the pipeline's ``encode_prompt`` makes them.
 
-        FLUX has no classifier-free guidance here (schnell is guidance-free), so ``guidance_scale`` plays no part.
+        T5 never gets LoRA, so its embeddings of a prompt are computed once and kept: with a CLIP LoRA the prompt
+        is encoded every iteration, and T5 can stay parked meanwhile (`Backbone.park_text_encoders`). FLUX has no
+        classifier-free guidance here (schnell is guidance-free), so ``guidance_scale`` plays no part.
 
         Returns:
             ``prompt_embeds`` (1, 256, D_t5), ``pooled_prompt_embeds`` (1, D_clip), ``text_ids`` (256, 3).
         """
-        embeds, pooled, text_ids = self.pipe.encode_prompt(
-            prompt, device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH
-        )
+        self.ensure_text_encoders("text_encoder")
+        pooled = self.pipe._get_clip_prompt_embeds(prompt=[prompt], device=self.device, num_images_per_prompt=1)
+        embeds = self._t5_embeddings(prompt)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.pipe.text_encoder.dtype)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
+
+    @torch.no_grad()
+    def _t5_embeddings(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._t5_cache:
+            self.ensure_text_encoders("text_encoder_2")
+            if len(self._t5_cache) >= T5_CACHE_SIZE:
+                self._t5_cache.pop(next(iter(self._t5_cache)))
+            self._t5_cache[prompt] = self.pipe._get_t5_prompt_embeds(
+                prompt=[prompt], num_images_per_prompt=1, max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.device
+            )
+        return self._t5_cache[prompt]
 
     def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
         pipe, scheduler = self.pipe, self.pipe.scheduler

@@ -51,6 +51,7 @@ class SanaBackbone(Backbone):
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
         """Gemma-2 embeddings (B, 256, C) and their attention masks (B, 256); B = 2 (negative "" first) under CFG."""
+        self.ensure_text_encoders()
         cfg = guidance_scale > 1.0
         embeds, mask, negative, negative_mask = self.pipe.encode_prompt(
             prompt,

@@ -142,6 +142,7 @@ class SDBackbone(UNetBackbone):
     text_encoder_names = ("text_encoder",)
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
+        self.ensure_text_encoders()
         cfg = guidance_scale > 1.0
         embeds, negative = self.pipe.encode_prompt(prompt, self.device, 1, cfg)
         return {"prompt_embeds": torch.cat([negative, embeds]) if cfg else embeds}
@@ -154,6 +155,7 @@ class SDXLBackbone(UNetBackbone):
     text_encoder_names = ("text_encoder", "text_encoder_2")
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
+        self.ensure_text_encoders()
         cfg = guidance_scale > 1.0
         embeds, negative, pooled, negative_pooled = self.pipe.encode_prompt(
             prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=cfg

@@ -19,6 +19,7 @@ from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
 from siso.eval.suites import EDITING_SUITES, SUITES
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+from siso.memory import add_memory_options, memory_settings
 
 ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
 
@@ -119,6 +120,7 @@ def add_parser(sub) -> None:
     ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
     ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
     ru.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 on GPU)")
+    add_memory_options(ru)
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
     fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
     fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
@@ -159,7 +161,12 @@ def run(args: argparse.Namespace) -> str:
                 num_inference_steps=args.steps,
             )
             config = EditConfig(
-                model=args.model, dtype=args.dtype, device=args.device, similarity=similarity, optim=optim
+                model=args.model,
+                dtype=args.dtype,
+                device=args.device,
+                similarity=similarity,
+                optim=optim,
+                memory=memory_settings(args),
             )
             generated, skipped = edit_suite(
                 items, args.out, config, args.detector, args.segmenter, args.box_threshold, progress=not args.quiet
@@ -173,6 +180,7 @@ def run(args: argparse.Namespace) -> str:
                 dtype=args.dtype,
                 device=args.device,
                 similarity=similarity,
+                memory=memory_settings(args),
                 optim=with_defaults(
                     OptimSettings,
                     family_defaults(args.model).get("optim", {}),

@@ -95,7 +95,8 @@ class SuiteModels:
 
     @cached_property
     def backbone(self) -> Backbone:
-        return load_backbone(self.config.model, self.config.dtype, self.device, self.config.resolution)
+        config = self.config
+        return load_backbone(config.model, config.dtype, self.device, config.resolution, config.memory.quantize)
 
     def similarity(self, subject) -> SimilarityLoss:
         """The similarity loss with ``subject`` as its reference (the networks are loaded once)."""

@@ -1,0 +1,247 @@
+"""Memory options (`siso.config.MemorySettings`): text-encoder offload, gradient checkpointing, --quantize, and the
+out-of-memory message; each changes what is kept in memory, and all but quantization leave the images unchanged."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siso import cli
+from siso.backbones import Backbone, UNetBackbone, load_backbone
+from siso.config import MemorySettings
+from siso.lora import add_lora
+from siso.memory import PeakMemory, out_of_memory_message
+from siso.optimize import optimize_subject
+from siso.quantize import check_quantize
+
+SIZES = {"sd": None, "sdxl": None, "flux": 32, "sana": 64}
+GUIDANCE = {"sd": 0.0, "sdxl": 0.0, "flux": 0.0, "sana": 4.5}
+
+
+def load(model_dirs, family, **kw) -> Backbone:
+    return load_backbone(str(model_dirs[family]), device="cpu", resolution=SIZES[family], **kw)
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """What the module's weights take when saved (quantized tensors count their packed data)."""
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+# --- text encoders: encoded once, then out of the device's memory -------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["sd", "sana"])
+def test_text_encoders_are_freed_on_cpu_and_images_are_unchanged(model_dirs, subject, make_config, family):
+    images, params = {}, {}
+    for offload in (False, True):
+        backbone = load(model_dirs, family)
+        config = make_config(family, max_iters=3, patience=3, min_improvement=0.0, guidance_scale=GUIDANCE[family])
+        config.memory.offload_text_encoders = offload
+        result = optimize_subject(backbone, subject, config, progress=False)
+        params[offload] = sum(p.numel() for m in backbone.pipe.components.values() if isinstance(m, torch.nn.Module)
+                              for p in m.parameters())  # fmt: skip
+        assert (backbone.pipe.text_encoder is None) == offload  # freed once the prompt was encoded
+        images[offload] = [
+            np.asarray(result.best_image),
+            np.asarray(backbone.generate("a dog", 1, 1, GUIDANCE[family])),
+        ]
+        assert backbone.pipe.text_encoder is not None  # loaded again for the new prompt
+    assert params[True] < params[False]
+    for kept, freed in zip(images[False], images[True], strict=True):
+        assert np.array_equal(kept, freed)
+
+
+def test_flux_with_clip_lora_keeps_clip_and_never_reloads_t5_while_optimizing(model_dirs, subject, make_config):
+    backbone = load(model_dirs, "flux")
+    loads = []
+    load_component = backbone.load_component
+    backbone.load_component = lambda name: loads.append(name) or load_component(name)
+    config = make_config("flux", max_iters=3, patience=3, min_improvement=0.0)
+    config.lora.train_text_encoder = True  # CLIP-L is encoded every iteration; T5's embedding is kept
+    optimize_subject(backbone, subject, config, progress=False)
+    assert backbone.pipe.text_encoder is not None and backbone.pipe.text_encoder_2 is None
+    assert loads == []
+    backbone.generate("a dog on the beach", 0, 1)
+    assert loads == ["text_encoder_2"] and backbone.pipe.text_encoder_2 is not None
+
+
+def test_text_encoders_move_to_cpu_from_an_accelerator(model_dirs, monkeypatch):
+    backbone = load(model_dirs, "sdxl")
+    moves = {name: [] for name in ("text_encoder", "text_encoder_2")}
+    for name, log in moves.items():
+        # An instance attribute shadows nn.Module.to: record the moves without an accelerator.
+        object.__setattr__(getattr(backbone.pipe, name), "to", lambda device, log=log: log.append(str(device)))
+    monkeypatch.setattr(Backbone, "device", property(lambda self: torch.device("cuda")))
+    assert backbone.park_text_encoders(keep=["text_encoder"]) == ["text_encoder_2"]
+    assert moves == {"text_encoder": [], "text_encoder_2": ["cpu"]}
+    assert backbone.pipe.text_encoder_2 is not None  # moved, not freed
+    backbone.ensure_text_encoders()
+    assert moves == {"text_encoder": [], "text_encoder_2": ["cpu", "cuda"]}
+    backbone.ensure_text_encoders()  # already back: no move
+    assert moves["text_encoder_2"] == ["cpu", "cuda"]
+
+
+# --- gradient checkpointing -----------------------------------------------------------------------------------------
+
+
+def _saved_bytes_and_grads(backbone: Backbone, family: str) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
+    """Bytes the autograd graph keeps for backward during one grad-enabled sample, the image, and the LoRA grads."""
+    steps, grad_steps = (3, 2) if family == "sana" else (1, 1)
+    with torch.no_grad():
+        cond = backbone.encode_prompt("a photo of a dog", GUIDANCE[family])
+    saved = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        image = backbone.sample(cond, torch.Generator().manual_seed(0), steps, grad_steps, GUIDANCE[family])
+    image.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in backbone.denoiser.named_parameters() if p.grad is not None}
+    return sum(saved.values()), image.detach(), grads
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "flux", "sana"])
+def test_gradient_checkpointing_keeps_less_and_changes_nothing(model_dirs, make_config, family):
+    results = {}
+    for checkpointing in (False, True):
+        backbone = load(model_dirs, family)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            add_lora(backbone, make_config(family).lora)
+        with torch.no_grad():  # a non-zero LoRA, so that every LoRA matrix gets a gradient
+            for name, p in backbone.denoiser.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.1)
+        if checkpointing:
+            expected = ["transformer"] if family == "sana" else [backbone.denoiser_name, "vae"]
+            assert backbone.enable_gradient_checkpointing() == expected  # Sana's DC-AE does not support it
+        results[checkpointing] = _saved_bytes_and_grads(backbone, family)
+    (plain_bytes, plain_image, plain_grads), (ckpt_bytes, ckpt_image, ckpt_grads) = results[False], results[True]
+    assert ckpt_bytes < 0.8 * plain_bytes, (plain_bytes, ckpt_bytes)
+    assert torch.equal(plain_image, ckpt_image)
+    assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+# --- quantization -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["flux", "sana"])
+def test_int8_quantized_denoiser_trains_only_full_precision_lora(model_dirs, subject, make_config, family):
+    from torchao.quantization import Int8Tensor
+
+    plain = load(model_dirs, family)
+    quantized = load(model_dirs, family, quantize="int8")
+    linears = [m for m in quantized.denoiser.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m.weight, Int8Tensor) for m in linears)
+    # int8 of fp32 is a quarter; the tiny model's biases, norms, convolutions and per-row scales leave 0.4-0.75.
+    assert weight_bytes(quantized.denoiser) < 0.8 * weight_bytes(plain.denoiser)
+    assert all(not isinstance(m.weight, Int8Tensor) for m in quantized.pipe.vae.modules() if hasattr(m, "weight"))
+
+    # The base model is approximated, not replaced: the same seed gives nearly the same image.
+    guidance = GUIDANCE[family]
+    ours = np.asarray(quantized.generate("a dog", 0, 2, guidance), dtype=np.float32)
+    reference = np.asarray(plain.generate("a dog", 0, 2, guidance), dtype=np.float32)
+    assert np.abs(ours - reference).mean() < 3.0  # of 255
+
+    config = make_config(family, max_iters=4, patience=4, min_improvement=0.0, guidance_scale=guidance)
+    config.memory.quantize = "int8"  # recorded; loading applied it
+    result = optimize_subject(quantized, subject, config, progress=False)
+    assert len({h["loss"] for h in result.history}) == 4  # the LoRA moved the image
+    lora = [p for n, p in quantized.denoiser.named_parameters() if p.requires_grad]
+    assert lora and all(p.dtype == torch.float32 and not isinstance(p, Int8Tensor) for p in lora)
+    assert all("lora_" in n for n, p in quantized.denoiser.named_parameters() if p.requires_grad)
+
+
+def test_quantize_errors_name_the_fix(monkeypatch):
+    with pytest.raises(ValueError, match=r"nf4 \(bitsandbytes\) runs on CUDA GPUs only; on this device use "):
+        check_quantize("nf4", "cpu")
+    with pytest.raises(ValueError, match="quantize must be one of int8, nf4"):
+        MemorySettings(quantize="fp4")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"--quantize int8 needs torchao: pip install 'siso\[quantize\]'"):
+        check_quantize("int8", "cpu")
+
+
+# --- out of memory ----------------------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_is_one_line_naming_the_options(model_dirs, subject_path, tmp_path, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 23.55 GiB of which ..."
+        )
+
+    monkeypatch.setattr(UNetBackbone, "sample", out_of_memory)
+    argv = ["generate", "--subject", str(subject_path), "--model", str(model_dirs["sd"]), "--prompt", "a dog"]
+    argv += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    code = cli.main([*argv, "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_OUT_OF_MEMORY
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("siso: error: out of memory on the GPU (tried to allocate 2.50 gib); to use less, try ")
+    assert "--gradient-checkpointing" in err and "--quantize" in err
+
+
+def test_cpu_out_of_memory_message():
+    err = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried ...")
+    assert out_of_memory_message(err).startswith("out of memory on the CPU; to use less, try --gradient-checkpointing")
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory("cpu") as peak:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del block
+    assert 60 * 2**20 < peak.bytes < 80 * 2**20
+
+
+# --- the command line -------------------------------------------------------------------------------------------------
+
+
+def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_path):
+    from test_flux import _run
+
+    out, again = tmp_path / "run", tmp_path / "again"
+    prompts = ["--prompt", "a dog on the beach", "--steps", "2", "--seed", "3"]
+    models = ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    proc = _run(
+        [
+            "generate",
+            "--subject",
+            str(subject_path),
+            "--model",
+            str(model_dirs["flux"]),
+            *models,
+            "--resolution",
+            "32",
+            "--max-iters",
+            "3",
+            "--lr",
+            "1e-2",
+            "--quantize",
+            "int8",
+            "--gradient-checkpointing",
+            *prompts,
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no notices from torchao or the quantizers
+    memory = json.loads((out / "config.json").read_text())["siso"]["memory"]
+    assert memory == {"offload_text_encoders": True, "gradient_checkpointing": True, "quantize": "int8"}
+    [record] = json.loads((out / "metrics.json").read_text())["images"]
+
+    proc = _run(["generate", "--lora", str(out / "lora"), "--quantize", "int8", *prompts, "--out", str(again)])
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((again / "config.json").read_text())["quantize"] == "int8"
+    assert np.array_equal(np.asarray(Image.open(out / record["file"])), np.asarray(Image.open(again / record["file"])))
