@@ -18,6 +18,7 @@ from PIL import Image
 from siso.backbones import load_backbone
 from siso.cli import main
 from siso.config import EditConfig, LoraSettings, OptimSettings, SimilaritySettings
+from siso.eval import cli as eval_cli
 from siso.eval.edit import edit_suite
 from siso.eval.inception import FIDInceptionV3
 from siso.eval.lpips import LPIPS
@@ -420,6 +421,32 @@ def _run_args(dreambench, model_dirs, eval_models, out, *extra):
         "--quiet",
         *extra,
     ]
+
+
+@pytest.mark.parametrize(("family", "resolution"), [("flux", "32"), ("sana", "64")])
+def test_eval_run_on_transformer_backbones(
+    dreambench, model_dirs, eval_models, tmp_path, capsys, monkeypatch, family, resolution
+):
+    configs = []
+    generate = eval_cli.generate_suite
+    monkeypatch.setattr(eval_cli, "generate_suite", lambda items, out, config, *a, **k: configs.append(config)
+                        or generate(items, out, config, *a, **k))  # fmt: skip
+    out = tmp_path / "run"
+    args = _run_args(dreambench, model_dirs, eval_models, out, "--resolution", resolution, "--limit", "1")
+    args[args.index("--model") + 1] = str(model_dirs[family])
+    assert main(args) == 0
+    assert "| clip_t |" in capsys.readouterr().out
+    [item] = load_dreambench(dreambench)[:1]
+    images = generated_images(out / "generated", item)
+    assert [p.name for p in images] == ["0.png", "1.png"]
+    assert Image.open(images[0]).size == (int(resolution),) * 2
+    assert json.loads((out / "subjects" / "dog" / "metrics.json").read_text())["stop_reason"] == "max_iters"
+    # The family's defaults (FLUX: 1 step; Sana: 20 steps, grad through the last 3, CFG 4.5) drove the run.
+    [config] = configs
+    optim = config.optim
+    expected = {"flux": (1, 1, 0.0), "sana": (20, 3, 4.5)}[family]
+    assert (optim.num_inference_steps, optim.grad_steps, optim.guidance_scale) == expected
+    assert config.resolution == int(resolution)
 
 
 def test_eval_run_generates_scores_and_resumes(dreambench, model_dirs, eval_models, tmp_path, capsys):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from siso import OptimSettings, SimilaritySettings, SisoConfig
 from siso.backbones import SanaBackbone, load_backbone, resolve_model
+from siso.cli import main
 from siso.config import LoraSettings, MemorySettings
 from siso.lora import add_lora, save_lora, trainable
 from siso.optimize import optimize_subject
@@ -307,3 +308,15 @@ def test_cli_uses_sanas_own_defaults(model_dirs, subject_path, tmp_path):
     )
     assert (optim["guidance_scale"], optim["patience"]) == (4.5, 5)
     assert config["job"]["num_inference_steps"] == 20 and config["job"]["guidance_scale"] == 4.5
+
+
+def test_text_encoder_lora_is_refused_before_anything_loads(model_dirs, subject_path, tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SanaPipeline, "from_pretrained", no_loading)
+    argv = ["generate", "--subject", str(subject_path), "--model", str(model_dirs["sana"]), "--prompt", "a dog"]
+    assert main([*argv, "--text-encoder-lora", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "has no text-encoder LoRA (its text encoder stays frozen); drop --text-encoder-lora" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()

@@ -120,6 +120,7 @@ def add_parser(sub) -> None:
     ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
     ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
     ru.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 on GPU)")
+    ru.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     add_memory_options(ru)
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
     fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> str:
             )
             config = EditConfig(
                 model=args.model,
+                resolution=args.resolution,
                 dtype=args.dtype,
                 device=args.device,
                 similarity=similarity,
@@ -177,6 +179,7 @@ def run(args: argparse.Namespace) -> str:
         else:
             config = SisoConfig(
                 model=args.model,
+                resolution=args.resolution,
                 dtype=args.dtype,
                 device=args.device,
                 similarity=similarity,
