@@ -206,7 +206,8 @@ def test_peak_memory_sees_a_large_allocation():
 # --- the command line -------------------------------------------------------------------------------------------------
 
 
-def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_path):
+@pytest.mark.parametrize("family", ["flux", "sana"])
+def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_path, family):
     from test_flux import _run
 
     out, again = tmp_path / "run", tmp_path / "again"
@@ -218,10 +219,10 @@ def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_pat
             "--subject",
             str(subject_path),
             "--model",
-            str(model_dirs["flux"]),
+            str(model_dirs[family]),
             *models,
             "--resolution",
-            "32",
+            str(SIZES[family]),
             "--max-iters",
             "3",
             "--lr",

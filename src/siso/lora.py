@@ -152,6 +152,7 @@ def load_lora(backbone: Backbone, directory: str | Path) -> None:
             adapter is left loaded).
     """
     keys = check_lora_file(directory)
+    backbone.ensure_text_encoders()  # a text-encoder LoRA needs its encoder in place (not parked, not freed)
     expected = sum(not k.endswith(".alpha") for k in keys)  # kohya-style files store alphas as extra entries
     path = Path(directory) / WEIGHTS_FILE
     fix = "it was learned on another model: use that one (--model), or learn the subject again on this one"
