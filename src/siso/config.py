@@ -196,6 +196,7 @@ class SisoConfig:
         resolution: Image side in pixels; ``None`` means the backbone's default (512 for both turbo models).
         dtype: Weights dtype of the frozen models: fp32, bf16 or fp16. LoRA weights and Adam state stay fp32.
         device: Torch device string; ``None`` picks cuda, then mps, then cpu.
+        memory: Text-encoder offload, gradient checkpointing and quantization (`MemorySettings`).
     """
 
     model: str = "sdxl-turbo"
