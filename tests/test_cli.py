@@ -86,6 +86,11 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
     assert metrics["complete"] and metrics["stop_reason"] == "max_iters" and len(metrics["iterations"]) == 4
     assert {"loss", "dino", "ir", "seconds"} <= set(metrics["iterations"][0])
     assert {"load_seconds", "optimize_seconds", "generate_seconds"} <= set(metrics["timings"])
+    seconds = sorted(h["seconds"] for h in metrics["iterations"])
+    assert metrics["seconds_per_iteration"] == (seconds[1] + seconds[2]) / 2  # the median
+    assert metrics["peak_memory_kind"] == "process RSS" and 0 < metrics["peak_memory_gb"] < 24
+    cost = f"siso: 4 iterations, {metrics['seconds_per_iteration']:.2f} s/iteration (median), peak memory "
+    assert cost + f"{metrics['peak_memory_gb']:.2f} GB (process RSS)" in proc.stdout
     images = [r["file"] for r in metrics["images"]]
     assert len(images) == 4 and all((out / f).is_file() for f in images)
     assert [(r["prompt"], r["seed"]) for r in metrics["images"]] == [
@@ -97,6 +102,7 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["siso"]["train_prompt"] == "a photo of a dog" and config["siso"]["optim"]["seed"] == 3
     assert config["siso"]["similarity"]["dino_resolution"] == 28
+    assert config["siso"]["dtype"] == "fp32"  # --dtype auto, on a CPU
     assert config["command"][:2] == ["siso", "generate"]
 
     # Stage two: the saved subject regenerates the same images without optimizing.

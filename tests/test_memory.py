@@ -200,7 +200,11 @@ def test_peak_memory_sees_a_large_allocation():
     with PeakMemory("cpu") as peak:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         del block
-    assert 60 * 2**20 < peak.bytes < 80 * 2**20
+    assert 60 * 2**20 < peak.bytes < 80 * 2**20 and peak.peak >= peak.bytes
+    assert peak.record() == {"peak_memory_gb": peak.peak / 1e9, "peak_memory_kind": "process RSS"}
+    with PeakMemory("meta") as nothing:  # a device it cannot measure: no figures, no error
+        pass
+    assert nothing.record() == {"peak_memory_gb": None, "peak_memory_kind": None}
 
 
 # --- the command line -------------------------------------------------------------------------------------------------
@@ -246,3 +250,11 @@ def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert json.loads((again / "config.json").read_text())["quantize"] == "int8"
     assert np.array_equal(np.asarray(Image.open(out / record["file"])), np.asarray(Image.open(again / record["file"])))
+
+
+def test_dtype_auto_is_bf16_on_cuda_and_fp32_elsewhere():
+    from siso.backbones import resolve_dtype
+
+    assert resolve_dtype("auto", "cuda") == resolve_dtype("auto", "cuda:1") == "bf16"
+    assert resolve_dtype("auto", "cpu") == resolve_dtype("auto", "mps") == "fp32"
+    assert resolve_dtype("fp16", "cpu") == "fp16"  # a dtype asked for is kept

@@ -1,5 +1,6 @@
 """The SISO loop: gradient path, loss falls, best snapshot, early stopping, stop conditions."""
 
+import functools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from siso.backbones import load_backbone
 from siso.config import LoraSettings
 from siso.lora import add_lora, restore, snapshot
 from siso.losses import SimilarityLoss
-from siso.optimize import EarlyStopping, optimize_subject
+from siso.optimize import EarlyStopping, optimize_lora, optimize_subject
 
 
 def _images_equal(a, b) -> bool:
@@ -247,3 +248,29 @@ def test_text_encoder_lora_has_its_own_lr_and_weight_decay(model_dirs, subject, 
     assert seen["groups"] == [(1e-2, 1e-2), (5e-6, 1e-3)]  # unet: optim's lr and decay; text encoder: its own
     with pytest.raises(ValueError, match="text_encoder_weight_decay"):
         LoraSettings(text_encoder_weight_decay=float("nan"))
+
+
+def test_last_iteration_builds_no_graph_and_draws_the_same_image(model_dirs, subject, make_config):
+    runs = {}
+    for max_iters in (3, 4):
+        backbone = load_backbone(str(model_dirs["sd"]), device="cpu")
+        config = make_config("sd", max_iters=max_iters, patience=max_iters, min_improvement=0.0)
+        loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+        graphs, frames = [], []
+
+        def objective(image, loss_fn=loss_fn, graphs=graphs):
+            graphs.append(image.requires_grad)
+            return loss_fn(image)
+
+        render = functools.partial(_render, backbone, config)
+        optimize_lora(backbone, render, objective, config, lambda i, img, t, f=frames: f.append(img), progress=False)
+        runs[max_iters] = graphs, frames
+    assert runs[3][0] == [True, True, False] and runs[4][0] == [True, True, True, False]
+    # Iteration 2 of both runs has the same weights: without a graph it draws the same image.
+    assert np.array_equal(np.asarray(runs[3][1][2]), np.asarray(runs[4][1][2]))
+
+
+def _render(backbone, config, cond):
+    opt = config.optim
+    generator = torch.Generator().manual_seed(opt.seed)
+    return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)

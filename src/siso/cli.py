@@ -12,7 +12,7 @@ import diffusers
 import huggingface_hub
 import transformers
 
-from siso.backbones import BACKBONES, check_can_edit, check_device, family, family_defaults
+from siso.backbones import BACKBONES, check_can_edit, check_device, family, family_defaults, resolve_dtype
 from siso.config import (
     BACKGROUND_TARGETS,
     DTYPES,
@@ -88,7 +88,9 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ir-resolution", type=int, metavar="PX", help="IR input side (model config: 224)")
     parser.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     parser.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 recommended on GPU)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, fp32 elsewhere)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_options(parser)
 
@@ -318,6 +320,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     if "stop_reason" in metrics:
         print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
+        print(f"siso: {_cost(metrics)}")
     print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
     return 0
 
@@ -357,7 +360,16 @@ def edit(args: argparse.Namespace, argv: list[str]) -> int:
         f"siso: stopped ({metrics['stop_reason']}), best edit at iteration {metrics['best_iteration']}; inversion "
         f"PSNR {metrics['inversion']['psnr']:.1f} dB; wrote {out.path / 'best.png'} and the run record"
     )
+    print(f"siso: {_cost(metrics)}")
     return 0
+
+
+def _cost(metrics: dict) -> str:
+    """What the optimization cost: iterations, median seconds per iteration, peak memory."""
+    text = f"{len(metrics['iterations'])} iterations, {metrics['seconds_per_iteration']:.2f} s/iteration (median)"
+    if metrics.get("peak_memory_gb") is not None:
+        text += f", peak memory {metrics['peak_memory_gb']:.2f} GB ({metrics['peak_memory_kind']})"
+    return text
 
 
 def _interruptible(work, out: RunFolder) -> dict | None:
@@ -388,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
     try:
         check_args(args)
+        if getattr(args, "dtype", None) == "auto":  # config.json records the dtype used
+            args.dtype = resolve_dtype("auto", args.device)
         if args.command == "eval":
             try:
                 print(eval_cli.run(args), end="")

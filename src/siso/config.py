@@ -16,7 +16,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-DTYPES = ("fp32", "bf16", "fp16")
+# "auto": bf16 on CUDA, fp32 elsewhere (`siso.backbones.resolve_dtype`); the CLI records the dtype it picked.
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 # --quantize methods of the frozen denoiser (`siso.quantize`).
 QUANTIZE_METHODS = ("int8", "nf4")
 # What torch.Generator.manual_seed accepts (a negative seed s is taken as 2**64 + s).
@@ -194,7 +195,8 @@ class SisoConfig:
         model: Backbone name (``sdxl-turbo``, ``sd-turbo``), Hub id or local diffusers directory.
         train_prompt: The prompt optimized with (paper Sec. 3.3: keep it simple, "a photo of a dog").
         resolution: Image side in pixels; ``None`` means the backbone's default (512 for both turbo models).
-        dtype: Weights dtype of the frozen models: fp32, bf16 or fp16. LoRA weights and Adam state stay fp32.
+        dtype: Weights dtype of the frozen models: fp32, bf16, fp16, or auto (bf16 on CUDA, fp32 elsewhere: CPUs
+            without native bf16 run it ~250x slower). LoRA weights and Adam state stay fp32.
         device: Torch device string; ``None`` picks cuda, then mps, then cpu.
         memory: Text-encoder offload, gradient checkpointing and quantization (`MemorySettings`).
     """
@@ -202,7 +204,7 @@ class SisoConfig:
     model: str = "sdxl-turbo"
     train_prompt: str = "a photo of a subject"
     resolution: int | None = None
-    dtype: str = "fp32"
+    dtype: str = "auto"
     device: str | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)

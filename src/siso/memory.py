@@ -11,8 +11,12 @@ import torch
 
 from siso.config import QUANTIZE_METHODS, MemorySettings
 
-# What to try, in the order that costs least image quality: the first two leave the images unchanged.
-REMEDIES = "--gradient-checkpointing, --quantize int8 (or nf4 on CUDA), --dtype bf16, a smaller --resolution"
+# What to try, in the order that costs least image quality: checkpointing leaves the images unchanged. On a CPU,
+# bf16 is no remedy (most CPUs lack it and run it ~250x slower) and nf4 does not run.
+REMEDIES = {
+    "GPU": "--gradient-checkpointing, --quantize nf4 (or int8), --dtype bf16 if you chose fp32, a smaller --resolution",
+    "CPU": "--gradient-checkpointing, --quantize int8, a smaller --resolution",
+}
 
 
 def add_memory_options(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +58,10 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 def out_of_memory_message(err: BaseException) -> str:
     """One line that says what ran out and which options use less memory."""
-    where = "the GPU" if isinstance(err, torch.OutOfMemoryError) else "the CPU"
+    where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
     found = re.search(r"Tried to allocate [\d.]+ [KMGT]iB", str(err))
     detail = f" ({found.group(0).lower()})" if found else ""
-    return f"out of memory on {where}{detail}; to use less, try {REMEDIES}"
+    return f"out of memory on the {where}{detail}; to use less, try {REMEDIES[where]}"
 
 
 def _vm_peak_rss() -> int:
@@ -69,10 +73,11 @@ def _vm_peak_rss() -> int:
 
 
 class PeakMemory:
-    """Peak memory of a block, above what was in use when it started.
+    """Peak memory of a block: ``peak`` (bytes in use at the peak) and ``bytes`` (the peak above the start).
 
     On CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). On the CPU: the process's peak resident set size
     (Linux, reset through ``/proc/self/clear_refs``), which also counts allocator slack: compare runs made the same way.
+    Elsewhere (MPS, other systems) nothing is measured: ``kind`` is ``None`` and the figures stay 0.
 
     Example::
 
@@ -83,7 +88,13 @@ class PeakMemory:
 
     def __init__(self, device: str | torch.device):
         self.device = torch.device(device)
-        self.bytes = 0
+        self.peak = self.bytes = 0
+        if self.device.type == "cuda":
+            self.kind = "CUDA allocated"
+        elif self.device.type == "cpu" and sys.platform == "linux" and Path("/proc/self/clear_refs").exists():
+            self.kind = "process RSS"
+        else:
+            self.kind = None
 
     def _used(self) -> int:
         if self.device.type == "cuda":
@@ -94,20 +105,29 @@ class PeakMemory:
         raise OSError("no VmRSS in /proc/self/status")
 
     def __enter__(self) -> PeakMemory:
+        if self.kind is None:
+            return self
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif sys.platform == "linux":
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         else:
-            raise OSError(f"PeakMemory measures CPU memory on Linux only, not on {sys.platform}")
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            except OSError:  # not allowed here: the peak then includes earlier work
+                self.kind = "process RSS (peak since start)"
         self._start = self._used()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.kind is None:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = _vm_peak_rss()
-        self.bytes = peak - self._start
+            self.peak = _vm_peak_rss()
+        self.bytes = self.peak - self._start
+
+    def record(self) -> dict:
+        """For metrics.json: ``peak_memory_gb`` and what it counts (``None`` where nothing was measured)."""
+        return {"peak_memory_gb": self.peak / 1e9 if self.kind else None, "peak_memory_kind": self.kind}

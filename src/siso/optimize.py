@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -84,8 +86,14 @@ class SisoResult:
             "stop_reason": self.stop_reason,
             "best_iteration": self.best_iteration,
             "best_loss": self.best_loss,
+            "seconds_per_iteration": self.seconds_per_iteration,
             "iterations": self.history,
         }
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        """The median wall time of an iteration (render, loss, backward, optimizer step, callback)."""
+        return statistics.median(h["seconds"] for h in self.history)
 
 
 def optimize_subject(
@@ -188,10 +196,13 @@ def optimize_lora(
     try:
         for iteration in bar:
             start = time.perf_counter()
-            if config.lora.train_text_encoder:
-                cond = conditioning()
-            image = render(cond)
-            terms = objective(image)
+            # The last iteration takes no optimizer step: it builds no autograd graph (the same numbers, less memory).
+            last = iteration == opt.max_iters - 1
+            with torch.no_grad() if last else nullcontext():
+                if config.lora.train_text_encoder:
+                    cond = conditioning()
+                image = render(cond)
+                terms = objective(image)
             loss = terms["loss"]
             values = {name: float(term.detach().float().mean()) for name, term in terms.items()}
             pil = tensor_to_pil(image)[0]
@@ -207,7 +218,7 @@ def optimize_lora(
                 stop_reason = "converged"
             elif user_stop:
                 stop_reason = "callback"
-            elif iteration < opt.max_iters - 1:  # an update after the last iteration would never be seen
+            elif not last:  # an update after the last iteration would never be seen
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
                 optimizer.step()

@@ -31,13 +31,14 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from siso.backbones import Backbone, load_backbone
+from siso.backbones import Backbone, load_backbone, resolve_dtype
 from siso.config import EditConfig, SisoConfig, check_seed
 from siso.editing import EditJob, composite, edit_subject, prepare_scene, resolve_edit
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
 from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
 from siso.losses import SimilarityLoss
+from siso.memory import PeakMemory
 from siso.optimize import SisoResult, optimize_subject
 
 
@@ -185,6 +186,7 @@ def run_generate(
         The metrics written to ``metrics.json``.
     """
     start = time.perf_counter()
+    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
     backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
     out.timings["load_seconds"] = time.perf_counter() - start
@@ -203,11 +205,13 @@ def run_generate(
         out.save_iteration(iteration, image)
 
     start = time.perf_counter()
-    result = optimize_subject(backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress)
+    with PeakMemory(backbone.device) as peak:
+        result = optimize_subject(backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress)
     out.timings["optimize_seconds"] = time.perf_counter() - start
     metrics = {
         "complete": False,
         **result.record(),
+        **peak.record(),
         "timings": out.timings,
         "ir_model_note": _ir_note(config),
     }
@@ -248,7 +252,7 @@ def run_edit(
     """
     start = time.perf_counter()
     mask, prompt, names = resolve_edit(job, subject, config.device)
-    config = dataclasses.replace(config, train_prompt=prompt)
+    config = dataclasses.replace(config, train_prompt=prompt, dtype=resolve_dtype(config.dtype, config.device))
     backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
@@ -272,7 +276,10 @@ def run_edit(
         out.save_iteration(iteration, image)
 
     start = time.perf_counter()
-    result = edit_subject(backbone, scene, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress)
+    with PeakMemory(backbone.device) as peak:
+        result = edit_subject(
+            backbone, scene, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress
+        )
     out.timings["edit_seconds"] = time.perf_counter() - start
     result.reconstruction.save(out.path / "inversion.png")
     modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
@@ -285,6 +292,7 @@ def run_edit(
     metrics = {
         "complete": result.complete,
         **result.record(),
+        **peak.record(),
         "inversion_method": config.inversion.method,
         "timings": out.timings,
         "ir_model_note": _ir_note(config),
@@ -307,7 +315,7 @@ def run_reuse(
     lora_dir: str | Path,
     job: GenerationJob,
     model: str | None = None,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     device: str | None = None,
     command: list[str] | None = None,
     progress: bool = True,
@@ -332,6 +340,7 @@ def run_reuse(
     model = model or info.get("model")
     if model is None:
         raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
+    dtype = resolve_dtype(dtype, device)
     backbone = load_backbone(model, dtype, device, info.get("resolution"), quantize)
     load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
     out.write_json(

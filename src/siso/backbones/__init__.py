@@ -35,6 +35,7 @@ __all__ = [
     "family",
     "family_defaults",
     "load_backbone",
+    "resolve_dtype",
     "resolve_model",
 ]
 
@@ -112,6 +113,14 @@ def default_device() -> str:
     return "cpu"
 
 
+def resolve_dtype(dtype: str, device: str | None) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere (CPU: most have no native bf16 and run it ~250x slower;
+    MPS: fp32 is the safe choice); any other dtype is returned as is."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if torch.device(device or default_device()).type == "cuda" else "fp32"
+
+
 def usable_devices() -> list[str]:
     """The devices this torch build can use on this machine: cpu, each CUDA GPU, mps."""
     devices = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
@@ -161,7 +170,7 @@ def load_backbone(
     Args:
         model: Backbone name (``sdxl-turbo``, ``sd-turbo``, ``flux-schnell``, ``sana``), Hub id, or local diffusers
             directory.
-        dtype: ``fp32``, ``bf16`` or ``fp16`` for the frozen weights.
+        dtype: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA, fp32 elsewhere) for the frozen weights.
         device: Torch device; ``None`` picks cuda, then mps, then cpu.
         resolution: Image side in pixels; ``None`` means 512 for the named backbones, else the pipeline's default.
         quantize: Quantize the denoiser's linear weights: ``int8`` or ``nf4`` (`siso.quantize`); ``None``: off.
@@ -171,6 +180,7 @@ def load_backbone(
         ValueError: this machine cannot use ``device``, or cannot run ``quantize``.
     """
     device = default_device() if device is None else check_device(device)
+    dtype = resolve_dtype(dtype, device)
     check_quantize(quantize, device)
     source, cls, default_resolution = resolve_model(model)
     torch_dtype = TORCH_DTYPES[dtype]

@@ -119,7 +119,7 @@ def add_parser(sub) -> None:
     ru.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
     ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
     ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
-    ru.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (fp32; bf16 on GPU)")
+    ru.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, else fp32)")
     ru.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     add_memory_options(ru)
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
