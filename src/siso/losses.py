@@ -42,7 +42,21 @@ def preprocess(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torc
     return (images - mean_t) / std_t
 
 
-class DinoEmbedding(torch.nn.Module):
+class _Embedding(torch.nn.Module):
+    net: torch.nn.Module
+    resolution: int
+
+    @classmethod
+    def from_network(cls, net: torch.nn.Module, resolution: int | None = None) -> _Embedding:
+        """Wrap an already built network (e.g. `siso.bench`'s random-weight ones) instead of loading one."""
+        embedding = cls.__new__(cls)
+        torch.nn.Module.__init__(embedding)
+        embedding.net = net.eval().requires_grad_(False)
+        embedding.resolution = resolution or net.config.image_size
+        return embedding
+
+
+class DinoEmbedding(_Embedding):
     """DINOv2 CLS token after the final layer norm (the SISO reference code feeds 518 px, ImageNet statistics)."""
 
     def __init__(self, model: str, resolution: int | None, device, dtype):
@@ -78,7 +92,7 @@ def clip_vision_config(model: str, what: str = "IR similarity model") -> CLIPVis
     return full.vision_config
 
 
-class ClipImageEmbedding(torch.nn.Module):
+class ClipImageEmbedding(_Embedding):
     """Projected CLIP image embedding: the default stand-in for the paper's IR (GUIE) model."""
 
     def __init__(self, model: str, resolution: int | None, device, dtype):
@@ -124,6 +138,19 @@ class SimilarityLoss(torch.nn.Module):
             }
         )
         self.set_subject(subject)
+
+    @classmethod
+    def from_networks(
+        cls, nets: dict[str, torch.nn.Module], subject: Image.Image, weights: dict[str, float] | None = None
+    ) -> SimilarityLoss:
+        """The loss over already built embedding modules (``DinoEmbedding.from_network(...)``, ...), weight 1 each
+        unless ``weights`` says otherwise."""
+        loss = cls.__new__(cls)
+        torch.nn.Module.__init__(loss)
+        loss.weights = weights or dict.fromkeys(nets, 1.0)
+        loss.nets = torch.nn.ModuleDict(nets)
+        loss.set_subject(subject)
+        return loss
 
     @torch.no_grad()
     def set_subject(self, subject: Image.Image) -> None:

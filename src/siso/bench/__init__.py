@@ -1,0 +1,154 @@
+"""``siso bench``: what a SISO iteration costs on this machine, at the published architectures with random weights.
+
+Every configuration runs the real loop (`siso.optimize.optimize_lora`) for warm-up + N iterations and reports the
+median and spread of seconds per iteration, CPU seconds, peak memory, FLOPs per iteration (torch's
+``FlopCounterMode``), the achieved TFLOP/s and its share of the device's bf16 peak (known GPUs only), the time from
+start to the first image, and seconds by part. ``reference`` does what the SISO reference code does (fp32, the prompt
+re-encoded every iteration, every model resident on the device); siso's ``default`` is reported as a ratio to it, so
+the comparison holds on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from siso.backbones import default_device, resolve_dtype
+from siso.bench.measure import CONFIGURATIONS, PARTS, run_configuration
+from siso.config import DTYPES, SimilaritySettings
+
+__all__ = ["CONFIGURATIONS", "BenchSettings", "report", "run_bench"]
+
+
+@dataclass
+class BenchSettings:
+    """What to benchmark.
+
+    Attributes:
+        model: A backbone name (built at its published architecture, random weights), or a local diffusers folder
+            (loaded, with the similarity networks of ``similarity``: the tests' tiny models).
+        configs: Configuration names, run in this order (``reference`` first when a ratio is wanted).
+        resolution: Image side in pixels.
+        grad_steps: Steps with gradient (``None``: the family's).
+        iters: Measured iterations per configuration.
+        warmup: Iterations run first and not measured.
+        dtype: The ``default`` configuration's dtype (``auto``: bf16 on CUDA, fp32 elsewhere).
+        device: Torch device (``None``: cuda, else mps, else cpu).
+        similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
+        isolate: Run each configuration in a fresh process (so each peak memory is its own).
+    """
+
+    model: str = "sd-turbo"
+    configs: tuple[str, ...] = ("reference", "default")
+    resolution: int = 512
+    grad_steps: int | None = None
+    iters: int = 5
+    warmup: int = 1
+    dtype: str = "auto"
+    device: str | None = None
+    similarity: SimilaritySettings | None = None
+    isolate: bool = True
+
+    def __post_init__(self):
+        self.device = self.device or default_device()
+        unknown = [c for c in self.configs if c not in CONFIGURATIONS]
+        if unknown or not self.configs:
+            raise ValueError(f"unknown benchmark configuration(s) {unknown}; known: {', '.join(CONFIGURATIONS)}")
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError(f"iters must be >= 1 and warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.resolution < 64 or self.resolution % 64:
+            raise ValueError(f"resolution must be a multiple of 64, got {self.resolution}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    """Run every configuration of ``settings``; returns the settings, the device and one row per configuration (with
+    ``speedup`` and ``memory_ratio`` against ``reference`` when it ran)."""
+    rows = [_run_isolated(settings, name) if settings.isolate else _run(settings, name) for name in settings.configs]
+    reference = next((r for r in rows if r["config"] == "reference"), None)
+    for row in rows:
+        if reference is not None:
+            row["speedup"] = reference["seconds_per_iteration"] / row["seconds_per_iteration"]
+            peak, ref_peak = row["peak_memory_gb"], reference["peak_memory_gb"]
+            row["memory_ratio"] = peak / ref_peak if peak and ref_peak else None
+    device = torch.device(settings.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {
+        "settings": {**dataclasses.asdict(settings), "dtype": resolve_dtype(settings.dtype, settings.device)},
+        "device": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def _run(settings: BenchSettings, name: str) -> dict:
+    configuration = CONFIGURATIONS[name]
+    if name == "default":
+        configuration = dataclasses.replace(configuration, dtype=settings.dtype)
+    row = run_configuration(settings.model, settings, name, configuration)
+    if settings.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return row
+
+
+def _run_isolated(settings: BenchSettings, name: str) -> dict:
+    """`_run` in a fresh process: its peak memory is its own, not what an earlier configuration left allocated."""
+    spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name})
+    proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(f"benchmark configuration {name!r} failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker(spec: str) -> None:
+    data = json.loads(spec)
+    values = data["settings"]
+    if values["similarity"] is not None:
+        values["similarity"] = SimilaritySettings(**values["similarity"])
+    values["configs"] = tuple(values["configs"])
+    print(json.dumps(_run(BenchSettings(**{**values, "isolate": False}), data["config"])))
+
+
+def _fmt(value, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def report(result: dict) -> str:
+    """The benchmark as Markdown: one row per configuration, then seconds by part."""
+    s = result["settings"]
+    lines = [
+        f"siso bench: {s['model']}, {s['resolution']} px, {result['device']} ({result['threads']} threads), "
+        f"torch {result['torch']}, {s['iters']} iterations after {s['warmup']} warm-up",
+        "",
+        "| config | dtype | s/iter (min-max) | CPU s/iter | peak memory | GFLOP/iter | TFLOP/s | share of peak | "
+        "first image | vs reference: speed, memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        memory = "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})"
+        ratio = "" if "speedup" not in r else f"{r['speedup']:.2f}x, {_fmt(r['memory_ratio'], '.2f', 'x')}"
+        lines.append(
+            f"| {r['config']} | {r['dtype']} | {r['seconds_per_iteration']:.3f} ({r['seconds_min']:.3f}-"
+            f"{r['seconds_max']:.3f}) | {r['cpu_seconds_per_iteration']:.3f} | {memory} | "
+            f"{r['flops_per_iteration'] / 1e9:.1f} | {r['achieved_tflops']:.3f} | "
+            f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
+            f"{r['first_image_seconds']:.1f} s | {ratio} |"
+        )
+    lines += ["", "Seconds per iteration by part (median; forward + backward):", ""]
+    lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    for r in result["rows"]:
+        lines.append(f"| {r['config']} | " + " | ".join(f"{r['parts_seconds'][p]:.3f}" for p in PARTS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")

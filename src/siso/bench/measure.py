@@ -1,0 +1,263 @@
+"""One benchmark configuration: build, run the real SISO loop, and time it, as a whole and by part.
+
+The loop is `siso.optimize.optimize_lora`, the one `siso generate` runs. The configurations differ only in what a
+user can choose (dtype, memory options) plus, for ``reference``, what the SISO reference code does that siso does not
+(the prompt re-encoded every iteration).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.flop_counter import FlopCounterMode
+
+from siso.backbones import TORCH_DTYPES, Backbone, family_defaults, load_backbone, resolve_dtype
+from siso.config import MemorySettings, OptimSettings, SisoConfig, with_defaults
+from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
+from siso.memory import PeakMemory
+from siso.optimize import optimize_lora
+
+# bf16 dense tensor-core peaks (TFLOP/s, no sparsity) of accelerators we know; others are reported as unknown.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
+PARTS = ("denoiser", "vae decode", "dino", "ir", "optimizer step", "other")
+
+
+@dataclass
+class Configuration:
+    """What differs between benchmark configurations.
+
+    Attributes:
+        dtype: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
+        memory: The memory options.
+        reencode_prompt: Encode the prompt in every iteration (the reference code), instead of once.
+    """
+
+    dtype: str = "auto"
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    reencode_prompt: bool = False
+
+
+CONFIGURATIONS = {
+    # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device.
+    "reference": Configuration(dtype="fp32", memory=MemorySettings(offload_text_encoders=False), reencode_prompt=True),
+    # siso's defaults.
+    "default": Configuration(),
+}
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    """The bf16 dense peak of a known GPU; None for CPUs and GPUs not in `PEAK_TFLOPS`."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+class PartTimer:
+    """Wall time per part of an iteration, from module hooks (forward) and gradient hooks at the parts' boundaries
+    (backward: the similarity networks' backward runs first, then the VAE decoder's, then the denoiser's).
+
+    Synchronizes the device at each boundary, so timings are per part but the iteration is a little slower.
+    """
+
+    def __init__(self, backbone: Backbone, loss_fn: SimilarityLoss):
+        self.device = backbone.device
+        self.totals = dict.fromkeys(PARTS, 0.0)  # "other" stays 0: it is what the parts leave of an iteration
+        self.handles = []
+        self._marks: list[tuple[str, float]] = []
+        modules = {"denoiser": backbone.denoiser, "vae decode": backbone.pipe.vae.decoder}
+        modules.update({name: net.net for name, net in loss_fn.nets.items()})
+        for name, module in modules.items():
+            self.handles.append(module.register_forward_pre_hook(self._forward_start(name), with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._forward_end(name), with_kwargs=True))
+        self.handles.append(register_optimizer_step_pre_hook(self._step_started))
+        self.handles.append(register_optimizer_step_post_hook(lambda *a: self._stop("optimizer step")))
+        self._open: dict[str, float] = {}
+        self.per_iteration: list[dict[str, float]] = []
+
+    def _step_started(self, *args) -> None:
+        self.end_iteration()  # the backward pass (and the gradient clipping) ended just before the step
+        self._start("optimizer step")
+
+    def new_iteration(self) -> None:
+        """Close the previous iteration's figures (call when an iteration starts, and once after the last)."""
+        self.end_iteration()
+        self.per_iteration.append({**self.totals, "cpu": time.process_time(), "wall": time.perf_counter()})
+
+    def iteration_parts(self, first: int) -> dict[str, float]:
+        """Median seconds per part, and CPU seconds (``cpu``), over iterations ``first`` and later."""
+        keys = (*PARTS, "cpu")
+        spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
+        spans = spans[first:] or spans
+        return {key: statistics.median(span[key] for span in spans) for key in keys}
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _start(self, part: str) -> None:
+        self._open[part] = self._now()
+
+    def _stop(self, part: str) -> None:
+        self.totals[part] += self._now() - self._open.pop(part)
+
+    def _forward_start(self, part):
+        def hook(module, args, kwargs):
+            self._start(part)
+            inputs = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
+            if inputs and part != "denoiser":  # its backward ends where it is given gradient-carrying inputs
+                inputs[0].register_hook(lambda grad: self._mark(part))
+
+        return hook
+
+    def _forward_end(self, part):
+        def hook(module, args, kwargs, output):
+            self._stop(part)
+
+        return hook
+
+    def backward_started(self, loss: torch.Tensor) -> None:
+        """Call on the loss before ``backward()`` (the objective does): starts the backward clock."""
+        if loss.requires_grad:
+            loss.register_hook(lambda grad: self._mark("start"))
+
+    def _mark(self, part: str) -> None:
+        self._marks.append((part, self._now()))
+
+    def end_iteration(self) -> None:
+        """Attribute the backward pass between the recorded boundaries (call after ``backward()``)."""
+        if not self._marks:
+            return
+        end = self._now()
+        previous = self._marks[0][1]
+        for part, moment in self._marks[1:]:
+            self.totals[part] += moment - previous
+            previous = moment
+        self.totals["denoiser"] += end - previous  # after the VAE's input: the denoiser's backward and the LoRA's
+        self._marks.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _loss_and_backbone(model: str, settings, configuration: Configuration, subject: Image.Image):
+    device = settings.device
+    dtype = resolve_dtype(configuration.dtype, device)
+    if settings.similarity is None:  # real size: the published architectures with random weights
+        from siso.bench.architectures import build_backbone, build_similarity
+
+        backbone = build_backbone(model, device, TORCH_DTYPES[dtype], settings.resolution)
+        nets = build_similarity(device, TORCH_DTYPES[dtype])
+        loss_fn = SimilarityLoss.from_networks(
+            {"dino": DinoEmbedding.from_network(nets["dino"]), "ir": ClipImageEmbedding.from_network(nets["ir"])},
+            subject,
+        )
+    else:  # a model folder and similarity networks on disk (the tests' tiny ones)
+        backbone = load_backbone(model, dtype, device, settings.resolution, configuration.memory.quantize)
+        loss_fn = SimilarityLoss(settings.similarity, subject, backbone.device, backbone.dtype)
+    return backbone, loss_fn, dtype
+
+
+def run_configuration(model: str, settings, name: str, configuration: Configuration) -> dict:
+    """Build ``model`` under ``configuration`` (called ``name``) and run ``settings.warmup + settings.iters``
+    iterations (``settings``: a `siso.bench.BenchSettings`).
+
+    Returns:
+        The figures of one row of the report (seconds are wall time; ``cpu_seconds`` is the process's CPU time).
+    """
+    start = time.perf_counter()
+    subject = Image.new("RGB", (512, 512), (200, 120, 40))
+    with PeakMemory(settings.device) as peak:
+        backbone, loss_fn, dtype = _loss_and_backbone(model, settings, configuration, subject)
+        optim = with_defaults(
+            OptimSettings,
+            family_defaults(model).get("optim", {}),
+            max_iters=settings.warmup + settings.iters,
+            patience=settings.warmup + settings.iters + 1,
+            min_improvement=0.0,
+            grad_steps=settings.grad_steps,
+        )
+        config = SisoConfig(
+            model=model, train_prompt="a photo of a dog", dtype=dtype, optim=optim, memory=configuration.memory
+        )
+        timer = PartTimer(backbone, loss_fn)
+        encodings = 0
+
+        def conditioning(cond):
+            nonlocal encodings
+            if configuration.reencode_prompt:
+                encodings += 1
+                return backbone.encode_prompt(config.train_prompt, optim.guidance_scale)
+            return cond
+
+        def render(cond):
+            timer.new_iteration()
+            generator = torch.Generator().manual_seed(optim.seed)
+            return backbone.sample(
+                conditioning(cond), generator, optim.num_inference_steps, optim.grad_steps, optim.guidance_scale
+            )
+
+        def objective(image):
+            terms = loss_fn(image)
+            timer.backward_started(terms["loss"])
+            return terms
+
+        first_image: list[float] = []
+
+        def callback(iteration, image, terms):
+            if not first_image:
+                first_image.append(time.perf_counter() - start)
+
+        result = optimize_lora(backbone, render, objective, config, callback=callback, progress=False)
+        timer.new_iteration()
+        timer.remove()
+    measured = [h["seconds"] for h in result.history[settings.warmup :]]
+    flops = count_flops(backbone, loss_fn, config, configuration.reencode_prompt)
+    seconds = statistics.median(measured)
+    parts = timer.iteration_parts(settings.warmup)
+    cpu_seconds = parts.pop("cpu")
+    parts["other"] = max(0.0, seconds - sum(parts.values()))
+    peak_tflops = device_peak_tflops(backbone.device)
+    achieved = flops / seconds / 1e12
+    return {
+        "config": name,
+        "dtype": dtype,
+        "seconds_per_iteration": seconds,
+        "seconds_min": min(measured),
+        "seconds_max": max(measured),
+        "cpu_seconds_per_iteration": cpu_seconds,
+        "peak_memory_gb": peak.peak / 1e9 if peak.kind else None,
+        "peak_memory_kind": peak.kind,
+        "flops_per_iteration": flops,
+        "achieved_tflops": achieved,
+        "share_of_peak": achieved / peak_tflops if peak_tflops else None,
+        "first_image_seconds": first_image[0],
+        "parts_seconds": parts,
+        "prompt_encodings": encodings,
+        "iterations": len(result.history),
+    }
+
+
+def count_flops(backbone: Backbone, loss_fn: SimilarityLoss, config: SisoConfig, encode: bool) -> float:
+    """FLOPs of one iteration (prompt encoding if ``encode``, render, loss, backward), counted by torch's
+    `FlopCounterMode` (which does not count the CPU's flash attention: on a CPU the figure is a little low)."""
+    opt = config.optim
+    with torch.no_grad():
+        cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
+    with FlopCounterMode(display=False) as counter:
+        if encode:
+            cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
+        image = backbone.sample(
+            cond, torch.Generator().manual_seed(0), opt.num_inference_steps, opt.grad_steps, opt.guidance_scale
+        )
+        loss_fn(image)["loss"].backward()
+    backbone.denoiser.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())

@@ -1,0 +1,78 @@
+"""`siso bench`: every column, on the tiny models (the real-size architectures are too large for the test machine)."""
+
+import json
+
+import pytest
+import torch
+
+from siso.bench import BenchSettings, report
+from siso.bench.architectures import MODELS, build_backbone, build_similarity, published_config
+from siso.cli import main
+
+# Published parameter counts (model cards and papers), in millions, that the shipped configs must reproduce.
+PARAMETERS = {
+    "sd-turbo": {"unet": 866, "vae": 84, "text_encoder": 340},
+    "sdxl-turbo": {"unet": 2567, "vae": 84, "text_encoder": 123, "text_encoder_2": 695},
+    "flux-schnell": {"transformer": 11891, "vae": 84, "text_encoder": 123, "text_encoder_2": 4762},
+    "sana": {"transformer": 1604, "vae": 353, "text_encoder": 2614},
+}
+
+
+def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(model_dirs, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(model_dirs["sd"]), "--resolution", "64", "--iters", "2", "--device", "cpu"]
+    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    assert main([*args, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| config | dtype | s/iter (min-max) | CPU s/iter | peak memory | GFLOP/iter |" in text
+    assert "| reference | fp32 |" in text and "| default | fp32 |" in text  # auto = fp32 on a CPU
+    result = json.loads(out.read_text())
+    reference, default = result["rows"]
+    for row in (reference, default):
+        assert row["iterations"] == 3  # warm-up + 2
+        assert row["seconds_min"] <= row["seconds_per_iteration"] <= row["seconds_max"]
+        assert row["peak_memory_kind"] == "process RSS" and row["peak_memory_gb"] > 0
+        assert row["flops_per_iteration"] > 0 and row["achieved_tflops"] > 0 and row["share_of_peak"] is None
+        assert set(row["parts_seconds"]) == {"denoiser", "vae decode", "dino", "ir", "optimizer step", "other"}
+        assert all(v >= 0 for v in row["parts_seconds"].values()) and row["parts_seconds"]["denoiser"] > 0
+        assert row["first_image_seconds"] > 0 and row["cpu_seconds_per_iteration"] > 0
+    assert reference["prompt_encodings"] == 3 and default["prompt_encodings"] == 0  # re-encoded every iteration
+    assert reference["dtype"] == "fp32" and reference["speedup"] == 1.0
+    assert default["speedup"] > 0 and default["memory_ratio"] > 0
+
+
+def test_bench_refuses_what_it_cannot_build(capsys):
+    assert main(["bench", "--model", "my/model", "--iters", "1"]) == 2
+    assert "siso bench builds these backbones at their published architectures: sdxl-turbo" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown benchmark configuration"):
+        BenchSettings(configs=("fast",))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_shipped_configs_are_the_published_architectures(model):
+    backbone = build_backbone(model, "meta", torch.bfloat16)
+    for name, millions in PARAMETERS[model].items():
+        count = sum(p.numel() for p in getattr(backbone.pipe, name).parameters())
+        assert round(count / 1e6) == millions, name
+    assert backbone.dtype == torch.bfloat16 and backbone.resolution == 512
+    assert set(published_config(model)["components"]) == set(PARAMETERS[model])
+    cond = backbone.encode_prompt("a photo of a dog", 4.5)  # the stand-in tokenizers pad as the real ones
+    lengths = {"sd-turbo": 77, "sdxl-turbo": 77, "flux-schnell": 256, "sana": 256}
+    assert cond["prompt_embeds"].shape[1] == lengths[model]
+
+
+def test_similarity_networks_are_dinov2_large_and_clip_vit_h():
+    nets = build_similarity("meta", torch.float32)
+    assert {k: round(sum(p.numel() for p in v.parameters()) / 1e6) for k, v in nets.items()} == {"dino": 304, "ir": 632}
+
+
+def test_report_of_a_cpu_run_says_unknown_peak():
+    parts = dict.fromkeys(["denoiser", "vae decode", "dino", "ir", "optimizer step", "other"], 0.1)
+    row = {"config": "default", "dtype": "fp32", "seconds_per_iteration": 2.0, "seconds_min": 1.0,
+           "seconds_max": 3.0, "cpu_seconds_per_iteration": 3.5, "peak_memory_gb": None, "peak_memory_kind": None,
+           "flops_per_iteration": 4e12, "achieved_tflops": 2.0, "share_of_peak": None, "first_image_seconds": 9.0,
+           "parts_seconds": parts}  # fmt: skip
+    result = {"settings": {"model": "sd-turbo", "resolution": 512, "iters": 5, "warmup": 1}, "device": "CPU",
+              "threads": 2, "torch": "2.13", "rows": [row]}  # fmt: skip
+    text = report(result)
+    assert "| default | fp32 | 2.000 (1.000-3.000) | 3.500 | n/a | 4000.0 | 2.000 | unknown | 9.0 s |  |" in text
