@@ -202,9 +202,9 @@ def _denoiser_inputs(backbone: str, device: str, dtype) -> tuple[dict, int]:
             "img_ids": randn(1024, 3, dt=torch.float32), "return_dict": False,
         }  # fmt: skip
         return inputs, 1
-    # Sana: CFG batch of 2, 256 prompt tokens after the instruction (taken as 300 tokens in all), grad through 3 steps
-    mask = torch.ones(2, 300, device=device, dtype=torch.int64)
-    return {"hidden_states": randn(2, 32, 16, 16), "encoder_hidden_states": randn(2, 300, 2304),
+    # Sana: CFG batch of 2, 256 prompt tokens (the pipeline keeps the first and the last 255), grad through 3 steps
+    mask = torch.ones(2, 256, device=device, dtype=torch.int64)
+    return {"hidden_states": randn(2, 32, 16, 16), "encoder_hidden_states": randn(2, 256, 2304),
             "encoder_attention_mask": mask, "timestep": randn(2), "return_dict": False}, 3  # fmt: skip
 
 

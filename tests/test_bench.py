@@ -29,14 +29,14 @@ def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
     result = json.loads(out.read_text())
     reference, default = result["rows"]
     for row in (reference, default):
-        assert row["iterations"] == 3  # warm-up + 2
+        assert row["iterations"] == 4  # warm-up + 2 measured + the last (no backward, not measured)
         assert row["seconds_min"] <= row["seconds_per_iteration"] <= row["seconds_max"]
         assert row["peak_memory_kind"] == "process RSS" and row["peak_memory_gb"] > 0
         assert row["flops_per_iteration"] > 0 and row["achieved_tflops"] > 0 and row["share_of_peak"] is None
         assert set(row["parts_seconds"]) == {"denoiser", "vae decode", "dino", "ir", "optimizer step", "other"}
         assert all(v >= 0 for v in row["parts_seconds"].values()) and row["parts_seconds"]["denoiser"] > 0
         assert row["first_image_seconds"] > 0 and row["cpu_seconds_per_iteration"] > 0
-    assert reference["prompt_encodings"] == 3 and default["prompt_encodings"] == 0  # re-encoded every iteration
+    assert reference["prompt_encodings"] == 4 and default["prompt_encodings"] == 0  # re-encoded every iteration
     assert reference["dtype"] == "fp32" and reference["speedup"] == 1.0
     assert default["speedup"] > 0 and default["memory_ratio"] > 0
 

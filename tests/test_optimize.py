@@ -274,3 +274,14 @@ def _render(backbone, config, cond):
     opt = config.optim
     generator = torch.Generator().manual_seed(opt.seed)
     return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
+
+
+def test_channels_last_vae_changes_images_only_by_rounding_and_is_undone(sd_backbone):
+    cond = sd_backbone.encode_prompt("a dog")
+    plain = sd_backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1).detach()
+    with sd_backbone.channels_last_vae():
+        conv = sd_backbone.pipe.vae.decoder.conv_in.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        fast = sd_backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1).detach()
+    assert sd_backbone.pipe.vae.decoder.conv_in.weight.is_contiguous()  # the stock layout again for `generate`
+    assert (fast - plain).abs().max() <= 1e-5  # different convolution kernels, same image up to float rounding

@@ -205,7 +205,8 @@ def edit_subject(
         inversion = invert(
             sampler, backbone.encode(image), cond, config.inversion, generator, opt.guidance_scale, progress
         )
-        reconstruction = backbone.denoise(sampler, inversion.latents, inversion.noises, cond, 0, opt.guidance_scale)
+        with backbone.channels_last_vae():  # decoded as the loop decodes, so L_bg is exactly 0 at identity
+            reconstruction = backbone.denoise(sampler, inversion.latents, inversion.noises, cond, 0, opt.guidance_scale)
     weights = scene.background.to(backbone.device)
     background = BackgroundLoss(reconstruction if edit.bg_target == "reconstruction" else image, weights)
 

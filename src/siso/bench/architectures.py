@@ -104,7 +104,11 @@ def build_backbone(name: str, device: str | torch.device, dtype: torch.dtype, re
     elif spec["pipeline"] == "StableDiffusionXLPipeline":
         parts.update(add_watermarker=False)
     cls = BACKBONES[name][1]
-    return cls(pipeline(**parts), resolution)
+
+    def load_component(component: str) -> torch.nn.Module:  # a freed text encoder, built again (random anyway)
+        return build_component(spec["components"][component], device, dtype)
+
+    return cls(pipeline(**parts), resolution, load_component)
 
 
 def build_similarity(device: str | torch.device, dtype: torch.dtype) -> dict[str, torch.nn.Module]:

@@ -91,10 +91,10 @@ class PartTimer:
         self.per_iteration.append({**self.totals, "cpu": time.process_time(), "wall": time.perf_counter()})
 
     def iteration_parts(self, first: int) -> dict[str, float]:
-        """Median seconds per part, and CPU seconds (``cpu``), over iterations ``first`` and later."""
+        """Median seconds per part, and CPU seconds (``cpu``), over iterations ``first`` to the last but one."""
         keys = (*PARTS, "cpu")
         spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
-        spans = spans[first:] or spans
+        spans = spans[first:-1] or spans  # without the last iteration (no backward, no step)
         return {key: statistics.median(span[key] for span in spans) for key in keys}
 
     def _now(self) -> float:
@@ -180,8 +180,9 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         optim = with_defaults(
             OptimSettings,
             family_defaults(model).get("optim", {}),
-            max_iters=settings.warmup + settings.iters,
-            patience=settings.warmup + settings.iters + 1,
+            # One more iteration than measured: the last takes no optimizer step and so builds no graph (cheaper).
+            max_iters=settings.warmup + settings.iters + 1,
+            patience=settings.warmup + settings.iters + 2,
             min_improvement=0.0,
             grad_steps=settings.grad_steps,
         )
@@ -219,7 +220,7 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         result = optimize_lora(backbone, render, objective, config, callback=callback, progress=False)
         timer.new_iteration()
         timer.remove()
-    measured = [h["seconds"] for h in result.history[settings.warmup :]]
+    measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
     flops = count_flops(backbone, loss_fn, config, configuration.reencode_prompt)
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
