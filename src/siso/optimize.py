@@ -140,6 +140,7 @@ def optimize_lora(
     config: SisoConfig,
     callback: IterationCallback | None = None,
     progress: bool = True,
+    channels_last_vae: bool = True,
 ) -> SisoResult:
     """The SISO loop, for any task: add LoRA, then per iteration render, score, and take one AdamW step.
 
@@ -156,6 +157,8 @@ def optimize_lora(
             are used.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         progress: Show a tqdm bar.
+        channels_last_vae: Run the VAE in channels-last layout while optimizing (`Backbone.channels_last_vae`);
+            off only to measure what it saves (`siso bench`'s reference configuration).
 
     Returns:
         As `optimize_subject`.
@@ -175,7 +178,9 @@ def optimize_lora(
         for m in modules.values()
     ]
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=opt.weight_decay)
+    # The fused CUDA kernel: one launch for all LoRA tensors instead of several per tensor.
+    fused = backbone.device.type == "cuda"
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=opt.weight_decay, fused=fused or None)
     stopper = EarlyStopping(opt.min_improvement, opt.patience)
 
     def conditioning():
@@ -193,7 +198,8 @@ def optimize_lora(
     history: list[dict] = []
     stop_reason = "max_iters"
     bar = tqdm(range(opt.max_iters), desc="SISO", unit="it", disable=not progress)
-    layout = backbone.channels_last_vae()  # faster VAE convolutions while optimizing; the stock layout after
+    # Faster VAE convolutions while optimizing; the stock layout after.
+    layout = backbone.channels_last_vae() if channels_last_vae else nullcontext()
     layout.__enter__()
     try:
         for iteration in bar:

@@ -36,16 +36,24 @@ class Configuration:
         dtype: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
         memory: The memory options.
         reencode_prompt: Encode the prompt in every iteration (the reference code), instead of once.
+        channels_last_vae: Run the VAE in channels-last layout while optimizing (siso's default).
     """
 
     dtype: str = "auto"
     memory: MemorySettings = field(default_factory=MemorySettings)
     reencode_prompt: bool = False
+    channels_last_vae: bool = True
 
 
 CONFIGURATIONS = {
-    # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device.
-    "reference": Configuration(dtype="fp32", memory=MemorySettings(offload_text_encoders=False), reencode_prompt=True),
+    # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device, the
+    # stock memory layout.
+    "reference": Configuration(
+        dtype="fp32",
+        memory=MemorySettings(offload_text_encoders=False),
+        reencode_prompt=True,
+        channels_last_vae=False,
+    ),
     # siso's defaults.
     "default": Configuration(),
 }
@@ -217,7 +225,15 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
             if not first_image:
                 first_image.append(time.perf_counter() - start)
 
-        result = optimize_lora(backbone, render, objective, config, callback=callback, progress=False)
+        result = optimize_lora(
+            backbone,
+            render,
+            objective,
+            config,
+            callback=callback,
+            progress=False,
+            channels_last_vae=configuration.channels_last_vae,
+        )
         timer.new_iteration()
         timer.remove()
     measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
