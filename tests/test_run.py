@@ -39,3 +39,27 @@ def test_output_folder_must_be_writable(tmp_path):
     (tmp_path / "locked").mkdir(mode=0o500)
     with pytest.raises(ValueError, match="is not writable"):
         check_output_folder(tmp_path / "locked" / "run")
+
+
+def test_frames_are_written_in_the_background_and_waited_for(tmp_path, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    writers = set()
+    save = Image.Image.save
+
+    def recording_save(image, *args, **kwargs):
+        writers.add(threading.current_thread().name)
+        return save(image, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", recording_save)
+    out = RunFolder(tmp_path / "run")
+    out.write_json("config.json", {})
+    for i in range(5):
+        out.save_iteration(i, Image.new("RGB", (8, 8), (i, 0, 0)))
+    out.wait_for_frames()
+    frames = sorted(p.name for p in (tmp_path / "run" / "iterations").iterdir())
+    assert frames == [f"{i:04d}.png" for i in range(5)]  # all written, none left half-written (".partial")
+    assert writers and all(name.startswith("siso-frames") for name in writers)  # off the optimizing thread
+    assert Image.open(tmp_path / "run" / "iterations" / "0003.png").getpixel((0, 0)) == (3, 0, 0)

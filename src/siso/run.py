@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -108,6 +109,8 @@ class RunFolder:
                     f"output folder {self.path} is not empty and has no siso config.json; refusing to delete it"
                 )
         self._started = False
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
 
     def _nonempty(self) -> bool:
         return self.path.is_dir() and any(self.path.iterdir())
@@ -122,17 +125,31 @@ class RunFolder:
         write_json(self.path / name, data)
 
     def save_iteration(self, iteration: int, image: Image.Image) -> None:
-        """Write the frame beside its name and rename it into place.
+        """Write the frame in a background thread (PNG encoding stays off the optimization's critical path), beside
+        its name, then rename it into place.
 
         A Ctrl-C / SIGTERM mid-write must not leave a truncated frame: the interrupted run's contact sheet reads them.
+        `wait_for_frames` (called by `save_optimization`) waits for the writes.
         """
         (self.path / "iterations").mkdir(exist_ok=True)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siso-frames")
+        self._pending.append(self._writer.submit(self._write_frame, iteration, image))
+
+    def _write_frame(self, iteration: int, image: Image.Image) -> None:
         path = self.path / "iterations" / f"{iteration:04d}.png"
         partial = path.with_name(path.name + ".partial")
         image.save(partial, format="PNG")
         os.replace(partial, path)
 
+    def wait_for_frames(self) -> None:
+        """Wait until every frame given to `save_iteration` is written (and raise a write's error, if any)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
     def save_optimization(self, result: SisoResult, backbone: Backbone, modules, subject_info: dict) -> None:
+        self.wait_for_frames()
         result.best_image.save(self.path / "best.png")
         save_lora(backbone, modules, self.path / "lora", **subject_info)
         frames = sorted((self.path / "iterations").glob("*.png"))
