@@ -212,7 +212,9 @@ def optimize_lora(
                 image = render(cond)
                 terms = objective(image)
             loss = terms["loss"]
-            values = {name: float(term.detach().float().mean()) for name, term in terms.items()}
+            # One device-to-host read for all the terms (each float() would wait for the device once).
+            means = torch.stack([term.detach().float().mean() for term in terms.values()]).tolist()
+            values = dict(zip(terms, means, strict=True))
             pil = tensor_to_pil(image)[0]
             if not math.isfinite(values["loss"]):
                 history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
