@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iters", type=int, default=5, metavar="N", help="measured iterations (5)")
     bench.add_argument("--warmup", type=int, default=1, metavar="N", help="iterations run first, not measured (1)")
     bench.add_argument("--dtype", choices=DTYPES, default="auto", help="the default configuration's dtype (auto)")
+    bench.add_argument(
+        "--gradient-checkpointing", action="store_true", help="measure the default configuration with it"
+    )
     bench.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures here")
     for name in ("dino", "ir"):  # only with a model folder (the tests' tiny models)
@@ -419,6 +422,7 @@ def bench(args: argparse.Namespace) -> int:
         iters=args.iters,
         warmup=args.warmup,
         dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
         device=args.device,
         similarity=similarity,
     )

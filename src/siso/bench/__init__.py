@@ -39,6 +39,7 @@ class BenchSettings:
         iters: Measured iterations per configuration.
         warmup: Iterations run first and not measured.
         dtype: The ``default`` configuration's dtype (``auto``: bf16 on CUDA, fp32 elsewhere).
+        gradient_checkpointing: Measure ``default`` with ``--gradient-checkpointing`` (a lever, alone).
         device: Torch device (``None``: cuda, else mps, else cpu).
         similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
         isolate: Run each configuration in a fresh process (so each peak memory is its own).
@@ -51,6 +52,7 @@ class BenchSettings:
     iters: int = 5
     warmup: int = 1
     dtype: str = "auto"
+    gradient_checkpointing: bool = False
     device: str | None = None
     similarity: SimilaritySettings | None = None
     isolate: bool = True
@@ -92,7 +94,9 @@ def run_bench(settings: BenchSettings) -> dict:
 def _run(settings: BenchSettings, name: str) -> dict:
     configuration = CONFIGURATIONS[name]
     if name == "default":
-        configuration = dataclasses.replace(configuration, dtype=settings.dtype)
+        memory = dataclasses.replace(configuration.memory, gradient_checkpointing=settings.gradient_checkpointing)
+        configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory)
+        name = "default + checkpointing" if settings.gradient_checkpointing else name
     row = run_configuration(settings.model, settings, name, configuration)
     if settings.device.startswith("cuda"):
         torch.cuda.empty_cache()
