@@ -76,3 +76,19 @@ def test_report_of_a_cpu_run_says_unknown_peak():
               "threads": 2, "torch": "2.13", "rows": [row]}  # fmt: skip
     text = report(result)
     assert "| default | fp32 | 2.000 (1.000-3.000) | 3.500 | n/a | 4000.0 | 2.000 | unknown | 9.0 s |  |" in text
+
+
+def test_bench_measures_a_lever_alone_in_process(model_dirs):
+    from siso.bench import run_bench
+    from siso.config import SimilaritySettings
+
+    similarity = SimilaritySettings(
+        dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]), dino_resolution=28
+    )
+    settings = BenchSettings(
+        model=str(model_dirs["sd"]), configs=("default",), resolution=64, iters=1, warmup=0, device="cpu",
+        gradient_checkpointing=True, similarity=similarity, isolate=False,
+    )  # fmt: skip
+    [row] = run_bench(settings)["rows"]
+    assert row["config"] == "default + checkpointing" and "speedup" not in row  # no reference ran: no ratio
+    assert row["iterations"] == 2 and row["prompt_encodings"] == 0
