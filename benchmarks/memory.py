@@ -6,7 +6,7 @@
    allocator slack and so is noisy at this size), the bytes of model weights left on the compute device during
    optimization, the bytes the autograd graph of one iteration keeps for backward, and seconds per iteration.
 2. Real size, weights only (no run): exact parameter counts of the published architectures
-   (``benchmarks/architectures.py``, built on the meta device) turned into the weights each option leaves on the
+   (``src/siso/bench/configs``, built on the meta device) turned into the weights each option leaves on the
    GPU while optimizing, in bf16. Activations at real size need a GPU and are not in this table.
 
     .venv/bin/python benchmarks/memory.py [--families sd sdxl flux sana] [--json FILE]
@@ -258,8 +258,7 @@ def real_size_graph(
     from siso.backbones import BACKBONES
 
     modules = build(backbone, device)
-    with torch.device(device):
-        nets = similarity_networks()
+    nets = similarity_networks(device)
     denoiser, vae = modules[DENOISERS[backbone]], modules["vae"]
     for module in (denoiser, vae, *nets.values()):
         module.requires_grad_(False).to(dtype)
