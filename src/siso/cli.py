@@ -20,6 +20,7 @@ from siso.backbones import (
     family_defaults,
     resolve_dtype,
 )
+from siso.bench import cli as bench_cli
 from siso.config import (
     BACKGROUND_TARGETS,
     DTYPES,
@@ -197,31 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"SAM ({DEFAULT_SEGMENTER})")
     _add_shared_options(edit)
     eval_cli.add_parser(sub)
-    bench = sub.add_parser(
-        "bench",
-        help="what a SISO iteration costs here: real-size architectures with random weights, offline",
-        description="Run the SISO loop on a backbone built at its published architecture with random weights (no "
-        "download) and report seconds per iteration, peak memory, FLOPs and seconds by part, for the reference "
-        "code's configuration (fp32, prompt re-encoded every iteration, everything on the device) and siso's default, "
-        "as a ratio to it. Each configuration runs in a fresh process.",
-    )
-    bench.add_argument("--model", default="sd-turbo", metavar="NAME|DIR", help="backbone name, or a diffusers folder")
-    bench.add_argument(
-        "--config", choices=("reference", "default", "all"), default="all", help="configuration(s) to run (all)"
-    )
-    bench.add_argument("--resolution", type=int, default=512, metavar="PX", help="image side (512)")
-    bench.add_argument("--grad-steps", type=int, metavar="K", help="steps with gradient (backbone's)")
-    bench.add_argument("--iters", type=int, default=5, metavar="N", help="measured iterations (5)")
-    bench.add_argument("--warmup", type=int, default=1, metavar="N", help="iterations run first, not measured (1)")
-    bench.add_argument("--dtype", choices=DTYPES, default="auto", help="the default configuration's dtype (auto)")
-    bench.add_argument(
-        "--gradient-checkpointing", action="store_true", help="measure the default configuration with it"
-    )
-    bench.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    bench.add_argument("--json", metavar="FILE", help="also write the figures here")
-    for name in ("dino", "ir"):  # only with a model folder (the tests' tiny models)
-        bench.add_argument(f"--{name}-model", metavar="DIR", help=argparse.SUPPRESS)
-    bench.add_argument("--dino-resolution", type=int, help=argparse.SUPPRESS)
+    bench_cli.add_parser(sub)
     return parser
 
 
@@ -404,35 +381,6 @@ def _cost(metrics: dict) -> str:
     return text
 
 
-def bench(args: argparse.Namespace) -> int:
-    from siso.bench import BenchSettings, report, run_bench, write_json
-
-    similarity = None
-    if args.dino_model or args.ir_model:
-        similarity = SimilaritySettings(
-            dino_model=args.dino_model, ir_model=args.ir_model, dino_resolution=args.dino_resolution
-        )
-    elif args.model not in BACKBONES:
-        raise ValueError(f"siso bench builds these backbones at their published architectures: {', '.join(BACKBONES)}")
-    settings = BenchSettings(
-        model=args.model,
-        configs=("reference", "default") if args.config == "all" else (args.config,),
-        resolution=args.resolution,
-        grad_steps=args.grad_steps,
-        iters=args.iters,
-        warmup=args.warmup,
-        dtype=args.dtype,
-        gradient_checkpointing=args.gradient_checkpointing,
-        device=args.device,
-        similarity=similarity,
-    )
-    result = run_bench(settings)
-    print(report(result), end="")
-    if args.json:
-        write_json(result, args.json)
-    return 0
-
-
 def _interruptible(work, out: RunFolder) -> dict | None:
     """Run ``work()``; on Ctrl-C / SIGTERM say what was kept and return None."""
     try:
@@ -471,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             return 0
         if args.command == "bench":
-            return bench(args)
+            print(bench_cli.run(args), end="")
+            return 0
         return (edit if args.command == "edit" else generate)(args, ["siso", *argv])
     except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
         print(f"siso: error: {err}", file=sys.stderr)

@@ -64,12 +64,12 @@ def out_of_memory_message(err: BaseException) -> str:
     return f"out of memory on the {where}{detail}; to use less, try {REMEDIES[where]}"
 
 
-def _vm_peak_rss() -> int:
-    """This process's peak resident set size in bytes (Linux ``VmHWM``)."""
+def _process_memory(field: str) -> int:
+    """A memory figure of this process in bytes from Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 class PeakMemory:
@@ -99,10 +99,7 @@ class PeakMemory:
     def _used(self) -> int:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise OSError("no VmRSS in /proc/self/status")
+        return _process_memory("VmRSS")
 
     def __enter__(self) -> PeakMemory:
         if self.kind is None:
@@ -125,7 +122,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = _vm_peak_rss()
+            self.peak = _process_memory("VmHWM")  # the peak resident set size
         self.bytes = self.peak - self._start
 
     def record(self) -> dict:

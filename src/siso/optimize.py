@@ -178,15 +178,18 @@ def optimize_lora(
         for m in modules.values()
     ]
     params = [p for g in groups for p in g["params"]]
-    # The fused CUDA kernel: one launch for all LoRA tensors instead of several per tensor.
+    # On CUDA the fused kernel: one launch for all LoRA tensors instead of several per tensor.
     fused = backbone.device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=opt.weight_decay, fused=fused or None)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=opt.weight_decay, fused=fused)
     stopper = EarlyStopping(opt.min_improvement, opt.patience)
 
     def conditioning():
         return backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
 
-    with torch.no_grad():  # once, also with text-encoder LoRA: it leaves the frozen encoders' embeddings cached
+    # Encoded here, before the text encoders are parked: with text-encoder LoRA (re-encoded from the second
+    # iteration on) this also leaves the frozen encoders' embeddings cached.
+    train_text_encoder = config.lora.train_text_encoder
+    with nullcontext() if train_text_encoder else torch.no_grad():
         cond = conditioning()
     memory = config.memory
     if memory.offload_text_encoders:  # after encoding: those without LoRA are not needed until a new prompt
@@ -207,7 +210,7 @@ def optimize_lora(
             # The last iteration takes no optimizer step: it builds no autograd graph (the same numbers, less memory).
             last = iteration == opt.max_iters - 1
             with torch.no_grad() if last else nullcontext():
-                if config.lora.train_text_encoder:
+                if train_text_encoder and iteration > 0:
                     cond = conditioning()
                 image = render(cond)
                 terms = objective(image)

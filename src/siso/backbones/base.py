@@ -102,7 +102,7 @@ class Backbone:
                 getattr(self.pipe, name).to("cpu")
             self._parked.add(name)
             parked.append(name)
-        if parked and not on_cpu and self.device.type == "cuda":
+        if parked and self.device.type == "cuda":
             torch.cuda.empty_cache()
         return parked
 

@@ -267,14 +267,12 @@ def count_flops(backbone: Backbone, loss_fn: SimilarityLoss, config: SisoConfig,
     """FLOPs of one iteration (prompt encoding if ``encode``, render, loss, backward), counted by torch's
     `FlopCounterMode` (which does not count the CPU's flash attention: on a CPU the figure is a little low)."""
     opt = config.optim
-    with torch.no_grad():
+    with torch.no_grad(), FlopCounterMode(display=False) as encoding:
         cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
-    with FlopCounterMode(display=False) as counter:
-        if encode:
-            cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
+    with FlopCounterMode(display=False) as iteration:
         image = backbone.sample(
             cond, torch.Generator().manual_seed(0), opt.num_inference_steps, opt.grad_steps, opt.guidance_scale
         )
         loss_fn(image)["loss"].backward()
     backbone.denoiser.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
+    return float(iteration.get_total_flops() + (encoding.get_total_flops() if encode else 0))
