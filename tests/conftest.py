@@ -29,6 +29,12 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def similarity_args(model_dirs) -> list[str]:
+    """Command-line options that point the loss at the tiny similarity networks."""
+    return ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+
+
+@pytest.fixture(scope="session")
 def subject() -> Image.Image:
     """A 96x72 photo-like image: smooth colour gradients plus a bright disc (the "subject")."""
     yy, xx = np.mgrid[0:72, 0:96]

@@ -42,8 +42,9 @@ def test_generate_matches_stock_pipeline_images(model_dirs, family):
     assert np.array_equal(np.asarray(ours), np.asarray(expected.images[0]))
 
 
-def test_grad_only_through_last_steps(model_dirs):
-    backbone = load_backbone(str(model_dirs["sd"]), device="cpu")
+@pytest.mark.parametrize(("family", "resolution"), [("sd", None), ("flux", 32)])
+def test_grad_only_through_last_steps(model_dirs, family, resolution):
+    backbone = load_backbone(str(model_dirs[family]), device="cpu", resolution=resolution)
     backbone.denoiser.requires_grad_(True)  # only to observe which denoiser calls are recorded
     calls = []
     backbone.denoiser.register_forward_hook(lambda m, args, out: calls.append(torch.is_grad_enabled()))

@@ -18,10 +18,12 @@ PARAMETERS = {
 }
 
 
-def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(model_dirs, tmp_path, capsys):
+def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
+    model_dirs, similarity_args, tmp_path, capsys
+):
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(model_dirs["sd"]), "--resolution", "64", "--iters", "2", "--device", "cpu"]
-    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    args += similarity_args
     assert main([*args, "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| config | dtype | s/iter (min-max) | CPU s/iter | peak memory | GFLOP/iter |" in text

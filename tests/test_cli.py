@@ -1,17 +1,16 @@
 """The `siso` command: end to end on tiny local models, and every bad input ends in one clear line."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from console import OFFLINE, SISO, run_siso
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -20,36 +19,24 @@ from siso.cli import main
 from siso.config import LoraSettings
 from siso.lora import SUBJECT_FILE, WEIGHTS_FILE, add_lora, save_lora
 
-SISO = str(Path(sys.executable).parent / "siso")  # the installed console script
-
 
 @pytest.fixture
-def base_args(model_dirs, subject_path):
+def base_args(model_dirs, subject_path, similarity_args):
     return [
         "generate",
         "--subject",
         str(subject_path),
         "--model",
         str(model_dirs["sd"]),
-        "--dino-model",
-        str(model_dirs["dino"]),
-        "--ir-model",
-        str(model_dirs["clip"]),
+        *similarity_args,
         "--lr",
         "1e-2",
-        "--dino-resolution",
-        "28",
     ]
-
-
-def _run(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([SISO, *args], capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
 def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
     out = tmp_path / "run"
-    proc = _run(
+    proc = run_siso(
         [
             *base_args,
             "--prompt",
@@ -107,7 +94,7 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
 
     # Stage two: the saved subject regenerates the same images without optimizing.
     again = tmp_path / "again"
-    proc = _run(
+    proc = run_siso(
         [
             "generate",
             "--lora",
@@ -132,14 +119,13 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
 
 
 def test_console_script_starts_without_transformers_torchvision_notices():
-    proc = _run(["--help"])
+    proc = run_siso(["--help"])
     assert proc.returncode == 0 and "usage: siso" in proc.stdout
     assert "requires torchvision" not in proc.stderr and proc.stderr == ""
 
 
 def test_sigterm_keeps_best_so_far(base_args, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [
             SISO,
@@ -154,7 +140,7 @@ def test_sigterm_keeps_best_so_far(base_args, tmp_path):
             "--out",
             str(out),
         ],
-        env=env,
+        env=OFFLINE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -228,7 +214,7 @@ def test_existing_output_folder(capsys, base_args, tmp_path):
     assert (out / "mine.txt").read_text() == "keep me"
 
 
-def test_overwrite_replaces_a_previous_run(capsys, base_args, tmp_path):
+def test_overwrite_replaces_a_previousrun_siso(capsys, base_args, tmp_path):
     out = tmp_path / "o"
     args = [*base_args, "--prompt", "x", "--max-iters", "2", "--quiet", "--out", str(out)]
     assert main(args) == 0

@@ -1,10 +1,8 @@
 """Editing: the scene, the background loss, the edit loop on tiny models, and `siso edit` end to end."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 import tiny
 import torch
+from console import OFFLINE, SISO, run_siso
 from PIL import Image
 
 from siso.backbones import load_backbone
@@ -21,8 +20,6 @@ from siso.editing import BackgroundLoss, EditJob, composite, edit_subject, prepa
 from siso.lora import snapshot
 from siso.masks import MaskError
 from siso.run import RunFolder, run_edit
-
-SISO = str(Path(sys.executable).parent / "siso")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +179,7 @@ def scene_path(scene_photo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def edit_args(model_dirs, subject_path, scene_path):
+def edit_args(model_dirs, subject_path, scene_path, similarity_args):
     return [
         "edit",
         "--image",
@@ -191,12 +188,7 @@ def edit_args(model_dirs, subject_path, scene_path):
         str(subject_path),
         "--model",
         str(model_dirs["sd"]),
-        "--dino-model",
-        str(model_dirs["dino"]),
-        "--ir-model",
-        str(model_dirs["clip"]),
-        "--dino-resolution",
-        "28",
+        *similarity_args,
         "--lr",
         "1e-2",
         "--max-iters",
@@ -216,8 +208,7 @@ def detection_dirs(tmp_path_factory):
 def test_console_script_edit_with_box_and_composite(edit_args, tmp_path):
     out = tmp_path / "run"
     args = [*edit_args, "--box", "40,30,80,70", "--subject-class", "dog", "--composite", "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([SISO, *args], capture_output=True, text=True, env=env, timeout=300)
+    proc = run_siso(args)
     assert proc.returncode == 0, proc.stderr
     assert "inversion PSNR" in proc.stdout and "Traceback" not in proc.stderr
     for name in (
@@ -283,9 +274,8 @@ def test_sigterm_keeps_the_best_edit(edit_args, tmp_path):
     out = tmp_path / "run"
     args = [*edit_args, "--box", "40,30,80,70", "--subject-class", "dog", "--out", str(out)]
     args[args.index("--max-iters") + 1] = "100000"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [SISO, *args, "--patience", "100000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [SISO, *args, "--patience", "100000"], env=OFFLINE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while not (out / "iterations" / "0002.png").exists():

@@ -1,15 +1,13 @@
 """The FLUX backbone: parity with the stock FluxPipeline, the gradient path, LoRA I/O and the CLI, on a tiny FLUX."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiny
 import torch
+from console import run_siso
 from diffusers import FluxPipeline
 from PIL import Image
 from safetensors import safe_open
@@ -20,7 +18,6 @@ from siso.lora import add_lora, save_lora
 from siso.optimize import optimize_subject
 
 PROMPT = "a photo of a dog"
-SISO = str(Path(sys.executable).parent / "siso")  # the installed console script
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +100,6 @@ def test_encode_is_the_inverse_layout_of_decode(model_dirs):
     torch.testing.assert_close(backbone.decode(latents), direct.clamp(0, 1), atol=1e-5, rtol=0)
 
 
-def test_grad_only_through_last_steps(model_dirs):
-    backbone = load(model_dirs["flux"])
-    backbone.denoiser.requires_grad_(True)  # only to observe which denoiser calls are recorded
-    calls = []
-    backbone.denoiser.register_forward_hook(lambda m, args, out: calls.append(torch.is_grad_enabled()))
-    backbone.sample(backbone.encode_prompt(PROMPT), torch.Generator().manual_seed(0), 3, grad_steps=1)
-    assert calls == [False, False, True]
-
-
 def test_names_resolutions_and_defaults(model_dirs):
     assert resolve_model("flux-schnell") == ("black-forest-labs/FLUX.1-schnell", FluxBackbone, 512)
     assert resolve_model(str(model_dirs["flux"]))[1] is FluxBackbone
@@ -192,27 +180,17 @@ def test_saved_lora_reproduces_images_in_stock_pipeline(model_dirs, subject, mak
     assert np.array_equal(np.asarray(loaded), np.asarray(ours))  # ... and the stock pipeline reproduces it
 
 
-def _run(args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([SISO, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path):
+def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, similarity_args, tmp_path):
     out, again = tmp_path / "run", tmp_path / "again"
     prompts = ["--prompt", "a dog on the beach", "--steps", "2", "--seed", "3"]
-    proc = _run(
+    proc = run_siso(
         [
             "generate",
             "--subject",
             str(subject_path),
             "--model",
             str(model_dirs["flux"]),
-            "--dino-model",
-            str(model_dirs["dino"]),
-            "--ir-model",
-            str(model_dirs["clip"]),
-            "--dino-resolution",
-            "28",
+            *similarity_args,
             "--resolution",
             "32",
             "--train-prompt",
@@ -235,6 +213,6 @@ def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path)
     assert Image.open(out / record["file"]).size == (32, 32)
 
     # Stage two: the saved subject (transformer + CLIP-L LoRA) regenerates the image without optimizing.
-    proc = _run(["generate", "--lora", str(out / "lora"), *prompts, "--out", str(again)])
+    proc = run_siso(["generate", "--lora", str(out / "lora"), *prompts, "--out", str(again)])
     assert proc.returncode == 0, proc.stderr
     assert np.array_equal(np.asarray(Image.open(out / record["file"])), np.asarray(Image.open(again / record["file"])))

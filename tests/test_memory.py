@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from console import run_siso
 from PIL import Image
 
 from siso import cli
@@ -176,7 +177,9 @@ def test_quantize_errors_name_the_fix(monkeypatch):
 # --- out of memory ----------------------------------------------------------------------------------------------------
 
 
-def test_out_of_memory_is_one_line_naming_the_options(model_dirs, subject_path, tmp_path, monkeypatch, capsys):
+def test_out_of_memory_is_one_line_naming_the_options(
+    model_dirs, subject_path, similarity_args, tmp_path, monkeypatch, capsys
+):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError(
             "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 23.55 GiB of which ..."
@@ -184,7 +187,7 @@ def test_out_of_memory_is_one_line_naming_the_options(model_dirs, subject_path, 
 
     monkeypatch.setattr(UNetBackbone, "sample", out_of_memory)
     argv = ["generate", "--subject", str(subject_path), "--model", str(model_dirs["sd"]), "--prompt", "a dog"]
-    argv += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    argv += similarity_args
     code = cli.main([*argv, "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_OUT_OF_MEMORY
@@ -222,20 +225,17 @@ def test_peak_memory_sees_a_large_allocation():
 
 
 @pytest.mark.parametrize("family", ["flux", "sana"])
-def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_path, family):
-    from test_flux import _run
-
+def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, similarity_args, tmp_path, family):
     out, again = tmp_path / "run", tmp_path / "again"
     prompts = ["--prompt", "a dog on the beach", "--steps", "2", "--seed", "3"]
-    models = ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
-    proc = _run(
+    proc = run_siso(
         [
             "generate",
             "--subject",
             str(subject_path),
             "--model",
             str(model_dirs[family]),
-            *models,
+            *similarity_args,
             "--resolution",
             str(SIZES[family]),
             "--max-iters",
@@ -257,7 +257,7 @@ def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, tmp_pat
     assert memory == {"offload_text_encoders": True, "gradient_checkpointing": True, "quantize": "int8"}
     [record] = json.loads((out / "metrics.json").read_text())["images"]
 
-    proc = _run(["generate", "--lora", str(out / "lora"), "--quantize", "int8", *prompts, "--out", str(again)])
+    proc = run_siso(["generate", "--lora", str(out / "lora"), "--quantize", "int8", *prompts, "--out", str(again)])
     assert proc.returncode == 0, proc.stderr
     assert json.loads((again / "config.json").read_text())["quantize"] == "int8"
     assert np.array_equal(np.asarray(Image.open(out / record["file"])), np.asarray(Image.open(again / record["file"])))

@@ -3,14 +3,11 @@ learned subject loads into a stock pipeline; the CLI end to end with the referen
 
 import collections
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from console import run_siso
 from diffusers import SanaPipeline
 from PIL import Image
 
@@ -238,31 +235,18 @@ def test_no_text_encoder_lora(model_dirs):
     assert not getattr(backbone.denoiser, "peft_config", None)  # nothing was added before the error
 
 
-SISO = str(Path(sys.executable).parent / "siso")  # the installed console script
-
-
-def _run(args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([SISO, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path):
+def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, similarity_args, tmp_path):
     # The reference code's Sana settings: 20 steps, gradient through the last 3, CFG 4.5.
     sampling = ["--train-steps", "20", "--guidance-scale", "4.5", "--prompt", "a dog in Paris", "--seed", "3"]
     out = tmp_path / "run"
-    proc = _run(
+    proc = run_siso(
         [
             "generate",
             "--model",
             str(model_dirs["sana"]),
             "--subject",
             str(subject_path),
-            "--dino-model",
-            str(model_dirs["dino"]),
-            "--ir-model",
-            str(model_dirs["clip"]),
-            "--dino-resolution",
-            "28",
+            *similarity_args,
             "--train-prompt",
             PROMPT,
             "--grad-steps",
@@ -280,7 +264,7 @@ def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 1 image(s)" in proc.stdout
     again = tmp_path / "again"
-    proc = _run(["generate", "--lora", str(out / "lora"), *sampling, "--out", str(again)])
+    proc = run_siso(["generate", "--lora", str(out / "lora"), *sampling, "--out", str(again)])
     assert proc.returncode == 0, proc.stderr
     records = json.loads((out / "metrics.json").read_text())["images"]
     assert [(r["prompt"], r["seed"]) for r in records] == [("a dog in Paris", 3)]
@@ -290,13 +274,13 @@ def test_console_script_end_to_end_and_reuse(model_dirs, subject_path, tmp_path)
         )
 
 
-def test_cli_uses_sanas_own_defaults(model_dirs, subject_path, tmp_path):
+def test_cli_uses_sanas_own_defaults(model_dirs, subject_path, similarity_args, tmp_path):
     """Without flags, a Sana run optimizes with the reference code's Sana settings (config.json records them)."""
     from siso.cli import main
 
     out = tmp_path / "run"
     args = ["generate", "--subject", str(subject_path), "--model", str(model_dirs["sana"]), "--prompt", "a dog"]
-    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--dino-resolution", "28"]
+    args += similarity_args
     assert main([*args, "--max-iters", "1", "--quiet", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     optim = config["siso"]["optim"]

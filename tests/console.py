@@ -1,0 +1,14 @@
+"""The installed ``siso`` console script, run offline as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SISO = str(Path(sys.executable).parent / "siso")
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run_siso(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``siso ARGS`` to completion (5 min at most), output captured as text."""
+    return subprocess.run([SISO, *args], capture_output=True, text=True, env=OFFLINE, timeout=300, **kwargs)
