@@ -47,7 +47,26 @@ def test_bench_refuses_what_it_cannot_build(capsys):
     assert main(["bench", "--model", "my/model", "--iters", "1"]) == 2
     assert "siso bench builds these backbones at their published architectures: sdxl-turbo" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown benchmark configuration"):
-        BenchSettings(configs=("fast",))
+        BenchSettings(configs=("nope",))
+    # Settings a worker would refuse are refused before any worker starts, in one line.
+    assert main(["bench", "--grad-steps", "3", "--iters", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("siso: error: ") and "grad_steps" in err and len(err.strip().splitlines()) == 1
+    assert main(["bench", "--iters", "0"]) == 2
+    assert "--iters must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_failing_worker_is_one_line(monkeypatch, capsys):
+    import subprocess
+
+    from siso.bench import BenchError, _run_isolated
+
+    def failed(*args, **kwargs):
+        return subprocess.CompletedProcess(args, 1, "", "Traceback (most recent call last):\n  ...\nKeyError: 'x'\n")
+
+    monkeypatch.setattr(subprocess, "run", failed)
+    with pytest.raises(BenchError, match=r"configuration 'default' failed: KeyError: 'x'$"):
+        _run_isolated(BenchSettings(), "default")
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -20,6 +20,7 @@ from siso.backbones import (
     family_defaults,
     resolve_dtype,
 )
+from siso.bench import BenchError
 from siso.bench import cli as bench_cli
 from siso.config import (
     BACKGROUND_TARGETS,
@@ -251,6 +252,7 @@ COUNT_OPTIONS = (
     "dino_resolution",
     "ir_resolution",
     "limit",
+    "iters",
 )
 
 
@@ -419,10 +421,22 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             return 0
         if args.command == "bench":
-            print(bench_cli.run(args), end="")
+            try:
+                print(bench_cli.run(args), end="")
+            except KeyboardInterrupt:
+                print("siso: interrupted; nothing of the benchmark is kept", file=sys.stderr)
+                return EXIT_INTERRUPTED
             return 0
         return (edit if args.command == "edit" else generate)(args, ["siso", *argv])
-    except (ImageError, ModelLoadError, OutputExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
+    except (
+        ImageError,
+        ModelLoadError,
+        OutputExistsError,
+        FileNotFoundError,
+        ValueError,
+        FloatingPointError,
+        BenchError,
+    ) as err:
         print(f"siso: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as err:  # torch.OutOfMemoryError is one

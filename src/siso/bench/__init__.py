@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from siso.backbones import default_device, resolve_dtype
+from siso.backbones import default_device, family_defaults, resolve_dtype
 from siso.bench.measure import CONFIGURATIONS, PARTS, run_configuration
-from siso.config import DTYPES, SimilaritySettings
+from siso.config import DTYPES, OptimSettings, SimilaritySettings, with_defaults
 
-__all__ = ["CONFIGURATIONS", "BenchSettings", "report", "run_bench"]
+__all__ = ["CONFIGURATIONS", "BenchError", "BenchSettings", "report", "run_bench"]
 
 
 @dataclass
@@ -68,6 +68,12 @@ class BenchSettings:
             raise ValueError(f"resolution must be a multiple of 64, got {self.resolution}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        # The optimization settings each configuration will build, checked now rather than in a worker process.
+        with_defaults(OptimSettings, family_defaults(self.model).get("optim", {}), grad_steps=self.grad_steps)
+
+
+class BenchError(RuntimeError):
+    """A configuration failed in its worker process; the message ends with the worker's last error line."""
 
 
 def run_bench(settings: BenchSettings) -> dict:
@@ -109,7 +115,7 @@ def _run_isolated(settings: BenchSettings, name: str) -> dict:
     proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True)
     if proc.returncode:
         lines = proc.stderr.strip().splitlines() or ["no output"]
-        raise RuntimeError(f"benchmark configuration {name!r} failed: {lines[-1]}")
+        raise BenchError(f"benchmark configuration {name!r} failed: {lines[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
