@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import tiny
 import torch
 
 from siso.bench import BenchSettings, report
 from siso.bench.architectures import MODELS, build_backbone, build_similarity, published_config
+from siso.bench.measure import optim_settings
 from siso.cli import main
 
 # Published parameter counts (model cards and papers), in millions, that the shipped configs must reproduce.
@@ -49,9 +51,13 @@ def test_bench_refuses_what_it_cannot_build(capsys):
     with pytest.raises(ValueError, match="unknown benchmark configuration"):
         BenchSettings(configs=("nope",))
     # Settings a worker would refuse are refused before any worker starts, in one line.
-    assert main(["bench", "--grad-steps", "3", "--iters", "1"]) == 2
+    assert main(["bench", "--resolution", "100", "--iters", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("siso: error: ") and "grad_steps" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("siso: error: resolution must be a multiple of 64") and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="grad_steps must be between 1"):
+        BenchSettings(grad_steps=0)
+    # More steps with gradient than SD-Turbo's one step: the steps grow with them.
+    assert optim_settings("sd-turbo", BenchSettings(grad_steps=3)).num_inference_steps == 3
     assert main(["bench", "--iters", "0"]) == 2
     assert "--iters must be >= 1, got 0" in capsys.readouterr().err
 
@@ -113,3 +119,24 @@ def test_bench_measures_a_lever_alone_in_process(model_dirs):
     [row] = run_bench(settings)["rows"]
     assert row["config"] == "default + checkpointing" and "speedup" not in row  # no reference ran: no ratio
     assert row["iterations"] == 2 and row["prompt_encodings"] == 0
+
+
+def test_bench_fast_is_labelled_a_different_loss(model_dirs, tmp_path, capsys):
+    from siso.bench import run_bench
+    from siso.config import SimilaritySettings
+
+    tiny_vae = tiny.make_tiny_vae(tmp_path / "taesd")
+    similarity = SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]))
+    settings = BenchSettings(
+        model=str(model_dirs["sd"]), configs=("default", "fast"), resolution=64, iters=1, warmup=0, device="cpu",
+        similarity=similarity, tiny_vae=str(tiny_vae), isolate=False,
+    )  # fmt: skip
+    result = run_bench(settings)
+    default, fast = result["rows"]
+    assert (default["loss"], fast["loss"]) == ("paper", "fast (not the paper's)")
+    assert fast["flops_per_iteration"] < default["flops_per_iteration"]  # tiny decoder, DINOv2 at 224 px
+    assert "`fast` is a different loss from the paper's" in report(result)
+    assert "different loss" not in report({**result, "rows": [default]})
+    # A named backbone without a tiny decoder is refused before any worker starts.
+    with pytest.raises(ValueError, match="no tiny VAE decoder for sana"):
+        BenchSettings(model="sana", configs=("fast",))

@@ -22,6 +22,7 @@ import torch
 from diffusers import (
     AutoencoderDC,
     AutoencoderKL,
+    AutoencoderTiny,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -162,6 +163,26 @@ def make_sd_turbo(path: str | PathLike) -> Path:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(path)
+    return path
+
+
+def make_tiny_vae(path: str | PathLike, latent_channels: int = 4) -> Path:
+    """A tiny madebyollin/taesd (``latent_channels=16``: taef1): an AutoencoderTiny with the tiny pipelines'
+    downsampling factor 2 (two blocks, one up/downsampling); returns its path."""
+    path = Path(path)
+    torch.manual_seed(0)
+    AutoencoderTiny(
+        encoder_block_out_channels=(16, 16),
+        decoder_block_out_channels=(16, 16),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=latent_channels,
+    ).save_pretrained(path)
+    # diffusers writes `block_out_channels` (an alias it sets itself) and warns about it on loading; the Hub's
+    # taesd/taef1 configs do not have it.
+    config = json.loads((path / "config.json").read_text())
+    del config["block_out_channels"]
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
 
 

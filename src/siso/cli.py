@@ -28,6 +28,7 @@ from siso.config import (
     INVERSION_METHODS,
     EditConfig,
     EditSettings,
+    FastSettings,
     InversionSettings,
     LoraSettings,
     OptimSettings,
@@ -38,6 +39,7 @@ from siso.config import (
 )
 from siso.editing import EditJob
 from siso.eval import cli as eval_cli
+from siso.fast import tiny_vae_name
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.lora import check_lora_file, read_subject_info
@@ -137,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--train-steps", type=int, metavar="N", help="denoising steps while optimizing (backbone's; 1 for SD/SDXL)"
+    )
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="the fast loss: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees 224 px; NOT the paper's "
+        "loss, and its effect on quality is not measured (final images still use the full VAE)",
+    )
+    gen.add_argument(
+        "--tiny-vae", metavar="ID|DIR", help="with --fast: the AutoencoderTiny to use (default: the backbone's)"
     )
     _add_shared_options(gen)
 
@@ -280,6 +291,12 @@ def check_args(args: argparse.Namespace) -> None:
     if getattr(args, "seed", None) is not None:
         check_seed(args.seed, "--seed")
         check_seed(args.seed + max(getattr(args, "num_images", 1), 1) - 1, "--seed + --num-images - 1")
+    if args.command == "generate" and (args.fast or args.tiny_vae) and (args.lora or not args.fast):
+        raise ValueError(
+            "--tiny-vae needs --fast"
+            if not args.lora
+            else "--fast and --tiny-vae are for learning a subject (--subject); with --lora nothing is optimized"
+        )
     if args.command == "generate":  # with --lora no optimization runs, but its options' values must be valid too
         SisoConfig(**_settings(args, None if args.lora else args.model, args.train_steps))
 
@@ -317,7 +334,10 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
             )
 
     else:
-        config = SisoConfig(model=model, train_prompt=args.train_prompt or args.prompt[0], **settings)
+        fast = FastSettings(args.fast, args.tiny_vae)
+        if fast.enabled:
+            tiny_vae_name(fast, model)  # a family without a tiny VAE is refused before anything loads
+        config = SisoConfig(model=model, train_prompt=args.train_prompt or args.prompt[0], fast=fast, **settings)
         subject = load_subject(args.subject)
         out = RunFolder(args.out, args.overwrite)
 

@@ -180,6 +180,27 @@ class MemorySettings:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_METHODS)}, got {self.quantize!r}")
 
 
+# DINOv2's input side under `FastSettings` (instead of dinov2-large's 518).
+FAST_DINO_RESOLUTION = 224
+
+
+@dataclass
+class FastSettings:
+    """The opt-in fast loss (``--fast``). It is not the paper's loss: the images are scored through a tiny VAE
+    decoder and a smaller DINOv2 input, and what that does to quality has not been measured.
+
+    Attributes:
+        enabled: Turn it on. ``similarity.dino_resolution``, when not given, becomes 224 (`FAST_DINO_RESOLUTION`).
+        tiny_vae: Hub id or local directory of a diffusers ``AutoencoderTiny`` that decodes the latents for the loss
+            (and the iteration frames). The best image and the generated images are decoded by the full VAE.
+            ``None``: the backbone family's (``madebyollin/taesd`` for SD-Turbo, ``taesdxl`` for SDXL-Turbo,
+            ``taef1`` for FLUX.1-schnell; Sana has none); the run's config.json records the one used.
+    """
+
+    enabled: bool = False
+    tiny_vae: str | None = None
+
+
 def with_defaults(cls: type[T], defaults: dict, **given) -> T:
     """Settings of type ``cls`` from a backbone family's ``defaults`` (`siso.backbones.Backbone.defaults`), with the
     values ``given`` (command-line flags; ``None`` = not given) taking precedence, and ``cls``'s own defaults after
@@ -199,6 +220,7 @@ class SisoConfig:
             without native bf16 run it ~250x slower). LoRA weights and Adam state stay fp32.
         device: Torch device string; ``None`` picks cuda, then mps, then cpu.
         memory: Text-encoder offload, gradient checkpointing and quantization (`MemorySettings`).
+        fast: The opt-in fast loss (`FastSettings`): a different loss, recorded as such.
     """
 
     model: str = "sdxl-turbo"
@@ -210,8 +232,11 @@ class SisoConfig:
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
+    fast: FastSettings = field(default_factory=FastSettings)
 
     def __post_init__(self):
+        if self.fast.enabled and self.similarity.dino_resolution is None:
+            self.similarity = dataclasses.replace(self.similarity, dino_resolution=FAST_DINO_RESOLUTION)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.train_prompt.strip():
@@ -358,6 +383,11 @@ class EditConfig(SisoConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.fast.enabled:
+            raise ValueError(
+                "the fast loss is for generation only: editing's background loss compares pixels, which "
+                "the tiny decoder would change"
+            )
         steps = int(self.optim.num_inference_steps * self.edit.strength)
         if steps < 1:
             raise ValueError(

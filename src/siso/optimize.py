@@ -6,7 +6,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 
 from siso.backbones import Backbone
 from siso.config import SisoConfig
+from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.images import tensor_to_pil
+from siso.lean import lean_graph
 from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
 
@@ -103,6 +105,7 @@ def optimize_subject(
     callback: IterationCallback | None = None,
     loss_fn: SimilarityLoss | None = None,
     progress: bool = True,
+    loss_vae: torch.nn.Module | None = None,
 ) -> SisoResult:
     """Learn a LoRA that makes ``backbone`` draw ``subject`` for ``config.train_prompt``.
 
@@ -117,6 +120,7 @@ def optimize_subject(
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         loss_fn: A prebuilt `SimilarityLoss` (built from ``config.similarity`` when omitted).
         progress: Show a tqdm bar.
+        loss_vae: With ``config.fast.enabled``, a prebuilt tiny VAE (loaded by `siso.fast` when omitted).
 
     Returns:
         The best image, its iteration, loss and LoRA weights, the per-iteration history and why the run stopped.
@@ -130,7 +134,9 @@ def optimize_subject(
         generator = torch.Generator().manual_seed(opt.seed)
         return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
 
-    return optimize_lora(backbone, render, loss_fn, config, callback, progress)
+    if config.fast.enabled and loss_vae is None:
+        loss_vae = load_tiny_vae(tiny_vae_name(config.fast, type(backbone)), backbone)
+    return optimize_lora(backbone, render, loss_fn, config, callback, progress, loss_vae=loss_vae)
 
 
 def optimize_lora(
@@ -141,6 +147,8 @@ def optimize_lora(
     callback: IterationCallback | None = None,
     progress: bool = True,
     channels_last_vae: bool = True,
+    lean: bool = True,
+    loss_vae: torch.nn.Module | None = None,
 ) -> SisoResult:
     """The SISO loop, for any task: add LoRA, then per iteration render, score, and take one AdamW step.
 
@@ -159,6 +167,11 @@ def optimize_lora(
         progress: Show a tqdm bar.
         channels_last_vae: Run the VAE in channels-last layout while optimizing (`Backbone.channels_last_vae`);
             off only to measure what it saves (`siso bench`'s reference configuration).
+        lean: Frozen convolutions of the VAE and the denoiser keep no input for backward, and the VAE's
+            GroupNorm -> SiLU pairs one tensor instead of two (`siso.lean.lean_graph`: the same numbers, a VAE
+            graph 2.5x smaller); off only to measure what it saves.
+        loss_vae: Decode with this VAE while optimizing (the fast loss's tiny decoder, `siso.fast`); the best image
+            is then rendered again through the backbone's own VAE.
 
     Returns:
         As `optimize_subject`.
@@ -201,10 +214,14 @@ def optimize_lora(
     history: list[dict] = []
     stop_reason = "max_iters"
     bar = tqdm(range(opt.max_iters), desc="SISO", unit="it", disable=not progress)
-    # Faster VAE convolutions while optimizing; the stock layout after.
-    layout = backbone.channels_last_vae() if channels_last_vae else nullcontext()
-    layout.__enter__()
+    stock_after = ExitStack()  # what optimizing changes in the modules, undone after it
     try:
+        if loss_vae is not None:  # first: the layout and the lean graph then apply to the decoder in use
+            stock_after.enter_context(backbone.decoding_with(loss_vae))
+        if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
+            stock_after.enter_context(backbone.channels_last_vae())
+        if lean:
+            stock_after.enter_context(lean_graph(backbone.pipe.vae, backbone.denoiser))
         for iteration in bar:
             start = time.perf_counter()
             # The last iteration takes no optimizer step: it builds no autograd graph (the same numbers, less memory).
@@ -245,10 +262,13 @@ def optimize_lora(
             raise
         stop_reason = "interrupted"
     finally:
-        layout.__exit__(None, None, None)
+        stock_after.close()
         bar.close()
         optimizer.zero_grad(set_to_none=True)
     if not best:
         raise FloatingPointError("the loss was not finite at the first iteration; try --dtype fp32")
     restore(modules, best["lora"])
+    if loss_vae is not None:  # the frames came from the tiny decoder; the best image comes from the full VAE
+        with torch.no_grad():
+            best["image"] = tensor_to_pil(render(conditioning() if train_text_encoder else cond))[0]
     return SisoResult(best["image"], best["iteration"], best["loss"], best["lora"], history, stop_reason)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from siso.backbones import Backbone, load_backbone, resolve_dtype
 from siso.config import EditConfig, SisoConfig, check_seed
 from siso.editing import EditJob, composite, edit_subject, prepare_scene, resolve_edit
+from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.images import contact_sheet, loss_plot
 from siso.jsonio import write_json
 from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
@@ -206,6 +207,11 @@ def run_generate(
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
     backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    loss_vae = None
+    if config.fast.enabled:  # config.json records the tiny VAE used
+        fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
+        config = dataclasses.replace(config, fast=fast)
+        loss_vae = load_tiny_vae(fast.tiny_vae, backbone)
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
         "config.json",
@@ -223,7 +229,9 @@ def run_generate(
 
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
-        result = optimize_subject(backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress)
+        result = optimize_subject(
+            backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress, loss_vae=loss_vae
+        )
     out.timings["optimize_seconds"] = time.perf_counter() - start
     metrics = {
         "complete": False,

@@ -31,6 +31,7 @@ class Backbone:
         text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
         text_encoder_lora_targets: Module names in the text encoders that get LoRA.
         supports_editing: Whether the family implements `edit_sampler` (checked before any model loads).
+        tiny_vae: Hub id of the family's ``AutoencoderTiny`` (the fast loss's decoder, `siso.fast`); ``None``: none.
         defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
             ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
             records what was used.
@@ -43,6 +44,7 @@ class Backbone:
     text_encoder_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP attention
     defaults: ClassVar[dict[str, dict]] = {}
     supports_editing: ClassVar[bool] = False  # whether `edit_sampler` is implemented
+    tiny_vae: ClassVar[str | None] = None
     # Extra arguments of the stock ``__call__`` that `generate` needs to draw what `sample` draws.
     pipeline_call_kwargs: ClassVar[dict] = {}
 
@@ -143,6 +145,17 @@ class Backbone:
             yield
         finally:
             vae.to(memory_format=torch.contiguous_format)
+
+    @contextmanager
+    def decoding_with(self, vae: torch.nn.Module):
+        """`decode` (and so `sample`) decodes with ``vae`` inside the block (the fast loss's tiny decoder), with the
+        pipeline's own VAE again after it."""
+        stock = self.pipe.vae
+        self.pipe.vae = vae  # diffusers re-registers the component; setting the stock one back restores its config
+        try:
+            yield
+        finally:
+            self.pipe.vae = stock
 
     @property
     def device(self) -> torch.device:

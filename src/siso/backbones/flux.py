@@ -51,6 +51,7 @@ class FluxBackbone(Backbone):
         "ff_context.net.2",
     )
     text_encoder_names = ("text_encoder",)
+    tiny_vae = "madebyollin/taef1"
     # The reference code's FLUX settings (its README and siso_generation_flux.py).
     defaults: ClassVar[dict[str, dict]] = {
         "optim": {

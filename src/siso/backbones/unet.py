@@ -140,6 +140,7 @@ class SDBackbone(UNetBackbone):
 
     pipeline_class = StableDiffusionPipeline
     text_encoder_names = ("text_encoder",)
+    tiny_vae = "madebyollin/taesd"
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
         self.ensure_text_encoders()
@@ -153,6 +154,7 @@ class SDXLBackbone(UNetBackbone):
 
     pipeline_class = StableDiffusionXLPipeline
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    tiny_vae = "madebyollin/taesdxl"
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
         self.ensure_text_encoders()

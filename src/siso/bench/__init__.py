@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from siso.backbones import default_device, family_defaults, resolve_dtype
-from siso.bench.measure import CONFIGURATIONS, PARTS, run_configuration
-from siso.config import DTYPES, OptimSettings, SimilaritySettings, with_defaults
+from siso.backbones import default_device, resolve_dtype
+from siso.bench.architectures import published_config
+from siso.bench.measure import CONFIGURATIONS, PARTS, optim_settings, run_configuration
+from siso.config import DTYPES, SimilaritySettings
 
 __all__ = ["CONFIGURATIONS", "BenchError", "BenchSettings", "report", "run_bench"]
 
@@ -35,13 +36,14 @@ class BenchSettings:
             (loaded, with the similarity networks of ``similarity``: the tests' tiny models).
         configs: Configuration names, run in this order (``reference`` first when a ratio is wanted).
         resolution: Image side in pixels.
-        grad_steps: Steps with gradient (``None``: the family's).
+        grad_steps: Steps with gradient (``None``: the family's); more than the family's denoising steps add steps.
         iters: Measured iterations per configuration.
         warmup: Iterations run first and not measured.
         dtype: The ``default`` configuration's dtype (``auto``: bf16 on CUDA, fp32 elsewhere).
         gradient_checkpointing: Measure ``default`` with ``--gradient-checkpointing`` (a lever, alone).
         device: Torch device (``None``: cuda, else mps, else cpu).
         similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
+        tiny_vae: For a model folder: the fast loss's ``AutoencoderTiny`` (``None``: the family's Hub id).
         isolate: Run each configuration in a fresh process (so each peak memory is its own).
     """
 
@@ -55,6 +57,7 @@ class BenchSettings:
     gradient_checkpointing: bool = False
     device: str | None = None
     similarity: SimilaritySettings | None = None
+    tiny_vae: str | None = None
     isolate: bool = True
 
     def __post_init__(self):
@@ -68,8 +71,9 @@ class BenchSettings:
             raise ValueError(f"resolution must be a multiple of 64, got {self.resolution}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        # The optimization settings each configuration will build, checked now rather than in a worker process.
-        with_defaults(OptimSettings, family_defaults(self.model).get("optim", {}), grad_steps=self.grad_steps)
+        if "fast" in self.configs and self.similarity is None and self.model not in published_config("tiny-vae"):
+            raise ValueError(f"the fast loss has no tiny VAE decoder for {self.model}")
+        optim_settings(self.model, self)  # checked now rather than in a worker process
 
 
 class BenchError(RuntimeError):
@@ -99,10 +103,10 @@ def run_bench(settings: BenchSettings) -> dict:
 
 def _run(settings: BenchSettings, name: str) -> dict:
     configuration = CONFIGURATIONS[name]
-    if name == "default":
+    if name != "reference":  # siso's configurations take the chosen dtype and lever
         memory = dataclasses.replace(configuration.memory, gradient_checkpointing=settings.gradient_checkpointing)
         configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory)
-        name = "default + checkpointing" if settings.gradient_checkpointing else name
+        name = f"{name} + checkpointing" if settings.gradient_checkpointing else name
     row = run_configuration(settings.model, settings, name, configuration)
     if settings.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -153,6 +157,12 @@ def report(result: dict) -> str:
             f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
             f"{r['first_image_seconds']:.1f} s | {ratio} |"
         )
+    if any(r.get("loss", "paper") != "paper" for r in result["rows"]):
+        lines += [
+            "",
+            "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
+            "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
+        ]
     lines += ["", "Seconds per iteration by part (median; forward + backward):", ""]
     lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
     for r in result["rows"]:

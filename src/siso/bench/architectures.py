@@ -1,7 +1,8 @@
 """Each named backbone and the similarity networks at their published architectures, with random weights.
 
 ``configs/<model>.json`` holds the ``config.json`` values of every component of the model's Hub repository (and its
-scheduler's), ``configs/similarity.json`` those of DINOv2-L and the CLIP ViT-H/14 vision tower: small files, so the
+scheduler's), ``configs/similarity.json`` those of DINOv2-L and the CLIP ViT-H/14 vision tower, ``tiny-vae.json``
+those of the fast loss's TAESD decoders: small files, so the
 benchmark builds real-size models offline on any machine. Compute and memory do not depend on the weight values.
 
 The tokenizers are stand-ins (one token per word, padded as the real ones pad): CLIP prompts are always 77 tokens and
@@ -109,6 +110,19 @@ def build_backbone(name: str, device: str | torch.device, dtype: torch.dtype, re
         return build_component(spec["components"][component], device, dtype)
 
     return cls(pipeline(**parts), resolution, load_component)
+
+
+def build_tiny_vae(name: str, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The fast loss's tiny VAE decoder for backbone ``name`` (TAESD's architecture), random weights.
+
+    Raises:
+        ValueError: the family has none (Sana).
+    """
+    specs = published_config("tiny-vae")
+    if name not in specs:
+        known = ", ".join(k for k in specs if not k.startswith("_"))
+        raise ValueError(f"the fast loss has no tiny VAE decoder for {name}; it has for {known}")
+    return build_component(specs[name], device, dtype)
 
 
 def build_similarity(device: str | torch.device, dtype: torch.dtype) -> dict[str, torch.nn.Module]:

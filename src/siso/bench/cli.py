@@ -21,10 +21,16 @@ def add_parser(sub) -> None:
     )
     bench.add_argument("--model", default="sd-turbo", metavar="NAME", help=f"backbone: {', '.join(BACKBONES)}")
     bench.add_argument(
-        "--config", choices=("reference", "default", "all"), default="all", help="configuration(s) to run (all)"
+        "--config",
+        choices=("reference", "default", "fast", "all"),
+        default="all",
+        help="configuration(s) to run: all = reference, default and (where the backbone has a tiny VAE) fast, the "
+        "opt-in fast loss, which is not the paper's loss",
     )
     bench.add_argument("--resolution", type=int, default=512, metavar="PX", help="image side (512)")
-    bench.add_argument("--grad-steps", type=int, metavar="K", help="steps with gradient (backbone's)")
+    bench.add_argument(
+        "--grad-steps", type=int, metavar="K", help="steps with gradient (backbone's; more than its steps add steps)"
+    )
     bench.add_argument("--iters", type=int, default=5, metavar="N", help="measured iterations (5)")
     bench.add_argument("--warmup", type=int, default=1, metavar="N", help="iterations run first, not measured (1)")
     bench.add_argument("--dtype", choices=DTYPES, default="auto", help="the default configuration's dtype (auto)")
@@ -37,6 +43,16 @@ def add_parser(sub) -> None:
     for name in ("dino", "ir"):
         bench.add_argument(f"--{name}-model", metavar="DIR", help=argparse.SUPPRESS)
     bench.add_argument("--dino-resolution", type=int, help=argparse.SUPPRESS)
+    bench.add_argument("--tiny-vae", metavar="DIR", help=argparse.SUPPRESS)
+
+
+def _configs(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.config != "all":
+        return (args.config,)
+    from siso.bench.architectures import published_config
+
+    has_tiny_vae = args.tiny_vae is not None or args.model in published_config("tiny-vae")
+    return ("reference", "default", "fast") if has_tiny_vae else ("reference", "default")
 
 
 def run(args: argparse.Namespace) -> str:
@@ -59,7 +75,7 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError(f"--json {args.json}: folder {Path(args.json).absolute().parent} does not exist")
     settings = BenchSettings(
         model=args.model,
-        configs=("reference", "default") if args.config == "all" else (args.config,),
+        configs=_configs(args),
         resolution=args.resolution,
         grad_steps=args.grad_steps,
         iters=args.iters,
@@ -68,6 +84,7 @@ def run(args: argparse.Namespace) -> str:
         gradient_checkpointing=args.gradient_checkpointing,
         device=args.device,
         similarity=similarity,
+        tiny_vae=args.tiny_vae,
     )
     result = run_bench(settings)
     if args.json:

@@ -7,6 +7,8 @@ user can choose (dtype, memory options) plus, for ``reference``, what the SISO r
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import statistics
 import time
@@ -18,7 +20,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.flop_counter import FlopCounterMode
 
 from siso.backbones import TORCH_DTYPES, Backbone, family_defaults, load_backbone, resolve_dtype
-from siso.config import MemorySettings, OptimSettings, SisoConfig, with_defaults
+from siso.config import FAST_DINO_RESOLUTION, FastSettings, MemorySettings, OptimSettings, SisoConfig, with_defaults
+from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
 from siso.memory import PeakMemory
 from siso.optimize import optimize_lora
@@ -37,25 +40,32 @@ class Configuration:
         memory: The memory options.
         reencode_prompt: Encode the prompt in every iteration (the reference code), instead of once.
         channels_last_vae: Run the VAE in channels-last layout while optimizing (siso's default).
+        lean: Frozen convolutions keep no input for backward, GroupNorm -> SiLU one tensor (siso's default).
+        fast: The fast loss (`siso.fast`): a tiny VAE decoder for the loss, DINOv2 at 224 px. A different loss.
     """
 
     dtype: str = "auto"
     memory: MemorySettings = field(default_factory=MemorySettings)
     reencode_prompt: bool = False
     channels_last_vae: bool = True
+    lean: bool = True
+    fast: bool = False
 
 
 CONFIGURATIONS = {
     # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device, the
-    # stock memory layout.
+    # stock memory layout and autograd graph.
     "reference": Configuration(
         dtype="fp32",
         memory=MemorySettings(offload_text_encoders=False),
         reencode_prompt=True,
         channels_last_vae=False,
+        lean=False,
     ),
     # siso's defaults.
     "default": Configuration(),
+    # siso's defaults with the opt-in fast loss: not the paper's loss.
+    "fast": Configuration(fast=True),
 }
 
 
@@ -157,21 +167,51 @@ class PartTimer:
 
 
 def _loss_and_backbone(model: str, settings, configuration: Configuration, subject: Image.Image):
+    """The backbone, the loss, the dtype used and (for the fast loss) the tiny VAE decoder."""
     device = settings.device
     dtype = resolve_dtype(configuration.dtype, device)
+    loss_vae = None
     if settings.similarity is None:  # real size: the published architectures with random weights
-        from siso.bench.architectures import build_backbone, build_similarity
+        from siso.bench.architectures import build_backbone, build_similarity, build_tiny_vae
 
         backbone = build_backbone(model, device, TORCH_DTYPES[dtype], settings.resolution)
         nets = build_similarity(device, TORCH_DTYPES[dtype])
+        dino = DinoEmbedding.from_network(nets["dino"], FAST_DINO_RESOLUTION if configuration.fast else None)
         loss_fn = SimilarityLoss.from_networks(
-            {"dino": DinoEmbedding.from_network(nets["dino"]), "ir": ClipImageEmbedding.from_network(nets["ir"])},
-            subject,
+            {"dino": dino, "ir": ClipImageEmbedding.from_network(nets["ir"])}, subject
         )
+        if configuration.fast:
+            loss_vae = build_tiny_vae(model, device, TORCH_DTYPES[dtype])
     else:  # a model folder and similarity networks on disk (the tests' tiny ones)
         backbone = load_backbone(model, dtype, device, settings.resolution, configuration.memory.quantize)
-        loss_fn = SimilarityLoss(settings.similarity, subject, backbone.device, backbone.dtype)
-    return backbone, loss_fn, dtype
+        similarity = settings.similarity
+        if configuration.fast and similarity.dino_resolution is None:
+            similarity = dataclasses.replace(similarity, dino_resolution=FAST_DINO_RESOLUTION)
+        loss_fn = SimilarityLoss(similarity, subject, backbone.device, backbone.dtype)
+        if configuration.fast:
+            loss_vae = load_tiny_vae(tiny_vae_name(FastSettings(True, settings.tiny_vae), model), backbone)
+    return backbone, loss_fn, dtype, loss_vae
+
+
+def optim_settings(model: str, settings) -> OptimSettings:
+    """The loop's settings: the family's, run for ``warmup + iters`` full iterations plus a last one (which takes no
+    optimizer step and so builds no graph: run, not measured), never stopping early. ``grad_steps`` beyond the
+    family's denoising steps add steps: all of them then keep their graph (SD-Turbo with ``--grad-steps 3``: 3 steps).
+
+    Raises:
+        ValueError: settings the loop refuses.
+    """
+    defaults = family_defaults(model).get("optim", {})
+    steps = defaults.get("num_inference_steps", OptimSettings.num_inference_steps)
+    return with_defaults(
+        OptimSettings,
+        defaults,
+        max_iters=settings.warmup + settings.iters + 1,
+        patience=settings.warmup + settings.iters + 2,
+        min_improvement=0.0,
+        grad_steps=settings.grad_steps,
+        num_inference_steps=max(steps, settings.grad_steps or 0),
+    )
 
 
 def run_configuration(model: str, settings, name: str, configuration: Configuration) -> dict:
@@ -184,16 +224,8 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     start = time.perf_counter()
     subject = Image.new("RGB", (512, 512), (200, 120, 40))
     with PeakMemory(settings.device) as peak:
-        backbone, loss_fn, dtype = _loss_and_backbone(model, settings, configuration, subject)
-        optim = with_defaults(
-            OptimSettings,
-            family_defaults(model).get("optim", {}),
-            # One more iteration than measured: the last takes no optimizer step and so builds no graph (cheaper).
-            max_iters=settings.warmup + settings.iters + 1,
-            patience=settings.warmup + settings.iters + 2,
-            min_improvement=0.0,
-            grad_steps=settings.grad_steps,
-        )
+        backbone, loss_fn, dtype, loss_vae = _loss_and_backbone(model, settings, configuration, subject)
+        optim = optim_settings(model, settings)
         config = SisoConfig(
             model=model, train_prompt="a photo of a dog", dtype=dtype, optim=optim, memory=configuration.memory
         )
@@ -233,11 +265,13 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
             callback=callback,
             progress=False,
             channels_last_vae=configuration.channels_last_vae,
+            lean=configuration.lean,
+            loss_vae=loss_vae,
         )
         timer.new_iteration()
         timer.remove()
     measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
-    flops = count_flops(backbone, loss_fn, config, configuration.reencode_prompt)
+    flops = count_flops(backbone, loss_fn, config, configuration.reencode_prompt, loss_vae)
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
     cpu_seconds = parts.pop("cpu")
@@ -258,18 +292,21 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "share_of_peak": achieved / peak_tflops if peak_tflops else None,
         "first_image_seconds": first_image[0],
         "parts_seconds": parts,
+        "loss": "fast (not the paper's)" if configuration.fast else "paper",
         "prompt_encodings": encodings,
         "iterations": len(result.history),
     }
 
 
-def count_flops(backbone: Backbone, loss_fn: SimilarityLoss, config: SisoConfig, encode: bool) -> float:
-    """FLOPs of one iteration (prompt encoding if ``encode``, render, loss, backward), counted by torch's
-    `FlopCounterMode` (which does not count the CPU's flash attention: on a CPU the figure is a little low)."""
+def count_flops(backbone: Backbone, loss_fn: SimilarityLoss, config: SisoConfig, encode: bool, loss_vae=None) -> float:
+    """FLOPs of one iteration (prompt encoding if ``encode``, render, loss, backward; decoding with ``loss_vae`` when
+    given), counted by torch's `FlopCounterMode` (which does not count the CPU's flash attention: on a CPU the figure
+    is a little low)."""
     opt = config.optim
     with torch.no_grad(), FlopCounterMode(display=False) as encoding:
         cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
-    with FlopCounterMode(display=False) as iteration:
+    decoder = backbone.decoding_with(loss_vae) if loss_vae is not None else contextlib.nullcontext()
+    with decoder, FlopCounterMode(display=False) as iteration:
         image = backbone.sample(
             cond, torch.Generator().manual_seed(0), opt.num_inference_steps, opt.grad_steps, opt.guidance_scale
         )
