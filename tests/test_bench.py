@@ -73,6 +73,10 @@ def test_a_failing_worker_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", failed)
     with pytest.raises(BenchError, match=r"configuration 'default' failed: KeyError: 'x'$"):
         _run_isolated(BenchSettings(), "default")
+    # Killed (the out-of-memory killer sends SIGKILL, and the worker writes nothing): the message says what to try.
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -9, "", ""))
+    with pytest.raises(BenchError, match=r"was killed \(signal 9\).*try --gradient-checkpointing"):
+        _run_isolated(BenchSettings(), "default")
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -102,6 +102,12 @@ def _add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, fp32 elsewhere)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the denoiser, VAE decoder and similarity networks while optimizing: the first iteration "
+        "takes the compile time (minutes); on a CPU it needs a C++ compiler",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_options(parser)
 
@@ -247,6 +253,7 @@ def _settings(args: argparse.Namespace, model: str | None, num_inference_steps: 
             seed=args.seed,
         ),
         "memory": memory_settings(args),
+        "compile": args.compile,
     }
 
 

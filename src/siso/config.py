@@ -221,6 +221,8 @@ class SisoConfig:
         device: Torch device string; ``None`` picks cuda, then mps, then cpu.
         memory: Text-encoder offload, gradient checkpointing and quantization (`MemorySettings`).
         fast: The opt-in fast loss (`FastSettings`): a different loss, recorded as such.
+        compile: ``torch.compile`` the denoiser, VAE decoder and similarity networks while optimizing (`siso.compile`):
+            the first iteration takes the compile time; images equal up to float rounding.
     """
 
     model: str = "sdxl-turbo"
@@ -233,6 +235,7 @@ class SisoConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
     fast: FastSettings = field(default_factory=FastSettings)
+    compile: bool = False
 
     def __post_init__(self):
         if self.fast.enabled and self.similarity.dino_resolution is None:

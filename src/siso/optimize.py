@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siso.backbones import Backbone
+from siso.compile import compiled, eager
 from siso.config import SisoConfig
 from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.images import tensor_to_pil
@@ -161,8 +162,8 @@ def optimize_lora(
         render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
             the text encoders carry LoRA).
         objective: Image -> loss terms with the total under ``"loss"``.
-        config: ``train_prompt``, ``lora``, ``optim`` and ``memory`` (text-encoder offload, gradient checkpointing)
-            are used.
+        config: ``train_prompt``, ``lora``, ``optim``, ``memory`` (text-encoder offload, gradient checkpointing) and
+            ``compile`` are used.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         progress: Show a tqdm bar.
         channels_last_vae: Run the VAE in channels-last layout while optimizing (`Backbone.channels_last_vae`);
@@ -220,13 +221,17 @@ def optimize_lora(
             stock_after.enter_context(backbone.decoding_with(loss_vae))
         if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
             stock_after.enter_context(backbone.channels_last_vae())
-        if lean:
+        if config.compile:  # the compiler then decides what the backward keeps (no lean graph)
+            nets = getattr(objective, "nets", {})  # a SimilarityLoss's networks
+            stock_after.enter_context(compiled(backbone.denoiser, backbone.pipe.vae.decoder, *nets.values()))
+        elif lean:
             stock_after.enter_context(lean_graph(backbone.pipe.vae, backbone.denoiser))
         for iteration in bar:
             start = time.perf_counter()
             # The last iteration takes no optimizer step: it builds no autograd graph (the same numbers, less memory).
             last = iteration == opt.max_iters - 1
-            with torch.no_grad() if last else nullcontext():
+            # (Compiled modules run it eager: no second, gradient-free graph to compile.)
+            with torch.no_grad() if last else nullcontext(), eager() if last and config.compile else nullcontext():
                 if train_text_encoder and iteration > 0:
                     cond = conditioning()
                 image = render(cond)

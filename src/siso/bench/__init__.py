@@ -40,7 +40,8 @@ class BenchSettings:
         iters: Measured iterations per configuration.
         warmup: Iterations run first and not measured.
         dtype: The ``default`` configuration's dtype (``auto``: bf16 on CUDA, fp32 elsewhere).
-        gradient_checkpointing: Measure ``default`` with ``--gradient-checkpointing`` (a lever, alone).
+        gradient_checkpointing: Measure ``default`` (and ``fast``) with ``--gradient-checkpointing`` (a lever, alone).
+        compile: Measure them with ``--compile`` (a lever, alone; the compile time is reported).
         device: Torch device (``None``: cuda, else mps, else cpu).
         similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
         tiny_vae: For a model folder: the fast loss's ``AutoencoderTiny`` (``None``: the family's Hub id).
@@ -55,6 +56,7 @@ class BenchSettings:
     warmup: int = 1
     dtype: str = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False
     device: str | None = None
     similarity: SimilaritySettings | None = None
     tiny_vae: str | None = None
@@ -105,8 +107,11 @@ def _run(settings: BenchSettings, name: str) -> dict:
     configuration = CONFIGURATIONS[name]
     if name != "reference":  # siso's configurations take the chosen dtype and lever
         memory = dataclasses.replace(configuration.memory, gradient_checkpointing=settings.gradient_checkpointing)
-        configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory)
-        name = f"{name} + checkpointing" if settings.gradient_checkpointing else name
+        configuration = dataclasses.replace(
+            configuration, dtype=settings.dtype, memory=memory, compile=settings.compile
+        )
+        name += " + checkpointing" if settings.gradient_checkpointing else ""
+        name += " + compile" if settings.compile else ""
     row = run_configuration(settings.model, settings, name, configuration)
     if settings.device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -117,6 +122,11 @@ def _run_isolated(settings: BenchSettings, name: str) -> dict:
     """`_run` in a fresh process: its peak memory is its own, not what an earlier configuration left allocated."""
     spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name})
     proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True)
+    if proc.returncode < 0:  # killed: on Linux, SIGKILL is most often the out-of-memory killer
+        raise BenchError(
+            f"benchmark configuration {name!r} was killed (signal {-proc.returncode}); if by the system for memory, "
+            "try --gradient-checkpointing or a smaller --resolution"
+        )
     if proc.returncode:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         raise BenchError(f"benchmark configuration {name!r} failed: {lines[-1]}")
@@ -157,6 +167,9 @@ def report(result: dict) -> str:
             f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
             f"{r['first_image_seconds']:.1f} s | {ratio} |"
         )
+    for r in result["rows"]:
+        if r.get("compile_seconds") is not None:
+            lines.append(f"\n`{r['config']}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling).")
     if any(r.get("loss", "paper") != "paper" for r in result["rows"]):
         lines += [
             "",

@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     bench.add_argument(
         "--gradient-checkpointing", action="store_true", help="measure the default configuration with it"
     )
+    bench.add_argument("--compile", action="store_true", help="measure siso's configurations with --compile")
     bench.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures here")
     # A diffusers folder instead of a name, with its similarity networks: the tests' tiny models.
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> str:
         warmup=args.warmup,
         dtype=args.dtype,
         gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
         device=args.device,
         similarity=similarity,
         tiny_vae=args.tiny_vae,

@@ -1,0 +1,54 @@
+"""One lever at a time on the largest part of a CPU iteration: the VAE decode's forward and backward.
+
+The SD-Turbo VAE at its published architecture (random weights), channels-last, decodes one latent and backpropagates
+to it, three times; for each call it prints the seconds and what the graph kept for backward (each storage once,
+weights excluded). ``stock``: PyTorch's graph; ``lean``: siso's (`siso.lean`); ``compile``: ``torch.compile`` of the
+decoder (the first call includes compiling).
+
+    .venv/bin/python benchmarks/vae_decode.py --px 256 --mode stock lean compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+
+from siso.bench.architectures import build_component, published_config
+from siso.lean import lean_graph
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--px", type=int, default=256, help="image side (the latent is px / 8)")
+    parser.add_argument("--mode", nargs="+", default=["stock", "lean"], choices=["stock", "lean", "compile"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    vae = build_component(published_config("sd-turbo")["components"]["vae"], "cpu", torch.float32)
+    vae.to(memory_format=torch.channels_last)
+    weights = {p.untyped_storage().data_ptr() for p in vae.parameters()}
+    latent = torch.randn(1, 4, args.px // 8, args.px // 8)
+    for mode in args.mode:
+        decoder = torch.compile(vae.decoder) if mode == "compile" else vae.decoder
+        for call in range(3):
+            kept: dict[int, int] = {}
+
+            def pack(t, kept=kept):
+                if t.untyped_storage().data_ptr() not in weights:
+                    kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            z = latent.clone().requires_grad_()
+            start = time.perf_counter()
+            with lean_graph(vae) if mode == "lean" else nullcontext():
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    image = decoder(vae.post_quant_conv(z))
+                image.square().mean().backward()
+            seconds = time.perf_counter() - start
+            print(f"{mode:8s} call {call}: {seconds:6.2f} s, graph kept {sum(kept.values()) / 1e9:.2f} GB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
