@@ -200,6 +200,12 @@ class FastSettings:
     enabled: bool = False
     tiny_vae: str | None = None
 
+    def similarity_for(self, similarity: SimilaritySettings) -> SimilaritySettings:
+        """``similarity`` as this loss uses it: DINOv2 at `FAST_DINO_RESOLUTION` when on and no side was given."""
+        if not self.enabled or similarity.dino_resolution is not None:
+            return similarity
+        return dataclasses.replace(similarity, dino_resolution=FAST_DINO_RESOLUTION)
+
 
 def with_defaults(cls: type[T], defaults: dict, **given) -> T:
     """Settings of type ``cls`` from a backbone family's ``defaults`` (`siso.backbones.Backbone.defaults`), with the
@@ -238,8 +244,7 @@ class SisoConfig:
     compile: bool = False
 
     def __post_init__(self):
-        if self.fast.enabled and self.similarity.dino_resolution is None:
-            self.similarity = dataclasses.replace(self.similarity, dino_resolution=FAST_DINO_RESOLUTION)
+        self.similarity = self.fast.similarity_for(self.similarity)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.train_prompt.strip():

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from siso.backbones import default_device, resolve_dtype
-from siso.bench.architectures import published_config
+from siso.bench.architectures import check_tiny_vae
 from siso.bench.measure import CONFIGURATIONS, PARTS, optim_settings, run_configuration
 from siso.config import DTYPES, SimilaritySettings
 
@@ -73,8 +73,8 @@ class BenchSettings:
             raise ValueError(f"resolution must be a multiple of 64, got {self.resolution}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if "fast" in self.configs and self.similarity is None and self.model not in published_config("tiny-vae"):
-            raise ValueError(f"the fast loss has no tiny VAE decoder for {self.model}")
+        if "fast" in self.configs and self.similarity is None:
+            check_tiny_vae(self.model)
         optim_settings(self.model, self)  # checked now rather than in a worker process
 
 
@@ -169,7 +169,7 @@ def report(result: dict) -> str:
         )
     for r in result["rows"]:
         if r.get("compile_seconds") is not None:
-            lines.append(f"\n`{r['config']}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling).")
+            lines += ["", f"`{r['config']}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling)."]
     if any(r.get("loss", "paper") != "paper" for r in result["rows"]):
         lines += [
             "",

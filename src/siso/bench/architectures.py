@@ -112,17 +112,25 @@ def build_backbone(name: str, device: str | torch.device, dtype: torch.dtype, re
     return cls(pipeline(**parts), resolution, load_component)
 
 
+def tiny_vae_models() -> list[str]:
+    """The backbones whose fast loss has a tiny VAE decoder (``configs/tiny-vae.json``)."""
+    return [name for name in published_config("tiny-vae") if not name.startswith("_")]
+
+
+def check_tiny_vae(name: str) -> None:
+    """Raise ValueError unless backbone ``name``'s fast loss has a tiny VAE decoder (Sana's has none)."""
+    if name not in tiny_vae_models():
+        raise ValueError(f"the fast loss has no tiny VAE decoder for {name}; it has for {', '.join(tiny_vae_models())}")
+
+
 def build_tiny_vae(name: str, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The fast loss's tiny VAE decoder for backbone ``name`` (TAESD's architecture), random weights.
 
     Raises:
-        ValueError: the family has none (Sana).
+        ValueError: as `check_tiny_vae`.
     """
-    specs = published_config("tiny-vae")
-    if name not in specs:
-        known = ", ".join(k for k in specs if not k.startswith("_"))
-        raise ValueError(f"the fast loss has no tiny VAE decoder for {name}; it has for {known}")
-    return build_component(specs[name], device, dtype)
+    check_tiny_vae(name)
+    return build_component(published_config("tiny-vae")[name], device, dtype)
 
 
 def build_similarity(device: str | torch.device, dtype: torch.dtype) -> dict[str, torch.nn.Module]:

@@ -50,9 +50,9 @@ def add_parser(sub) -> None:
 def _configs(args: argparse.Namespace) -> tuple[str, ...]:
     if args.config != "all":
         return (args.config,)
-    from siso.bench.architectures import published_config
+    from siso.bench.architectures import tiny_vae_models
 
-    has_tiny_vae = args.tiny_vae is not None or args.model in published_config("tiny-vae")
+    has_tiny_vae = args.tiny_vae is not None or args.model in tiny_vae_models()
     return ("reference", "default", "fast") if has_tiny_vae else ("reference", "default")
 
 

@@ -8,7 +8,6 @@ user can choose (dtype, memory options) plus, for ``reference``, what the SISO r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import statistics
 import time
@@ -20,7 +19,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.flop_counter import FlopCounterMode
 
 from siso.backbones import TORCH_DTYPES, Backbone, family_defaults, load_backbone, resolve_dtype
-from siso.config import FAST_DINO_RESOLUTION, FastSettings, MemorySettings, OptimSettings, SisoConfig, with_defaults
+from siso.config import FastSettings, MemorySettings, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
 from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.lean import lean_graph
 from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
@@ -179,7 +178,8 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
 
         backbone = build_backbone(model, device, TORCH_DTYPES[dtype], settings.resolution)
         nets = build_similarity(device, TORCH_DTYPES[dtype])
-        dino = DinoEmbedding.from_network(nets["dino"], FAST_DINO_RESOLUTION if configuration.fast else None)
+        side = FastSettings(configuration.fast).similarity_for(SimilaritySettings()).dino_resolution
+        dino = DinoEmbedding.from_network(nets["dino"], side)
         loss_fn = SimilarityLoss.from_networks(
             {"dino": dino, "ir": ClipImageEmbedding.from_network(nets["ir"])}, subject
         )
@@ -187,9 +187,7 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
             loss_vae = build_tiny_vae(model, device, TORCH_DTYPES[dtype])
     else:  # a model folder and similarity networks on disk (the tests' tiny ones)
         backbone = load_backbone(model, dtype, device, settings.resolution, configuration.memory.quantize)
-        similarity = settings.similarity
-        if configuration.fast and similarity.dino_resolution is None:
-            similarity = dataclasses.replace(similarity, dino_resolution=FAST_DINO_RESOLUTION)
+        similarity = FastSettings(configuration.fast).similarity_for(settings.similarity)
         loss_fn = SimilarityLoss(similarity, subject, backbone.device, backbone.dtype)
         if configuration.fast:
             loss_vae = load_tiny_vae(tiny_vae_name(FastSettings(True, settings.tiny_vae), model), backbone)
