@@ -246,10 +246,10 @@ def real_size_graph(
     with its AdamW state (fp32 weights, gradients and two moments: 16 bytes per parameter).
 
     Runs the published architectures on the meta device (shapes only, no memory or compute) under a saved-tensor
-    hook and sums the storages the graph keeps, without the weights (already counted), with siso's lean graph.
-    Attention is modelled as a fused GPU kernel (flash / memory-efficient), which keeps q, k, v, the output and a row
-    log-sum-exp, not the N x N attention matrix that the meta device's plain-math path would keep. With
-    ``device="cpu"`` the same runs on real tensors (slow at this size; it checks the meta accounting).
+    hook and sums the storages the graph keeps, without the weights (already counted), with siso's lean graph and
+    fused upsampling. Attention is modelled as a fused GPU kernel (flash / memory-efficient), which keeps q, k, v,
+    the output and a row log-sum-exp, not the N x N attention matrix that the meta device's plain-math path would
+    keep. With ``device="cpu"`` the same runs on real tensors (slow at this size; it checks the meta accounting).
     """
     import torch.nn.functional as F
     from architectures import DENOISERS, build, similarity_networks
@@ -257,6 +257,7 @@ def real_size_graph(
 
     from siso.backbones import BACKBONES
     from siso.lean import lean_graph
+    from siso.upsample import fused_upsampling
 
     modules = build(backbone, device)
     nets = similarity_networks(device)
@@ -282,8 +283,14 @@ def real_size_graph(
 
     parts, alive = {}, []  # outputs held until the end: a freed graph's storage addresses would be reused
     inputs, grad_steps = _denoiser_inputs(backbone, device, dtype)
-    # siso's lean graph (`siso.lean`): frozen convolutions keep no input, the VAE's GroupNorm -> SiLU one tensor.
-    with fused_attention(), lean_graph(denoiser, vae), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    # siso's lean graph (`siso.lean`: frozen convolutions keep no input, GroupNorm -> SiLU one tensor, GEGLU two
+    # halves) and fused upsampling (`siso.upsample`: the upsampled tensor is never made).
+    with (
+        fused_attention(),
+        fused_upsampling(denoiser, vae),
+        lean_graph(denoiser, vae),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
         for _ in range(grad_steps):
             alive.append(denoiser(**inputs))
         parts["denoiser"] = sum(saved.values()) / 1e9

@@ -2,10 +2,11 @@
 
 The SD-Turbo VAE at its published architecture (random weights), channels-last, decodes one latent and backpropagates
 to it, three times; for each call it prints the seconds and what the graph kept for backward (each storage once,
-weights excluded). ``stock``: PyTorch's graph; ``lean``: siso's (`siso.lean`); ``compile``: ``torch.compile`` of the
-decoder (the first call includes compiling).
+weights excluded). ``stock``: PyTorch's graph; ``lean``: siso's (`siso.lean`); ``fused``: the lean graph with the
+upsamplers as transposed convolutions (`siso.upsample`), siso's default; ``compile``: ``torch.compile`` of the decoder
+(the first call includes compiling).
 
-    .venv/bin/python benchmarks/vae_decode.py --px 256 --mode stock lean compile
+    .venv/bin/python benchmarks/vae_decode.py --px 256 --mode stock lean fused compile
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 from siso.bench.architectures import build_component, published_config
 from siso.lean import lean_graph
+from siso.upsample import fused_upsampling
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--px", type=int, default=256, help="image side (the latent is px / 8)")
-    parser.add_argument("--mode", nargs="+", default=["stock", "lean"], choices=["stock", "lean", "compile"])
+    parser.add_argument("--mode", nargs="+", default=["stock", "lean"], choices=["stock", "lean", "fused", "compile"])
     args = parser.parse_args()
     torch.manual_seed(0)
     vae = build_component(published_config("sd-turbo")["components"]["vae"], "cpu", torch.float32)
@@ -42,7 +44,10 @@ def main() -> None:
 
             z = latent.clone().requires_grad_()
             start = time.perf_counter()
-            with lean_graph(vae) if mode == "lean" else nullcontext():
+            with (
+                lean_graph(vae) if mode in ("lean", "fused") else nullcontext(),
+                fused_upsampling(vae) if mode == "fused" else nullcontext(),
+            ):
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     image = decoder(vae.post_quant_conv(z))
                 image.square().mean().backward()

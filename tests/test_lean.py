@@ -2,38 +2,16 @@
 
 import pytest
 import torch
+from diffusers.models.activations import GEGLU
+from graphs import gradient_path, saved_bytes
 from torch import nn
 
 from siso.backbones import load_backbone
 from siso.config import LoraSettings
-from siso.lean import lean_graph
+from siso.lean import GroupNormSiLU, lean_graph
 from siso.lora import add_lora, trainable
 from siso.losses import SimilarityLoss
 from siso.optimize import optimize_lora
-
-
-def _saved_bytes(fn):
-    """Run ``fn`` and count the bytes autograd keeps for backward (each storage once)."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(storages.values())
-
-
-def _iteration(backbone, params):
-    """One SISO iteration's gradient path (the last denoising step and the VAE decode) -> image, bytes, grads."""
-    cond = backbone.encode_prompt("a photo of a dog", 0.0)
-    image, saved = _saved_bytes(lambda: backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1))
-    image.square().mean().backward()
-    grads = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad = None
-    return image.detach(), saved, grads
 
 
 @pytest.mark.parametrize("family", ["sd", "sana"])
@@ -42,30 +20,37 @@ def test_lean_graph_keeps_less_and_changes_nothing(model_dirs, family):
     modules = add_lora(backbone, LoraSettings())
     params = list(trainable(modules[backbone.denoiser_name]).values())
     vae = backbone.pipe.vae
-    stock = {name: type(m) for name, m in vae.named_modules()}
+    stock = {name: type(m) for name, m in (*vae.named_modules(), *backbone.denoiser.named_modules())}
+    gegl = [m for m in backbone.denoiser.modules() if isinstance(m, GEGLU)]
+    assert bool(gegl) == (family == "sd")  # the UNet's feed-forward; Sana's is GLUMBConv
 
-    image, saved, grads = _iteration(backbone, params)
+    image, saved, grads = gradient_path(backbone, params)
     with lean_graph(vae, backbone.denoiser):
-        lean_image, lean_saved, lean_grads = _iteration(backbone, params)
+        lean_image, lean_saved, lean_grads = gradient_path(backbone, params)
         if family == "sd":  # AutoencoderKL's resnets: GroupNorm -> SiLU fused, the activation an identity
             resnet = vae.decoder.up_blocks[0].resnets[0]
             assert type(resnet.norm1).__name__ == "GroupNormSiLU" and isinstance(resnet.nonlinearity, nn.Identity)
+            # The UNet's: fused too, the activation kept for the time embedding; its GEGLU gates lean.
+            resnet = backbone.denoiser.down_blocks[0].resnets[0]
+            assert type(resnet.norm2).__name__ == "GroupNormSiLU"
+            assert type(resnet.nonlinearity).__name__ == "TimeEmbeddingSiLU"
+            assert all("forward" in vars(m) for m in gegl)
     assert torch.equal(lean_image, image)  # bit-identical forward
     for g, lean_g in zip(grads, lean_grads, strict=True):
         torch.testing.assert_close(lean_g, g, rtol=1e-5, atol=1e-7)
     # Tiny models: the graph is dominated by full-resolution VAE activations, as at real size.
     assert lean_saved < 0.75 * saved, (lean_saved, saved)
     # The stock modules are back: no instance-level forward, the same module types.
-    assert {name: type(m) for name, m in vae.named_modules()} == stock
+    assert {name: type(m) for name, m in (*vae.named_modules(), *backbone.denoiser.named_modules())} == stock
     convs = [m for m in (*vae.modules(), *backbone.denoiser.modules()) if isinstance(m, nn.Conv2d)]
-    assert convs and not any("forward" in vars(m) for m in convs)
+    assert convs and not any("forward" in vars(m) for m in (*convs, *gegl))
 
 
 def test_lean_graph_leaves_trainable_and_grad_free_convolutions_alone():
     conv = nn.Conv2d(3, 4, 3, padding=1)  # trainable weight: the input is needed for its gradient
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
     with lean_graph(conv):
-        _, saved = _saved_bytes(lambda: conv(x))
+        _, saved = saved_bytes(lambda: conv(x))
         assert saved >= x.numel() * 4
         conv(x).sum().backward()
         with torch.no_grad():
@@ -73,7 +58,7 @@ def test_lean_graph_leaves_trainable_and_grad_free_convolutions_alone():
     assert conv.weight.grad is not None
     conv.requires_grad_(False)
     with lean_graph(conv):
-        y, saved = _saved_bytes(lambda: conv(x))
+        y, saved = saved_bytes(lambda: conv(x))
         assert saved == conv.weight.numel() * 4  # only the weight, a parameter: no activation kept
         (grad_x,) = torch.autograd.grad(y.sum(), x)
     (expected,) = torch.autograd.grad(conv(x).sum(), x)
@@ -94,3 +79,49 @@ def test_optimizing_lean_gives_the_same_run(model_dirs, subject, make_config):
         result = optimize_lora(backbone, render, loss_fn, config, progress=False, lean=lean)
         histories.append([h["loss"] for h in result.history])
     assert histories[0] == histories[1]  # bit-identical forward, equal gradients: the same run
+
+
+def test_lean_graph_in_the_unet_keeps_less_and_changes_nothing(model_dirs):
+    """The UNet's resnets (time embedding added before norm2) and GEGLU gates, alone: the same output and input
+    gradient, less kept."""
+    unet = load_backbone(str(model_dirs["sd"]), device="cpu").denoiser
+    torch.manual_seed(0)
+    config = unet.config
+    latents = torch.randn(1, config.in_channels, 16, 16, requires_grad=True)
+    text = torch.randn(1, 7, config.cross_attention_dim)
+
+    def run():
+        out, saved = saved_bytes(lambda: unet(latents, 999, encoder_hidden_states=text).sample)
+        (grad,) = torch.autograd.grad(out.square().mean(), latents)
+        return out.detach(), saved, grad
+
+    out, saved, grad = run()
+    with lean_graph(unet):
+        lean_out, lean_saved, lean_grad = run()
+    assert torch.equal(lean_out, out)
+    torch.testing.assert_close(lean_grad, grad, rtol=1e-5, atol=1e-7)
+    # Tiny: attention (untouched) is a larger share than at real size; 0.78x here.
+    assert lean_saved < 0.85 * saved, (lean_saved, saved)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5, 5), (1, 8, 1, 1), (1, 32, 4, 4)])
+@pytest.mark.parametrize("x_format", [torch.contiguous_format, torch.channels_last, "permuted"])
+@pytest.mark.parametrize("grad_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_group_norm_silu_backward_is_autograds_exactly(shape, x_format, grad_format):
+    """The fused pair's backward calls aten's kernels itself: bit-identical to autograd's for every layout,
+    including channels-last-like strides aten does not call channels-last (a transformer's permuted output)."""
+    torch.manual_seed(0)
+    if x_format == "permuted":  # (N, H, W, C) storage seen as NCHW, batch stride C: aten calls it contiguous
+        n, c, h, w = shape
+        batch_stride = c if n == 1 else h * w * c
+        x = torch.as_strided(torch.randn(n * c * h * w), shape, (batch_stride, 1, w * c, c))
+    else:
+        x = torch.randn(shape).contiguous(memory_format=x_format)
+    weight, bias = torch.randn(shape[1]), torch.randn(shape[1])
+    grad = torch.randn(shape).contiguous(memory_format=grad_format)
+    norm = nn.GroupNorm(2, shape[1]).requires_grad_(False)
+    norm.weight.copy_(weight), norm.bias.copy_(bias)
+    x.requires_grad_()
+    (expected,) = torch.autograd.grad(nn.SiLU()(norm(x)), x, grad)
+    (fused,) = torch.autograd.grad(GroupNormSiLU(norm)(x), x, grad)
+    assert torch.equal(fused, expected)

@@ -13,6 +13,7 @@ import diffusers
 import huggingface_hub
 import transformers
 
+from siso.app import cli as app_cli
 from siso.backbones import (
     check_can_edit,
     check_device,
@@ -283,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 print("siso: interrupted; finished items are kept, rerun the same command to resume", file=sys.stderr)
                 return EXIT_INTERRUPTED
+            return 0
+        if args.command == "app":
+            app_cli.run(args)
             return 0
         if args.command == "bench":
             try:

@@ -23,6 +23,7 @@ from siso.inversion import invert
 from siso.losses import SimilarityLoss
 from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, MaskError, ObjectSegmenter, dilate
 from siso.optimize import IterationCallback, SisoResult, optimize_lora
+from siso.upsample import fused_upsampling
 
 
 @dataclass
@@ -205,7 +206,8 @@ def edit_subject(
         inversion = invert(
             sampler, backbone.encode(image), cond, config.inversion, generator, opt.guidance_scale, progress
         )
-        with backbone.channels_last_vae():  # decoded as the loop decodes, so L_bg is exactly 0 at identity
+        # Denoised and decoded as the loop does (layout, upsampling), so L_bg is exactly 0 at identity.
+        with backbone.channels_last_vae(), fused_upsampling(backbone.pipe.vae, backbone.denoiser):
             reconstruction = backbone.denoise(sampler, inversion.latents, inversion.noises, cond, 0, opt.guidance_scale)
     weights = scene.background.to(backbone.device)
     background = BackgroundLoss(reconstruction if edit.bg_target == "reconstruction" else image, weights)

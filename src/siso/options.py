@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from siso.app import cli as app_cli
 from siso.backbones import BACKBONES
 from siso.bench import cli as bench_cli
 from siso.config import (
@@ -179,4 +180,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shared_options(edit)
     eval_cli.add_parser(sub)
     bench_cli.add_parser(sub)
+    app_cli.add_parser(sub)
     return parser

@@ -41,7 +41,7 @@ from siso.jsonio import write_json
 from siso.lora import check_lora_file, load_lora, read_subject_info, save_lora
 from siso.losses import SimilarityLoss
 from siso.memory import PeakMemory
-from siso.optimize import SisoResult, optimize_subject
+from siso.optimize import IterationCallback, SisoResult, optimize_subject
 
 
 class OutputExistsError(FileExistsError):
@@ -190,23 +190,34 @@ def run_generate(
     out: RunFolder,
     config: SisoConfig,
     subject: Image.Image,
-    job: GenerationJob,
+    job: GenerationJob | None,
     command: list[str] | None = None,
     subject_path: str | None = None,
     progress: bool = True,
+    backbone: Backbone | None = None,
+    loss_fn: SimilarityLoss | None = None,
+    callback: IterationCallback | None = None,
 ) -> dict:
-    """Optimize a subject, save it, then generate every prompt x seed with the learned LoRA.
+    """Optimize a subject, save it, then generate every prompt x seed of ``job`` (if any) with the learned LoRA.
 
     On Ctrl-C / SIGTERM (as KeyboardInterrupt) during optimization, the best-so-far image, LoRA, config and
     metrics are still written, with ``"complete": false`` in metrics.json.
+
+    Args:
+        backbone: An already loaded backbone without LoRA, instead of loading ``config.model`` (the app's); it
+            carries the best LoRA after.
+        loss_fn: The similarity loss, already set to ``subject`` (instead of loading its networks).
+        callback: Also called after every iteration, as `optimize_subject`'s (returning True stops the run, which
+            keeps the best so far).
 
     Returns:
         The metrics written to ``metrics.json``.
     """
     start = time.perf_counter()
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
-    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
-    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    if backbone is None:
+        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
+    loss_fn = loss_fn or SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
     loss_vae = None
     if config.fast.enabled:  # config.json records the tiny VAE used
         fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
@@ -218,14 +229,15 @@ def run_generate(
         {
             "command": command,
             "subject": subject_path,
-            "job": job.__dict__,
+            "job": job.__dict__ if job else None,
             "siso": config.to_dict(),
             "versions": _versions(),
         },
     )
 
-    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> None:
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
+        return callback(iteration, image, terms) if callback else None
 
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
@@ -246,9 +258,10 @@ def run_generate(
         out.write_json("metrics.json", metrics)
         raise KeyboardInterrupt
     try:
-        start = time.perf_counter()
-        metrics["images"] = out.generate_images(backbone, job, progress)
-        out.timings["generate_seconds"] = time.perf_counter() - start
+        if job is not None:
+            start = time.perf_counter()
+            metrics["images"] = out.generate_images(backbone, job, progress)
+            out.timings["generate_seconds"] = time.perf_counter() - start
         metrics["complete"] = True
     finally:
         out.write_json("metrics.json", metrics)
@@ -263,11 +276,15 @@ def run_edit(
     command: list[str] | None = None,
     paths: dict | None = None,
     progress: bool = True,
+    backbone: Backbone | None = None,
+    loss_fn: SimilarityLoss | None = None,
+    callback: IterationCallback | None = None,
 ) -> dict:
     """Edit a photo: find the object mask, invert the photo, optimize the subject LoRA, write the run folder.
 
     ``config.train_prompt`` is replaced by the job's prompt (given, or "a photo of a {subject class}").
-    Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`.
+    Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`. ``backbone``,
+    ``loss_fn`` and ``callback`` as `run_generate`'s (the callback sees the crop of each edit).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -278,9 +295,10 @@ def run_edit(
     start = time.perf_counter()
     mask, prompt, names = resolve_edit(job, subject, config.device)
     config = dataclasses.replace(config, train_prompt=prompt, dtype=resolve_dtype(config.dtype, config.device))
-    backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
+    if backbone is None:
+        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
-    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    loss_fn = loss_fn or SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
         "config.json",
@@ -297,8 +315,9 @@ def run_edit(
     scene.input_image.save(out.path / "input.png")
     scene.mask_image.save(out.path / "mask.png")
 
-    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> None:
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
+        return callback(iteration, image, terms) if callback else None
 
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:

@@ -25,6 +25,7 @@ from siso.lean import lean_graph
 from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
 from siso.memory import PeakMemory
 from siso.optimize import optimize_lora
+from siso.upsample import fused_upsampling
 
 # bf16 dense tensor-core peaks (TFLOP/s, no sparsity) of accelerators we know; others are reported as unknown.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
@@ -41,6 +42,7 @@ class Configuration:
         reencode_prompt: Encode the prompt in every iteration (the reference code), instead of once.
         channels_last_vae: Run the VAE in channels-last layout while optimizing (siso's default).
         lean: Frozen convolutions keep no input for backward, GroupNorm -> SiLU one tensor (siso's default).
+        fuse_upsampling: Upsample + convolution as one transposed convolution (`siso.upsample`, siso's default).
         fast: The fast loss (`siso.fast`): a tiny VAE decoder for the loss, DINOv2 at 224 px. A different loss.
     """
 
@@ -49,6 +51,7 @@ class Configuration:
     reencode_prompt: bool = False
     channels_last_vae: bool = True
     lean: bool = True
+    fuse_upsampling: bool = True
     fast: bool = False
     compile: bool = False
 
@@ -62,6 +65,7 @@ CONFIGURATIONS = {
         reencode_prompt=True,
         channels_last_vae=False,
         lean=False,
+        fuse_upsampling=False,
     ),
     # siso's defaults.
     "default": Configuration(),
@@ -273,11 +277,14 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
             channels_last_vae=configuration.channels_last_vae,
             lean=configuration.lean,
             loss_vae=loss_vae,
+            fuse_upsampling=configuration.fuse_upsampling,
         )
         timer.new_iteration()
         timer.remove()
     measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
-    flops = count_flops(backbone, loss_fn, config, configuration.reencode_prompt, loss_vae)
+    flops = count_flops(
+        backbone, loss_fn, config, configuration.reencode_prompt, loss_vae, configuration.fuse_upsampling
+    )
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
     cpu_seconds = parts.pop("cpu")
@@ -306,16 +313,29 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     }
 
 
-def count_flops(backbone: Backbone, loss_fn: SimilarityLoss, config: SisoConfig, encode: bool, loss_vae=None) -> float:
+def count_flops(
+    backbone: Backbone,
+    loss_fn: SimilarityLoss,
+    config: SisoConfig,
+    encode: bool,
+    loss_vae: torch.nn.Module | None = None,
+    fuse_upsampling: bool = True,
+) -> float:
     """FLOPs of one iteration (prompt encoding if ``encode``, render, loss, backward; decoding with ``loss_vae`` when
-    given), counted by torch's `FlopCounterMode` (which does not count the CPU's flash attention: on a CPU the figure
-    is a little low)."""
+    given; upsampling fused as the loop does if ``fuse_upsampling``), counted by torch's `FlopCounterMode` (which
+    does not count the CPU's flash attention: on a CPU the figure is a little low)."""
     opt = config.optim
     with torch.no_grad(), FlopCounterMode(display=False) as encoding:
         cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
-    decoder = backbone.decoding_with(loss_vae) if loss_vae is not None else contextlib.nullcontext()
-    # The lean graph: the same FLOPs as the stock one, with siso's memory (the stock graph need not fit).
-    with decoder, lean_graph(backbone.pipe.vae, backbone.denoiser), FlopCounterMode(display=False) as iteration:
+    with contextlib.ExitStack() as stack:
+        if loss_vae is not None:
+            stack.enter_context(backbone.decoding_with(loss_vae))
+        nets = (backbone.pipe.vae, backbone.denoiser)  # the decoder in use
+        if fuse_upsampling:
+            stack.enter_context(fused_upsampling(*nets))
+        # The lean graph: the same FLOPs as the stock one, with siso's memory (the stock graph need not fit).
+        stack.enter_context(lean_graph(*nets))
+        iteration = stack.enter_context(FlopCounterMode(display=False))
         image = backbone.sample(
             cond, torch.Generator().manual_seed(0), opt.num_inference_steps, opt.grad_steps, opt.guidance_scale
         )

@@ -1,0 +1,5 @@
+"""``siso app``: a local web page to learn a subject, watch it appear, stop it, and generate with it.
+
+`siso.app.studio` does the work (no web dependency); `siso.app.ui` is the Gradio page (``pip install 'siso[app]'``);
+`siso.app.cli` parses ``siso app`` and serves the page.
+"""

@@ -1,0 +1,507 @@
+"""The app's work without the web page: the models loaded once, one run at a time, a folder per browser session,
+runs that stop at once and keep their best, and uploads checked before any work.
+
+`siso.app.ui` puts a Gradio page on a `Studio`; the tests drive a `Studio` directly too.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from siso.backbones import Backbone, check_can_edit, family_defaults, load_backbone, resolve_dtype
+from siso.config import EditConfig, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
+from siso.editing import EditJob
+from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
+from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, load_lora, read_subject_info
+from siso.losses import SimilarityLoss
+from siso.masks import MaskError, box_mask
+from siso.optimize import EarlyStopping
+from siso.run import GenerationJob, RunFolder, run_edit, run_generate
+
+__all__ = ["AppSettings", "Progress", "Studio", "UploadError", "check_upload", "train_prompt_for"]
+
+MAX_UPLOAD_MB = 20.0
+MAX_PIXELS = 40_000_000  # about 8000 x 5000
+MAX_ITERS_LIMIT = 1000
+MAX_IMAGES = 16
+
+
+class UploadError(ValueError):
+    """An upload or a field the app cannot use; the message is for the page."""
+
+
+@dataclass
+class AppSettings:
+    """How the app runs.
+
+    Attributes:
+        model: The backbone (a name or a diffusers folder), loaded once.
+        root: Every run is written under ``root/<browser session>/``, never elsewhere.
+        device: Torch device (``None``: cuda, else mps, else cpu).
+        dtype: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+        similarity: The similarity networks (DINOv2, the IR model).
+        max_upload_mb: The largest upload accepted, in MB.
+        max_pixels: The most pixels an uploaded photo may have.
+        optim: Settings for every run beyond the page's (``OptimSettings`` fields; the family's defaults
+            otherwise), e.g. ``{"patience": 20}``.
+    """
+
+    model: str = "sdxl-turbo"
+    root: Path = Path("siso-app")
+    device: str | None = None
+    dtype: str = "auto"
+    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
+    max_upload_mb: float = MAX_UPLOAD_MB
+    max_pixels: int = MAX_PIXELS
+    optim: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
+            raise ValueError(f"max_upload_mb must be a positive number, got {self.max_upload_mb}")
+        if self.max_pixels < 64 * 64:
+            raise ValueError(f"max_pixels must be at least {64 * 64}, got {self.max_pixels}")
+
+
+@dataclass
+class Progress:
+    """What the page shows of a run, after each iteration and once at its end.
+
+    Attributes:
+        frames: (image file, caption) per iteration written so far.
+        losses: The loss per iteration so far.
+        best_iteration: The best iteration so far (the loop's own rule: `siso.optimize.EarlyStopping`).
+        running: Whether the run goes on.
+        message: One line on where the run stands (at the end: why it stopped).
+        best_image, lora_zip, run_zip: At the end: the best image, the subject's LoRA folder zipped, the whole run
+            folder zipped.
+    """
+
+    frames: list[tuple[str, str]]
+    losses: list[float]
+    best_iteration: int | None
+    running: bool
+    message: str
+    best_image: str | None = None
+    lora_zip: str | None = None
+    run_zip: str | None = None
+
+
+def check_upload(path: str | Path | None, settings: AppSettings, what: str) -> Image.Image:
+    """Read an uploaded photo within the app's limits (`siso.images.load_subject`'s checks too).
+
+    Raises:
+        UploadError: nothing uploaded, a file over the size or pixel limit, or not a usable image.
+    """
+    if not path:
+        raise UploadError(f"upload a {what} first")
+    path = Path(path)
+    megabytes = path.stat().st_size / 1e6
+    if megabytes > settings.max_upload_mb:
+        raise UploadError(f"the {what} is {megabytes:.1f} MB; the limit is {settings.max_upload_mb:g} MB")
+    try:
+        with Image.open(path) as img:  # reads the header only: the pixel count before any decoding
+            pixels = img.width * img.height
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        pixels = 0  # load_subject says what is wrong with the file
+    if pixels > settings.max_pixels:
+        raise UploadError(f"the {what} has {pixels / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}")
+    try:
+        return load_subject(path, what=what)
+    except ImageError as err:
+        raise UploadError(str(err).replace(str(path), Path(path).name)) from None
+
+
+def train_prompt_for(prompt: str, subject_class: str) -> str:
+    """The train prompt: as typed, else "a photo of a {class}" from the subject's class.
+
+    Raises:
+        UploadError: neither given.
+    """
+    if prompt.strip():
+        return prompt.strip()
+    if subject_class.strip():
+        return f"a photo of a {subject_class.strip()}"
+    raise UploadError("type a train prompt, or the subject's class (e.g. dog)")
+
+
+class Studio:
+    """The models, loaded once, and the runs of every browser session, one at a time.
+
+    Args:
+        settings: The app's settings.
+        backbone: An already loaded backbone (tests); else ``settings.model`` is loaded.
+    """
+
+    def __init__(self, settings: AppSettings, backbone: Backbone | None = None):
+        self.settings = settings
+        self.root = settings.root.absolute()
+        dtype = resolve_dtype(settings.dtype, settings.device)
+        self.dtype = dtype
+        self.backbone = backbone or load_backbone(settings.model, dtype, settings.device)
+        self.optim_defaults = {**family_defaults(settings.model).get("optim", {}), **settings.optim}
+        self._loss: SimilarityLoss | None = None
+        self._busy = threading.Lock()  # one run at a time (the page queues them too)
+        self._stops: dict[str, threading.Event] = {}
+        self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
+        self._loaded: Path | None = None  # the LoRA folder the backbone carries now
+
+    # Folders ------------------------------------------------------------------------------------------------------
+
+    def session_folder(self, session: str) -> Path:
+        """``root/<session>``: the session id cleaned to letters, digits, - and _ (never a path elsewhere)."""
+        name = re.sub(r"[^A-Za-z0-9_-]", "", session or "")[:64] or "anonymous"
+        folder = self.root / name
+        if folder.resolve().parent != self.root.resolve():
+            raise UploadError("bad session")  # not reachable with the cleaning above; kept as the rule
+        return folder
+
+    def _new_run(self, session: str, kind: str) -> RunFolder:
+        folder = self.session_folder(session)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1000):
+            path = folder / f"{kind}-{stamp}" if n == 0 else folder / f"{kind}-{stamp}-{n}"
+            if not path.exists():
+                return RunFolder(path)
+        raise UploadError("too many runs this second")
+
+    # Learning and editing ---------------------------------------------------------------------------------------
+
+    def _optim(self, max_iters: int, lr: float | None, seed: int, **fixed) -> OptimSettings:
+        """The family's optimization defaults with the page's max iterations, learning rate and seed.
+
+        Raises:
+            UploadError: a value out of range (the message says which).
+        """
+        if not 1 <= int(max_iters) <= MAX_ITERS_LIMIT:
+            raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
+        lr = self.optim_defaults.get("lr", OptimSettings.lr) if lr is None else lr
+        try:
+            return with_defaults(
+                OptimSettings, self.optim_defaults, max_iters=int(max_iters), lr=lr, seed=int(seed), **fixed
+            )
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+
+    def _shared(self, optim: OptimSettings) -> dict:
+        return {
+            "model": self.settings.model,
+            "dtype": self.dtype,
+            "device": self.settings.device,
+            "similarity": self.settings.similarity,
+            "optim": optim,
+        }
+
+    def learn(
+        self,
+        session: str,
+        subject_path: str | Path | None,
+        train_prompt: str,
+        subject_class: str = "",
+        max_iters: int = OptimSettings.max_iters,
+        lr: float | None = None,
+        seed: int = 0,
+    ) -> Iterator[Progress]:
+        """Learn a subject, yielding the run's progress after every iteration and once at its end.
+
+        The run writes ``root/<session>/learn-<time>/`` (as `siso generate` writes its folder). `stop` (or closing
+        this generator: a browser that went away) ends it when the iteration in progress ends, keeping the best so
+        far.
+
+        Raises:
+            UploadError: a bad upload or field (before any work).
+        """
+        subject = check_upload(subject_path, self.settings, "subject photo")
+        prompt = train_prompt_for(train_prompt, subject_class)
+        try:
+            config = SisoConfig(train_prompt=prompt, **self._shared(self._optim(max_iters, lr, seed)))
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+
+        def run(out: RunFolder, callback) -> dict:
+            loss = self._similarity(subject)
+            name = Path(subject_path).name
+            return run_generate(
+                out, config, subject, None, subject_path=name, progress=False, backbone=self.backbone, loss_fn=loss,
+                callback=callback,
+            )  # fmt: skip
+
+        yield from self._stream(session, "learn", config.optim, run)
+
+    def edit(
+        self,
+        session: str,
+        scene: dict | None,
+        box: str,
+        subject_path: str | Path | None,
+        subject_class: str = "",
+        prompt: str = "",
+        max_iters: int = OptimSettings.max_iters,
+        lr: float | None = None,
+        seed: int = 0,
+    ) -> Iterator[Progress]:
+        """Put the subject into a photo in place of an object, with the progress of `learn`.
+
+        Args:
+            scene: The photo and what was painted on it, as Gradio's image editor gives them (``background``: the
+                photo, ``layers``: RGBA paint; painted pixels are the object), in numpy arrays.
+            box: Instead of paint: ``x0,y0,x1,y1`` around the object, in the photo's pixels.
+
+        Raises:
+            UploadError: no photo, no mask (nothing painted, no box), a bad box, or a model that cannot edit.
+        """
+        try:
+            check_can_edit(self.settings.model)
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+        photo, mask, source = self._scene_and_mask(scene, box)
+        subject = check_upload(subject_path, self.settings, "subject photo")
+        edit_prompt = train_prompt_for(prompt, subject_class)
+        try:
+            # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
+            optim = self._optim(max_iters, lr, seed, num_inference_steps=EditConfig().optim.num_inference_steps)
+            config = EditConfig(train_prompt=edit_prompt, **self._shared(optim))
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+        job = EditJob(photo, mask, source, subject_class=subject_class.strip() or None, prompt=edit_prompt)
+
+        def run(out: RunFolder, callback) -> dict:
+            loss = self._similarity(subject)
+            paths = {"subject": Path(subject_path).name}
+            return run_edit(
+                out, config, job, subject, paths=paths, progress=False, backbone=self.backbone, loss_fn=loss,
+                callback=callback,
+            )  # fmt: skip
+
+        yield from self._stream(session, "edit", config.optim, run)
+
+    def _scene_and_mask(self, scene: dict | None, box: str) -> tuple[Image.Image, np.ndarray, str]:
+        """The photo to edit and the object's mask: the painted pixels, else the box."""
+        background = (scene or {}).get("background")
+        if background is None:
+            raise UploadError("upload the photo to edit first")
+        height, width = background.shape[:2]
+        if height * width > self.settings.max_pixels:
+            raise UploadError(
+                f"the photo to edit has {height * width / 1e6:.1f} megapixels; the limit is "
+                f"{self.settings.max_pixels / 1e6:g}"
+            )
+        if min(height, width) < MIN_SUBJECT_SIDE:
+            raise UploadError(f"the photo to edit is {width}x{height} px; at least {MIN_SUBJECT_SIDE} px per side")
+        photo = Image.fromarray(np.asarray(background)[..., :3].astype(np.uint8))
+        painted = np.zeros((height, width), dtype=bool)
+        for layer in (scene or {}).get("layers") or []:
+            if layer is not None and layer.ndim == 3 and layer.shape[:2] == (height, width) and layer.shape[2] == 4:
+                painted |= layer[..., 3] > 0
+        try:
+            if painted.any():
+                return photo, painted, "painted in the app"
+            if box and box.strip():
+                return photo, box_mask(box, photo.size), f"box {box.strip()}"
+        except MaskError as err:
+            raise UploadError(str(err)) from None
+        raise UploadError("paint over the object to replace, or give a box around it (x0,y0,x1,y1)")
+
+    def _similarity(self, subject: Image.Image) -> SimilarityLoss:
+        """The similarity loss set to ``subject`` (its networks loaded once, on the first run)."""
+        if self._loss is None:
+            self._loss = SimilarityLoss(self.settings.similarity, subject, self.backbone.device, self.backbone.dtype)
+        else:
+            self._loss.set_subject(subject)
+        return self._loss
+
+    def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
+        """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
+        time, yielding `Progress` after every iteration and once at the end."""
+        stop = self._stops[session] = threading.Event()
+        iterations: queue.Queue = queue.Queue()
+
+        def callback(iteration: int, image: Image.Image, terms: dict) -> bool:
+            iterations.put(terms["loss"])
+            return stop.is_set()
+
+        self._busy.acquire()  # released by the run's thread when it ends (a closed page does not wait for it)
+        try:
+            out = self._new_run(session, kind)
+        except BaseException:
+            self._busy.release()
+            raise
+        outcome: dict = {}
+
+        def work():
+            try:
+                self._unload()
+                outcome["metrics"] = run(out, callback)
+                self._loaded = out.path / "lora"  # the backbone carries the best LoRA, as saved there
+            except BaseException as err:  # shown on the page, not lost in a thread
+                outcome["error"] = err
+            finally:
+                self._busy.release()
+
+        thread = threading.Thread(target=work, name=f"siso-{kind}", daemon=True)
+        thread.start()
+        losses: list[float] = []
+        stopper = EarlyStopping(optim.min_improvement, optim.patience)
+        best: int | None = None
+        try:
+            while thread.is_alive() or not iterations.empty():
+                try:
+                    loss = iterations.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if stopper.update(loss):
+                    best = len(losses)
+                losses.append(loss)
+                message = f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
+                yield Progress(_frames(out.path, best), list(losses), best, True, message)
+            thread.join()
+        finally:
+            stop.set()  # closed early (the page went away): the run ends with its iteration, keeping its best
+            if self._stops.get(session) is stop:
+                del self._stops[session]
+        if "error" in outcome:
+            raise outcome["error"]
+        metrics = outcome["metrics"]
+        self._subjects[session] = out.path / "lora"
+        best = metrics["best_iteration"]
+        reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
+            metrics["stop_reason"], "stopped"
+        )
+        downloads = self.session_folder(session) / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        lora_zip = shutil.make_archive(str(downloads / f"{out.path.name}-lora"), "zip", out.path / "lora")
+        run_zip = shutil.make_archive(str(downloads / out.path.name), "zip", out.path)
+        message = (
+            f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
+            f"(loss {metrics['best_loss']:.4f}), {metrics['seconds_per_iteration']:.2f} s/iteration"
+        )
+        yield Progress(
+            _frames(out.path, best),
+            [h["loss"] for h in metrics["iterations"]],
+            best,
+            False,
+            message,
+            str(out.path / "best.png"),
+            lora_zip,
+            run_zip,
+        )
+
+    def stop(self, session: str) -> bool:
+        """End the session's run at its next iteration (it keeps the best so far); False if none is running."""
+        event = self._stops.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    # Generating ---------------------------------------------------------------------------------------------------
+
+    def subject_from_zip(self, session: str, zip_path: str | Path) -> Path:
+        """Unpack an uploaded subject (a zip of a ``lora/`` folder, as the Learn tab offers) into the session's
+        folder and check it.
+
+        Raises:
+            UploadError: not a zip, too large, names outside the folder, no LoRA weights, or another model's.
+        """
+        zip_path = Path(zip_path)
+        megabytes = zip_path.stat().st_size / 1e6
+        if megabytes > self.settings.max_upload_mb:
+            raise UploadError(f"the subject zip is {megabytes:.1f} MB; the limit is {self.settings.max_upload_mb:g} MB")
+        if not zipfile.is_zipfile(zip_path):
+            raise UploadError(f"{zip_path.name} is not a zip file (download one from the Learn tab)")
+        target = self.session_folder(session) / "uploads" / f"subject-{time.strftime('%Y%m%d-%H%M%S')}"
+        with zipfile.ZipFile(zip_path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+            if unpacked > 4 * self.settings.max_upload_mb * 1e6:
+                raise UploadError("the subject zip unpacks to too much data")
+            for name in archive.namelist():
+                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+                    raise UploadError(f"the subject zip holds a path outside its folder: {name}")
+            archive.extractall(target)
+        found = [p.parent for p in target.rglob(WEIGHTS_FILE)]
+        if len(found) != 1:
+            shutil.rmtree(target, ignore_errors=True)
+            raise UploadError(f"the subject zip must hold one LoRA folder ({WEIGHTS_FILE}); it holds {len(found)}")
+        folder = found[0]
+        try:
+            check_lora_file(folder)
+        except LoraError as err:
+            raise UploadError(str(err).replace(str(folder), zip_path.name)) from None
+        model = read_subject_info(folder).get("model")
+        if model is not None and model != self.settings.model:
+            raise UploadError(f"this subject was learned on {model}; the app runs {self.settings.model}")
+        return folder
+
+    def generate(
+        self,
+        session: str,
+        prompts: str,
+        num_images: int = 1,
+        steps: int | None = None,
+        seed: int = 0,
+        subject_zip: str | Path | None = None,
+    ) -> list[str]:
+        """Images of the subject for every prompt (one per line) x ``num_images`` seeds, with the session's last
+        learned subject, or an uploaded one; nothing is optimized. Written to ``root/<session>/generate-<time>/``.
+
+        Raises:
+            UploadError: no subject, no prompt, or values out of range.
+        """
+        lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+        if not lines:
+            raise UploadError("type at least one prompt (one per line)")
+        if not 1 <= int(num_images) <= MAX_IMAGES:
+            raise UploadError(f"number of images must be 1 to {MAX_IMAGES}, got {num_images}")
+        optim = with_defaults(OptimSettings, self.optim_defaults)
+        try:
+            job = GenerationJob(
+                lines,
+                [int(seed) + k for k in range(int(num_images))],
+                optim.num_inference_steps if steps is None else int(steps),
+                optim.guidance_scale,
+            )
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+        with self._busy:
+            lora = self.subject_from_zip(session, subject_zip) if subject_zip else self._subjects.get(session)
+            if lora is None:
+                raise UploadError("learn a subject first (Learn a subject tab), or upload a subject zip")
+            if self._loaded != lora:
+                self._unload()
+                try:
+                    load_lora(self.backbone, lora)
+                except LoraError as err:
+                    raise UploadError(str(err)) from None
+                self._loaded = lora
+            out = self._new_run(session, "generate")
+            out.write_json("config.json", {"lora": str(lora), "model": self.settings.model, "job": job.__dict__})
+            records = out.generate_images(self.backbone, job, progress=False)
+            out.write_json("metrics.json", {"complete": True, "images": records})
+        return [str(out.path / record["file"]) for record in records]
+
+    def _unload(self) -> None:
+        """Take any LoRA off the backbone (a new subject starts from the base model)."""
+        if getattr(self.backbone.denoiser, "peft_config", None):
+            self.backbone.pipe.unload_lora_weights()
+        self._loaded = None
+
+
+def _frames(run: Path, best: int | None) -> list[tuple[str, str]]:
+    """The iteration images written so far, captioned (the best one marked)."""
+    frames = []
+    for path in sorted((run / "iterations").glob("*.png")):
+        iteration = int(path.stem)
+        frames.append((str(path), f"{iteration}" + (" (best)" if iteration == best else "")))
+    return frames

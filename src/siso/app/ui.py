@@ -1,0 +1,193 @@
+"""The web page of `siso app`: Gradio tabs over a `siso.app.studio.Studio`.
+
+Learn a subject: upload a photo, Start, and every iteration's image arrives in the "Iterations" gallery with its
+loss while the run goes on; Stop ends it when the iteration in progress ends and keeps the best so far. Generate:
+prompts with the learned (or an uploaded) subject, no optimization. Edit a photo: paint over (or box) an object and
+watch the subject take its place, the same way. One run at a time for everyone (the queue shows each visitor their
+place).
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from siso.app.studio import MAX_IMAGES, MAX_ITERS_LIMIT, Progress, Studio, UploadError
+from siso.config import OptimSettings, with_defaults
+from siso.memory import is_out_of_memory, out_of_memory_message
+
+QUEUE = "model"  # every event that uses the models shares one queue slot
+
+
+def _plot(losses: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"iteration": range(len(losses)), "loss": losses})
+
+
+def _page_error(err: BaseException) -> gr.Error:
+    """What the page shows for a failed run: the reason in one line, no stack trace."""
+    if isinstance(err, UploadError | ValueError | FileNotFoundError):
+        return gr.Error(str(err))
+    if is_out_of_memory(err):
+        return gr.Error(out_of_memory_message(err))
+    return gr.Error(f"the run failed: {type(err).__name__}: {err}")
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    """The page; serve it with ``build_app(studio).queue(default_concurrency_limit=1).launch(...)``."""
+    optim = with_defaults(OptimSettings, studio.optim_defaults)
+    with gr.Blocks(title="siso") as app:
+        gr.Markdown(
+            f"# siso: a subject from one photo\nModel: `{studio.settings.model}`. Upload a photo of your subject, "
+            "press Start, and stop when it looks right."
+        )
+        with gr.Tab("Learn a subject"), gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.Image(
+                    label="Subject photo", type="filepath", sources=["upload"], height=280, elem_id="subject-photo"
+                )
+                subject_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
+                prompt = gr.Textbox(label="Train prompt", placeholder="a photo of a dog")
+                with gr.Accordion("Advanced", open=False):
+                    max_iters = gr.Number(
+                        label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT
+                    )
+                    lr = gr.Number(label="Learning rate", value=optim.lr, minimum=0)
+                    seed = gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0)
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary")
+                    stop = gr.Button("Stop", variant="stop")
+                status = gr.Markdown("Upload a subject photo, then press Start.", elem_id="status")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id="iterations")
+                plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
+                with gr.Row():
+                    best = gr.Image(
+                        label="Best image", type="filepath", interactive=False, height=240, elem_id="best-image"
+                    )
+                    with gr.Column():
+                        lora_zip = gr.File(label="Subject LoRA", interactive=False, elem_id="lora-zip")
+                        run_zip = gr.File(label="Run folder", interactive=False, elem_id="run-zip")
+
+        with gr.Tab("Generate"), gr.Row():
+            with gr.Column(scale=1):
+                prompts = gr.Textbox(label="Prompts (one per line)", lines=4, placeholder="a photo of a dog on a beach")
+                num_images = gr.Number(label="Number of images", value=1, precision=0, minimum=1, maximum=MAX_IMAGES)
+                steps = gr.Number(label="Steps", value=optim.num_inference_steps, precision=0, minimum=1)
+                gen_seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+                subject_zip = gr.File(
+                    label="Subject zip (optional: else the subject learned here)",
+                    file_types=[".zip"],
+                    type="filepath",
+                )
+                generate = gr.Button("Generate", variant="primary")
+            with gr.Column(scale=2):
+                images = gr.Gallery(label="Images", columns=3, height=480, elem_id="images")
+
+        with gr.Tab("Edit a photo"), gr.Row():
+            with gr.Column(scale=1):
+                scene = gr.ImageEditor(
+                    label="Photo to edit (paint over the object to replace)",
+                    type="numpy",
+                    sources=["upload"],
+                    brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
+                    height=320,
+                    elem_id="scene",
+                )
+                box = gr.Textbox(label="Or a box around the object: x0,y0,x1,y1 (pixels)", placeholder="40,60,300,380")
+                edit_photo = gr.Image(
+                    label="Subject photo", type="filepath", sources=["upload"], height=200, elem_id="edit-subject"
+                )
+                edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
+                edit_prompt = gr.Textbox(label="Edit prompt", placeholder="a photo of a dog")
+                with gr.Accordion("Advanced", open=False):
+                    edit_iters = gr.Number(
+                        label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT
+                    )
+                    edit_lr = gr.Number(label="Learning rate", value=optim.lr, minimum=0)
+                    edit_seed = gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0)
+                with gr.Row():
+                    edit_start = gr.Button("Start", variant="primary")
+                    edit_stop = gr.Button("Stop", variant="stop")
+                edit_status = gr.Markdown("Upload the photo and the subject, mark the object, press Start.")
+            with gr.Column(scale=2):
+                edit_gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id="edit-iterations")
+                edit_plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
+                with gr.Row():
+                    edit_best = gr.Image(label="Best edit", type="filepath", interactive=False, height=240)
+                    with gr.Column():
+                        edit_lora = gr.File(label="Subject LoRA", interactive=False)
+                        edit_run = gr.File(label="Run folder", interactive=False)
+
+        def prefill(subject: str) -> str:
+            return f"a photo of a {subject.strip()}" if subject.strip() else ""
+
+        def learn(photo, subject, train_prompt, iters, rate, run_seed, request: gr.Request):
+            try:
+                for progress in studio.learn(
+                    request.session_hash, photo, train_prompt or "", subject or "", iters, rate, run_seed
+                ):
+                    yield _show(progress)
+            except Exception as err:  # every failure: one line in the page
+                raise _page_error(err) from None
+
+        def edit(scene, box, photo, subject, edit_prompt, iters, rate, run_seed, request: gr.Request):
+            try:
+                for progress in studio.edit(
+                    request.session_hash, scene, box or "", photo, subject or "", edit_prompt or "", iters, rate,
+                    run_seed,
+                ):  # fmt: skip
+                    yield _show(progress)
+            except Exception as err:
+                raise _page_error(err) from None
+
+        def _show(progress: Progress):
+            return (
+                progress.frames,
+                _plot(progress.losses),
+                progress.message,
+                progress.best_image,
+                progress.lora_zip,
+                progress.run_zip,
+            )
+
+        def halt(request: gr.Request) -> str:
+            if studio.stop(request.session_hash):
+                return "Stopping: the best iteration so far is kept."
+            return "Nothing is running."
+
+        def make_images(text, count, step_count, first_seed, upload, request: gr.Request):
+            try:
+                return studio.generate(request.session_hash, text, count, step_count, first_seed, upload)
+            except Exception as err:
+                raise _page_error(err) from None
+
+        def closed(request: gr.Request) -> None:  # the tab closed or reloaded: end its run, free the model
+            studio.stop(request.session_hash)
+
+        subject_class.input(prefill, subject_class, prompt, queue=False)
+        start.click(
+            learn,
+            [photo, subject_class, prompt, max_iters, lr, seed],
+            [gallery, plot, status, best, lora_zip, run_zip],
+            concurrency_limit=1,
+            concurrency_id=QUEUE,
+        )
+        stop.click(halt, None, status, queue=False)
+        edit_class.input(prefill, edit_class, edit_prompt, queue=False)
+        edit_start.click(
+            edit,
+            [scene, box, edit_photo, edit_class, edit_prompt, edit_iters, edit_lr, edit_seed],
+            [edit_gallery, edit_plot, edit_status, edit_best, edit_lora, edit_run],
+            concurrency_limit=1,
+            concurrency_id=QUEUE,
+        )
+        edit_stop.click(halt, None, edit_status, queue=False)
+        generate.click(
+            make_images,
+            [prompts, num_images, steps, gen_seed, subject_zip],
+            images,
+            concurrency_limit=1,
+            concurrency_id=QUEUE,
+        )
+        app.unload(closed)
+    return app

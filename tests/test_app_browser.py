@@ -1,0 +1,117 @@
+"""`siso app` in a real browser: headless Chromium (Debian's, through Playwright) drives the page on a tiny model.
+
+Learn: upload a photo, Start, see iteration images arrive while the run goes on, Stop, get the best image and the
+subject's LoRA; then Generate one image with it. A screenshot of every stage goes to the test's folder (and to
+``$SISO_SCREENSHOTS`` when set: the README's screenshot is made so).
+"""
+
+import os
+import shutil
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from siso.config import SimilaritySettings
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the test extra)")
+pytest.importorskip("gradio", reason="Gradio is not installed (the app extra)")
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium); .ci/run installs it"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(model_dirs, tmp_path_factory):
+    from siso.app.studio import AppSettings, Studio
+    from siso.app.ui import build_app
+
+    root = tmp_path_factory.mktemp("app-browser")
+    settings = AppSettings(
+        model=str(model_dirs["sd"]),
+        root=root,
+        device="cpu",
+        similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
+        optim={"patience": 1000, "min_improvement": 0.0},  # the run goes on until Stop (or max iterations)
+    )
+    page = build_app(Studio(settings)).queue(default_concurrency_limit=1)
+    port = _free_port()
+    page.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(root)]
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_learn_watch_stop_download_and_generate_in_chromium(app_url, subject_path, tmp_path):
+    shots = [tmp_path]
+    if os.environ.get("SISO_SCREENSHOTS"):
+        shots.append(Path(os.environ["SISO_SCREENSHOTS"]))
+        shots[-1].mkdir(parents=True, exist_ok=True)
+
+    def screenshot(page, name):
+        for folder in shots:
+            page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])  # root in CI: no sandbox
+        page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+        page.goto(app_url)
+        page.get_by_text("Upload a subject photo, then press Start.").wait_for(timeout=30_000)
+        screenshot(page, "app-start")
+
+        page.locator("#subject-photo input[type=file]").set_input_files(str(subject_path))
+        page.locator("#subject-photo img").first.wait_for(timeout=30_000)
+        page.get_by_label("Subject class").press_sequentially("dog")  # typed, as a person does
+        _wait(lambda: page.get_by_label("Train prompt").input_value() == "a photo of a dog", 10, "the prefilled prompt")
+        page.get_by_text("Advanced").click()
+        page.get_by_label("Max iterations").fill("300")
+        page.get_by_role("button", name="Start").click()
+
+        iterations = page.locator("#iterations img")
+        _wait(lambda: iterations.count() >= 2, 60, "two iteration images")
+        assert "Running: iteration" in page.locator("#status").inner_text()  # the run is still going
+        screenshot(page, "app-running")
+
+        page.get_by_role("button", name="Stop").click()
+        _wait(lambda: "Done: stopped after" in page.locator("#status").inner_text(), 60, "the run to stop")
+        page.locator("#best-image img").first.wait_for(timeout=30_000)
+        shown = iterations.count()
+        assert 2 <= shown < 300  # stopped early, every iteration shown
+        screenshot(page, "app-stopped")
+
+        with page.expect_download() as download:
+            page.locator("#lora-zip a").first.click()
+        saved = tmp_path / "subject.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            assert "pytorch_lora_weights.safetensors" in archive.namelist()
+
+        page.get_by_role("tab", name="Generate").click()
+        page.get_by_label("Prompts (one per line)").fill("a photo of a dog on a beach")
+        page.get_by_role("button", name="Generate").click()
+        page.locator("#images img").first.wait_for(timeout=60_000)
+        screenshot(page, "app-generated")
+        browser.close()
