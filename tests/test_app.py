@@ -68,6 +68,9 @@ def test_learn_streams_every_iteration_then_the_subject(studio, subject_path):
     assert [len(p.losses) for p in running] == [1, 2, 3, 4]
     assert not final.running and final.message.startswith("Done: max iterations reached after 4 iterations")
     assert len(final.frames) == 4 and sum("(best)" in caption for _, caption in final.frames) == 1
+    # Each image with its iteration and loss.
+    captions = [caption.split(" (")[0] for _, caption in final.frames]
+    assert captions == [f"{i}: {loss:.4f}" for i, loss in enumerate(final.losses)]
     run = studio.root / "learner"
     (folder,) = run.glob("learn-*")
     assert final.best_image == str(folder / "best.png")

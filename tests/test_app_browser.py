@@ -5,6 +5,7 @@ subject's LoRA; then Generate one image with it. A screenshot of every stage goe
 ``$SISO_SCREENSHOTS`` when set: the README's screenshot is made so).
 """
 
+import json
 import os
 import shutil
 import socket
@@ -32,7 +33,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(model_dirs, tmp_path_factory):
+def served(model_dirs, tmp_path_factory):
+    """(the page's URL, its Studio)."""
     from siso.app.studio import AppSettings, Studio
     from siso.app.ui import build_app
 
@@ -44,13 +46,14 @@ def app_url(model_dirs, tmp_path_factory):
         similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
         optim={"patience": 1000, "min_improvement": 0.0},  # the run goes on until Stop (or max iterations)
     )
-    page = build_app(Studio(settings)).queue(default_concurrency_limit=1)
+    studio = Studio(settings)
+    page = build_app(studio).queue(default_concurrency_limit=1)
     port = _free_port()
     page.launch(
         server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, allowed_paths=[str(root)]
     )
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", studio
     finally:
         page.close()
 
@@ -65,7 +68,18 @@ def _wait(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_learn_watch_stop_download_and_generate_in_chromium(app_url, subject_path, tmp_path):
+def _start_learning(page, subject_path, iterations: str):
+    page.locator("#subject-photo input[type=file]").set_input_files(str(subject_path))
+    page.locator("#subject-photo img").first.wait_for(timeout=30_000)
+    page.get_by_label("Subject class").press_sequentially("dog")  # typed, as a person does
+    _wait(lambda: page.get_by_label("Train prompt").input_value() == "a photo of a dog", 10, "the prefilled prompt")
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Max iterations").fill(iterations)
+    page.get_by_role("button", name="Start").click()
+
+
+def test_learn_watch_stop_download_and_generate_in_chromium(served, subject_path, tmp_path):
+    app_url, _ = served
     shots = [tmp_path]
     if os.environ.get("SISO_SCREENSHOTS"):
         shots.append(Path(os.environ["SISO_SCREENSHOTS"]))
@@ -81,15 +95,13 @@ def test_learn_watch_stop_download_and_generate_in_chromium(app_url, subject_pat
         page.goto(app_url)
         page.get_by_text("Upload a subject photo, then press Start.").wait_for(timeout=30_000)
         screenshot(page, "app-start")
-
-        page.locator("#subject-photo input[type=file]").set_input_files(str(subject_path))
-        page.locator("#subject-photo img").first.wait_for(timeout=30_000)
-        page.get_by_label("Subject class").press_sequentially("dog")  # typed, as a person does
-        _wait(lambda: page.get_by_label("Train prompt").input_value() == "a photo of a dog", 10, "the prefilled prompt")
-        page.get_by_text("Advanced").click()
-        page.get_by_label("Max iterations").fill("300")
+        # A bad request gets one readable line on the page, no stack trace.
         page.get_by_role("button", name="Start").click()
+        page.get_by_text("upload a subject photo first").first.wait_for(timeout=30_000)
+        assert "Traceback" not in page.content()
+        screenshot(page, "app-error")
 
+        _start_learning(page, subject_path, "300")
         iterations = page.locator("#iterations img")
         _wait(lambda: iterations.count() >= 2, 60, "two iteration images")
         assert "Running: iteration" in page.locator("#status").inner_text()  # the run is still going
@@ -115,3 +127,25 @@ def test_learn_watch_stop_download_and_generate_in_chromium(app_url, subject_pat
         page.locator("#images img").first.wait_for(timeout=60_000)
         screenshot(page, "app-generated")
         browser.close()
+
+
+def test_closing_the_page_mid_run_ends_the_run_and_frees_the_model(served, subject_path):
+    app_url, studio = served
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(app_url)
+        _start_learning(page, subject_path, "1000")
+        _wait(lambda: page.locator("#iterations img").count() >= 2, 60, "two iteration images")
+        session = next(iter(studio._stops))  # the run of this page's session
+        page.close()  # the tab goes away mid-run
+        browser.close()
+    # The run ends by itself (Gradio cancels the stream, the page's unload stops the session's run), keeping its best.
+    _wait(lambda: session not in studio._stops, 60, "the run to end")
+    assert studio._busy.acquire(timeout=60)  # the model is free
+    studio._busy.release()
+    (folder,) = (studio.root / session).glob("learn-*")
+    _wait(lambda: (folder / "metrics.json").is_file(), 30, "the run's record")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "callback" and len(metrics["iterations"]) < 1000
+    assert (folder / "best.png").is_file() and (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()

@@ -365,7 +365,7 @@ class Studio:
                     best = len(losses)
                 losses.append(loss)
                 message = f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
-                yield Progress(_frames(out.path, best), list(losses), best, True, message)
+                yield Progress(_frames(out.path, losses, best), list(losses), best, True, message)
             thread.join()
         finally:
             stop.set()  # closed early (the page went away): the run ends with its iteration, keeping its best
@@ -387,9 +387,10 @@ class Studio:
             f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
             f"(loss {metrics['best_loss']:.4f}), {metrics['seconds_per_iteration']:.2f} s/iteration"
         )
+        losses = [h["loss"] for h in metrics["iterations"]]
         yield Progress(
-            _frames(out.path, best),
-            [h["loss"] for h in metrics["iterations"]],
+            _frames(out.path, losses, best),
+            losses,
             best,
             False,
             message,
@@ -498,10 +499,11 @@ class Studio:
         self._loaded = None
 
 
-def _frames(run: Path, best: int | None) -> list[tuple[str, str]]:
-    """The iteration images written so far, captioned (the best one marked)."""
+def _frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:
+    """The iteration images written so far, captioned with their iteration and loss (the best one marked)."""
     frames = []
     for path in sorted((run / "iterations").glob("*.png")):
         iteration = int(path.stem)
-        frames.append((str(path), f"{iteration}" + (" (best)" if iteration == best else "")))
+        caption = f"{iteration}: {losses[iteration]:.4f}" if iteration < len(losses) else f"{iteration}"
+        frames.append((str(path), caption + (" (best)" if iteration == best else "")))
     return frames
