@@ -167,6 +167,12 @@ def test_bad_fields_are_refused_before_any_work(studio, subject_path):
         next(studio.learn("fields", subject_path, "a dog", max_iters=0))
     with pytest.raises(UploadError, match="lr"):
         next(studio.learn("fields", subject_path, "a dog", lr=-1.0))
+    with pytest.raises(UploadError, match="max iterations is empty"):  # a field the page left empty
+        next(studio.learn("fields", subject_path, "a dog", max_iters=None))
+    with pytest.raises(UploadError, match="seed must be a whole number, got 1.5"):
+        next(studio.learn("fields", subject_path, "a dog", seed=1.5))
+    with pytest.raises(UploadError, match="number of images is empty"):
+        studio.generate("fields", "a dog", num_images=None)
     assert not (studio.root / "fields").exists()
 
 

@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from siso.config import SimilaritySettings
 
@@ -149,3 +150,32 @@ def test_closing_the_page_mid_run_ends_the_run_and_frees_the_model(served, subje
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["stop_reason"] == "callback" and len(metrics["iterations"]) < 1000
     assert (folder / "best.png").is_file() and (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_edit_a_photo_with_a_box_in_chromium(served, subject_path, tmp_path):
+    app_url, studio = served
+    scene = tmp_path / "scene.png"
+    Image.new("RGB", (128, 96), (90, 140, 200)).save(scene)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.goto(app_url)
+        page.get_by_role("tab", name="Edit a photo").click()
+        empty = page.locator("#scene").get_by_text("Upload an image")
+        empty.wait_for(timeout=30_000)  # the editor is on the page, empty
+        page.locator("#scene input[type=file]").set_input_files(str(scene))
+        empty.wait_for(state="hidden", timeout=30_000)  # the photo is in the editor
+        page.locator("#edit-subject input[type=file]").set_input_files(str(subject_path))
+        page.locator("#edit-subject img").first.wait_for(timeout=30_000)
+        page.get_by_label("Or a box around the object: x0,y0,x1,y1 (pixels)").fill("40,30,90,70")
+        page.get_by_label("Edit prompt").fill("a photo of a dog")
+        page.locator("#edit-start").click()
+        try:
+            page.get_by_text("Done: ").first.wait_for(timeout=60_000)
+        except playwright_api.TimeoutError:  # say what the page shows instead
+            raise AssertionError(f"no result; the page says: {page.inner_text('body')[-1500:]}") from None
+        assert page.locator("#edit-iterations img").count() >= 1
+        page.screenshot(path=str(tmp_path / "app-edit.png"), full_page=True)
+        browser.close()
+    (folder,) = studio.root.glob("*/edit-*")
+    assert json.loads((folder / "config.json").read_text())["mask"] == "box 40,30,90,70"

@@ -185,12 +185,13 @@ class Studio:
         Raises:
             UploadError: a value out of range (the message says which).
         """
-        if not 1 <= int(max_iters) <= MAX_ITERS_LIMIT:
+        max_iters = _whole(max_iters, "max iterations")
+        if not 1 <= max_iters <= MAX_ITERS_LIMIT:
             raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
         lr = self.optim_defaults.get("lr", OptimSettings.lr) if lr is None else lr
         try:
             return with_defaults(
-                OptimSettings, self.optim_defaults, max_iters=int(max_iters), lr=lr, seed=int(seed), **fixed
+                OptimSettings, self.optim_defaults, max_iters=max_iters, lr=lr, seed=_whole(seed, "seed"), **fixed
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
@@ -463,14 +464,15 @@ class Studio:
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         if not lines:
             raise UploadError("type at least one prompt (one per line)")
-        if not 1 <= int(num_images) <= MAX_IMAGES:
+        num_images, seed = _whole(num_images, "number of images"), _whole(seed, "seed")
+        if not 1 <= num_images <= MAX_IMAGES:
             raise UploadError(f"number of images must be 1 to {MAX_IMAGES}, got {num_images}")
         optim = with_defaults(OptimSettings, self.optim_defaults)
         try:
             job = GenerationJob(
                 lines,
-                [int(seed) + k for k in range(int(num_images))],
-                optim.num_inference_steps if steps is None else int(steps),
+                [seed + k for k in range(num_images)],
+                optim.num_inference_steps if steps is None else _whole(steps, "steps"),
                 optim.guidance_scale,
             )
         except ValueError as err:
@@ -497,6 +499,23 @@ class Studio:
         if getattr(self.backbone.denoiser, "peft_config", None):
             self.backbone.pipe.unload_lora_weights()
         self._loaded = None
+
+
+def _whole(value, name: str) -> int:
+    """A page's number field as a whole number.
+
+    Raises:
+        UploadError: empty, or not a whole number.
+    """
+    if value is None or value == "":
+        raise UploadError(f"{name} is empty")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UploadError(f"{name} must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise UploadError(f"{name} must be a whole number, got {value}")
+    return int(number)
 
 
 def _frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ from siso.config import OptimSettings, with_defaults
 from siso.memory import is_out_of_memory, out_of_memory_message
 
 QUEUE = "model"  # every event that uses the models shares one queue slot
+PREFILL = "(subject) => subject.trim() ? `a photo of a ${subject.trim()}` : ''"  # the train prompt from the class
 
 
 def _plot(losses: list[float]) -> pd.DataFrame:
@@ -106,9 +107,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                     edit_lr = gr.Number(label="Learning rate", value=optim.lr, minimum=0)
                     edit_seed = gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0)
                 with gr.Row():
-                    edit_start = gr.Button("Start", variant="primary")
+                    edit_start = gr.Button("Start", variant="primary", elem_id="edit-start")
                     edit_stop = gr.Button("Stop", variant="stop")
-                edit_status = gr.Markdown("Upload the photo and the subject, mark the object, press Start.")
+                edit_status = gr.Markdown(
+                    "Upload the photo and the subject, mark the object, press Start.", elem_id="edit-status"
+                )
             with gr.Column(scale=2):
                 edit_gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id="edit-iterations")
                 edit_plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
@@ -117,9 +120,6 @@ def build_app(studio: Studio) -> gr.Blocks:
                     with gr.Column():
                         edit_lora = gr.File(label="Subject LoRA", interactive=False)
                         edit_run = gr.File(label="Run folder", interactive=False)
-
-        def prefill(subject: str) -> str:
-            return f"a photo of a {subject.strip()}" if subject.strip() else ""
 
         def learn(photo, subject, train_prompt, iters, rate, run_seed, request: gr.Request):
             try:
@@ -164,7 +164,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         def closed(request: gr.Request) -> None:  # the tab closed or reloaded: end its run, free the model
             studio.stop(request.session_hash)
 
-        subject_class.input(prefill, subject_class, prompt, queue=False)
+        # In the browser, keystroke by keystroke (server round trips could arrive out of order).
+        subject_class.input(None, subject_class, prompt, js=PREFILL)
         start.click(
             learn,
             [photo, subject_class, prompt, max_iters, lr, seed],
@@ -173,7 +174,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             concurrency_id=QUEUE,
         )
         stop.click(halt, None, status, queue=False)
-        edit_class.input(prefill, edit_class, edit_prompt, queue=False)
+        edit_class.input(None, edit_class, edit_prompt, js=PREFILL)
         edit_start.click(
             edit,
             [scene, box, edit_photo, edit_class, edit_prompt, edit_iters, edit_lr, edit_seed],
