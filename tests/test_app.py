@@ -265,5 +265,22 @@ def test_siso_app_serves_the_page_on_localhost(model_dirs, tmp_path):
         listening = {line.split()[1] for line in table if line.split()[3] == "0A"}
         assert {a for a in listening if a.endswith(f":{port:04X}")} == {f"0100007F:{port:04X}"}
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        server.send_signal(signal.SIGINT)  # Ctrl-C: the server closes and the process ends
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise AssertionError(f"siso app did not end on Ctrl-C: {server.stderr.read()[-2000:]}") from None
+
+
+def test_page_errors_are_one_line(caplog):
+    """What the page shows for a failure: the reason, no stack trace (an unexpected one is logged in full)."""
+    pytest.importorskip("gradio")
+    from siso.app.ui import _page_error
+
+    assert _page_error(UploadError("upload a subject photo first")).message == "upload a subject photo first"
+    out_of_memory = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+    assert _page_error(out_of_memory).message.startswith("out of memory on the CPU; to use less, try")
+    with caplog.at_level("ERROR"):
+        assert _page_error(KeyError("x")).message == "the run failed: KeyError: 'x'"
+    assert "a run failed" in caplog.text

@@ -9,6 +9,8 @@ place).
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 import pandas as pd
 
@@ -16,6 +18,7 @@ from siso.app.studio import MAX_IMAGES, MAX_ITERS_LIMIT, Progress, Studio, Uploa
 from siso.config import OptimSettings, with_defaults
 from siso.memory import is_out_of_memory, out_of_memory_message
 
+LOG = logging.getLogger(__name__)
 QUEUE = "model"  # every event that uses the models shares one queue slot
 PREFILL = "(subject) => subject.trim() ? `a photo of a ${subject.trim()}` : ''"  # the train prompt from the class
 
@@ -30,13 +33,16 @@ def _page_error(err: BaseException) -> gr.Error:
         return gr.Error(str(err))
     if is_out_of_memory(err):
         return gr.Error(out_of_memory_message(err))
+    LOG.error("siso app: a run failed", exc_info=err)  # the whole story in the server's console
     return gr.Error(f"the run failed: {type(err).__name__}: {err}")
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page; serve it with ``build_app(studio).queue(default_concurrency_limit=1).launch(...)``."""
     optim = with_defaults(OptimSettings, studio.optim_defaults)
-    with gr.Blocks(title="siso") as app:
+    # No telemetry: Gradio's analytics would call out from a local tool (and their threads, blocked on a network that
+    # is not there, would hold the process at exit).
+    with gr.Blocks(title="siso", analytics_enabled=False) as app:
         gr.Markdown(
             f"# siso: a subject from one photo\nModel: `{studio.settings.model}`. Upload a photo of your subject, "
             "press Start, and stop when it looks right."
