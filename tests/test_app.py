@@ -243,7 +243,13 @@ def test_siso_app_serves_the_page_on_localhost(model_dirs, tmp_path):
     port = _free_port()
     args = [SISO, "app", "--model", str(model_dirs["sd"]), "--port", str(port), "--root", str(tmp_path / "runs")]
     args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--device", "cpu"]
-    server = subprocess.Popen(args, env=OFFLINE, stderr=subprocess.PIPE, text=True)
+
+    # Ctrl-C as in a terminal, even where this test runs in a background job (which ignores SIGINT, and children
+    # inherit that).
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    server = subprocess.Popen(args, env=OFFLINE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         lines = []
         while not any("siso: app at" in line for line in lines):
