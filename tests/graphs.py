@@ -1,4 +1,5 @@
-"""Helpers for tests of what autograd keeps: the bytes saved for backward, and one iteration's gradient path."""
+"""Helpers for tests of what autograd keeps and of levers that must not change a run: the bytes saved for backward,
+one iteration's gradient path, and a short run's losses."""
 
 import torch
 
@@ -25,3 +26,22 @@ def gradient_path(backbone, params):
     for p in params:
         p.grad = None
     return image.detach(), saved, grads
+
+
+def run_losses(model_dir, subject, config, **options) -> list[float]:
+    """The losses of a run of `siso.optimize.optimize_lora` on a fresh backbone from ``model_dir`` with ``config``,
+    ``options`` passed on (``lean=False``, ``fuse_upsampling=False``, ...)."""
+    from siso.backbones import load_backbone
+    from siso.losses import SimilarityLoss
+    from siso.optimize import optimize_lora
+
+    backbone = load_backbone(str(model_dir), device="cpu")
+    loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+    opt = config.optim
+
+    def render(cond):
+        generator = torch.Generator().manual_seed(opt.seed)
+        return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
+
+    result = optimize_lora(backbone, render, loss_fn, config, progress=False, **options)
+    return [h["loss"] for h in result.history]

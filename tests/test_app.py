@@ -290,3 +290,15 @@ def test_page_errors_are_one_line(caplog):
     with caplog.at_level("ERROR"):
         assert _page_error(KeyError("x")).message == "the run failed: KeyError: 'x'"
     assert "a run failed" in caplog.text
+
+
+def test_ctrl_c_while_the_app_loads_is_one_line(monkeypatch, capsys):
+    from siso import cli
+    from siso.app import studio
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(studio, "load_backbone", interrupted)
+    assert cli.main(["app", "--model", "sd-turbo"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "siso: interrupted before the app started"

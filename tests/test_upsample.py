@@ -5,13 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.upsampling import Upsample2D
-from graphs import gradient_path, saved_bytes
+from graphs import gradient_path, run_losses, saved_bytes
 
 from siso.backbones import load_backbone
 from siso.config import LoraSettings
 from siso.lora import add_lora, trainable
-from siso.losses import SimilarityLoss
-from siso.optimize import optimize_lora
 from siso.upsample import fused_upsampling, upsample_conv_kernel
 
 
@@ -77,16 +75,6 @@ def test_fused_upsampling_in_a_backbone(model_dirs, family):
 
 
 def test_optimizing_with_fused_upsampling_gives_the_same_run_up_to_rounding(model_dirs, subject, make_config):
-    histories = []
-    for fuse in (False, True):
-        backbone = load_backbone(str(model_dirs["sd"]), device="cpu")
-        config = make_config("sd", max_iters=3, patience=3, min_improvement=0.0)
-        loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
-
-        def render(cond, backbone=backbone, opt=config.optim):
-            generator = torch.Generator().manual_seed(opt.seed)
-            return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
-
-        result = optimize_lora(backbone, render, loss_fn, config, progress=False, fuse_upsampling=fuse)
-        histories.append([h["loss"] for h in result.history])
+    config = make_config("sd", max_iters=3, patience=3, min_improvement=0.0)
+    histories = [run_losses(model_dirs["sd"], subject, config, fuse_upsampling=fuse) for fuse in (False, True)]
     torch.testing.assert_close(torch.tensor(histories[1]), torch.tensor(histories[0]), rtol=1e-5, atol=1e-6)

@@ -286,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             return 0
         if args.command == "app":
-            app_cli.run(args)
+            try:
+                app_cli.run(args)
+            except KeyboardInterrupt:  # while loading (once serving, Gradio ends on Ctrl-C by itself)
+                print("siso: interrupted before the app started", file=sys.stderr)
+                return EXIT_INTERRUPTED
             return 0
         if args.command == "bench":
             try:

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> None:
     """
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be 1 to 65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise ValueError(f"--max-upload-mb must be more than 0, got {args.max_upload_mb:g}")
     try:
         from siso.app.ui import build_app
     except ImportError as err:

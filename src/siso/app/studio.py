@@ -1,7 +1,8 @@
 """The app's work without the web page: the models loaded once, one run at a time, a folder per browser session,
 runs that stop at once and keep their best, and uploads checked before any work.
 
-`siso.app.ui` puts a Gradio page on a `Studio`; the tests drive a `Studio` directly too.
+`siso.app.ui` puts a Gradio page on a `Studio`; the tests drive a `Studio` directly too. What a page sends is checked
+in `siso.app.uploads`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 import shutil
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siso.app.uploads import UploadError, check_upload, train_prompt_for, unpack_subject_zip, whole_number
 from siso.backbones import Backbone, check_can_edit, family_defaults, load_backbone, resolve_dtype
 from siso.config import EditConfig, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
 from siso.editing import EditJob
-from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
-from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, load_lora, read_subject_info
+from siso.images import MIN_SUBJECT_SIDE
+from siso.lora import LoraError, load_lora
 from siso.losses import SimilarityLoss
 from siso.masks import MaskError, box_mask
 from siso.optimize import EarlyStopping
@@ -36,10 +37,6 @@ MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 40_000_000  # about 8000 x 5000
 MAX_ITERS_LIMIT = 1000
 MAX_IMAGES = 16
-
-
-class UploadError(ValueError):
-    """An upload or a field the app cannot use; the message is for the page."""
 
 
 @dataclass
@@ -99,44 +96,6 @@ class Progress:
     run_zip: str | None = None
 
 
-def check_upload(path: str | Path | None, settings: AppSettings, what: str) -> Image.Image:
-    """Read an uploaded photo within the app's limits (`siso.images.load_subject`'s checks too).
-
-    Raises:
-        UploadError: nothing uploaded, a file over the size or pixel limit, or not a usable image.
-    """
-    if not path:
-        raise UploadError(f"upload a {what} first")
-    path = Path(path)
-    megabytes = path.stat().st_size / 1e6
-    if megabytes > settings.max_upload_mb:
-        raise UploadError(f"the {what} is {megabytes:.1f} MB; the limit is {settings.max_upload_mb:g} MB")
-    try:
-        with Image.open(path) as img:  # reads the header only: the pixel count before any decoding
-            pixels = img.width * img.height
-    except (OSError, SyntaxError, Image.DecompressionBombError):
-        pixels = 0  # load_subject says what is wrong with the file
-    if pixels > settings.max_pixels:
-        raise UploadError(f"the {what} has {pixels / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}")
-    try:
-        return load_subject(path, what=what)
-    except ImageError as err:
-        raise UploadError(str(err).replace(str(path), Path(path).name)) from None
-
-
-def train_prompt_for(prompt: str, subject_class: str) -> str:
-    """The train prompt: as typed, else "a photo of a {class}" from the subject's class.
-
-    Raises:
-        UploadError: neither given.
-    """
-    if prompt.strip():
-        return prompt.strip()
-    if subject_class.strip():
-        return f"a photo of a {subject_class.strip()}"
-    raise UploadError("type a train prompt, or the subject's class (e.g. dog)")
-
-
 class Studio:
     """The models, loaded once, and the runs of every browser session, one at a time.
 
@@ -185,13 +144,13 @@ class Studio:
         Raises:
             UploadError: a value out of range (the message says which).
         """
-        max_iters = _whole(max_iters, "max iterations")
+        max_iters = whole_number(max_iters, "max iterations")
         if not 1 <= max_iters <= MAX_ITERS_LIMIT:
             raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
         lr = self.optim_defaults.get("lr", OptimSettings.lr) if lr is None else lr
         try:
             return with_defaults(
-                OptimSettings, self.optim_defaults, max_iters=max_iters, lr=lr, seed=_whole(seed, "seed"), **fixed
+                OptimSettings, self.optim_defaults, max_iters=max_iters, lr=lr, seed=whole_number(seed, "seed"), **fixed
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
@@ -417,34 +376,8 @@ class Studio:
         Raises:
             UploadError: not a zip, too large, names outside the folder, no LoRA weights, or another model's.
         """
-        zip_path = Path(zip_path)
-        megabytes = zip_path.stat().st_size / 1e6
-        if megabytes > self.settings.max_upload_mb:
-            raise UploadError(f"the subject zip is {megabytes:.1f} MB; the limit is {self.settings.max_upload_mb:g} MB")
-        if not zipfile.is_zipfile(zip_path):
-            raise UploadError(f"{zip_path.name} is not a zip file (download one from the Learn tab)")
         target = self.session_folder(session) / "uploads" / f"subject-{time.strftime('%Y%m%d-%H%M%S')}"
-        with zipfile.ZipFile(zip_path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-            if unpacked > 4 * self.settings.max_upload_mb * 1e6:
-                raise UploadError("the subject zip unpacks to too much data")
-            for name in archive.namelist():
-                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
-                    raise UploadError(f"the subject zip holds a path outside its folder: {name}")
-            archive.extractall(target)
-        found = [p.parent for p in target.rglob(WEIGHTS_FILE)]
-        if len(found) != 1:
-            shutil.rmtree(target, ignore_errors=True)
-            raise UploadError(f"the subject zip must hold one LoRA folder ({WEIGHTS_FILE}); it holds {len(found)}")
-        folder = found[0]
-        try:
-            check_lora_file(folder)
-        except LoraError as err:
-            raise UploadError(str(err).replace(str(folder), zip_path.name)) from None
-        model = read_subject_info(folder).get("model")
-        if model is not None and model != self.settings.model:
-            raise UploadError(f"this subject was learned on {model}; the app runs {self.settings.model}")
-        return folder
+        return unpack_subject_zip(zip_path, target, self.settings.max_upload_mb, self.settings.model)
 
     def generate(
         self,
@@ -464,7 +397,7 @@ class Studio:
         lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
         if not lines:
             raise UploadError("type at least one prompt (one per line)")
-        num_images, seed = _whole(num_images, "number of images"), _whole(seed, "seed")
+        num_images, seed = whole_number(num_images, "number of images"), whole_number(seed, "seed")
         if not 1 <= num_images <= MAX_IMAGES:
             raise UploadError(f"number of images must be 1 to {MAX_IMAGES}, got {num_images}")
         optim = with_defaults(OptimSettings, self.optim_defaults)
@@ -472,7 +405,7 @@ class Studio:
             job = GenerationJob(
                 lines,
                 [seed + k for k in range(num_images)],
-                optim.num_inference_steps if steps is None else _whole(steps, "steps"),
+                optim.num_inference_steps if steps is None else whole_number(steps, "steps"),
                 optim.guidance_scale,
             )
         except ValueError as err:
@@ -499,23 +432,6 @@ class Studio:
         if getattr(self.backbone.denoiser, "peft_config", None):
             self.backbone.pipe.unload_lora_weights()
         self._loaded = None
-
-
-def _whole(value, name: str) -> int:
-    """A page's number field as a whole number.
-
-    Raises:
-        UploadError: empty, or not a whole number.
-    """
-    if value is None or value == "":
-        raise UploadError(f"{name} is empty")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UploadError(f"{name} must be a whole number, got {value!r}") from None
-    if not number.is_integer():
-        raise UploadError(f"{name} must be a whole number, got {value}")
-    return int(number)
 
 
 def _frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:

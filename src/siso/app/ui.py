@@ -37,6 +37,46 @@ def _page_error(err: BaseException) -> gr.Error:
     return gr.Error(f"the run failed: {type(err).__name__}: {err}")
 
 
+def _advanced(optim: OptimSettings) -> list[gr.Number]:
+    """The run's settings under "Advanced", with the CLI's defaults: max iterations, learning rate, seed."""
+    with gr.Accordion("Advanced", open=False):
+        return [
+            gr.Number(label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT),
+            gr.Number(label="Learning rate", value=optim.lr, minimum=0),
+            gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0),
+        ]
+
+
+def _start_stop(prefix: str) -> tuple[gr.Button, gr.Button]:
+    with gr.Row():
+        return gr.Button("Start", variant="primary", elem_id=f"{prefix}start"), gr.Button("Stop", variant="stop")
+
+
+def _live_view(prefix: str, best_label: str) -> list[gr.components.Component]:
+    """What a run shows as it goes and at its end: the iterations, the loss plot, the best image, the subject's LoRA
+    and the run folder (in `_show`'s order)."""
+    gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id=f"{prefix}iterations")
+    plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
+    with gr.Row():
+        best = gr.Image(label=best_label, type="filepath", interactive=False, height=240, elem_id=f"{prefix}best-image")
+        with gr.Column():
+            lora_zip = gr.File(label="Subject LoRA", interactive=False, elem_id=f"{prefix}lora-zip")
+            run_zip = gr.File(label="Run folder", interactive=False, elem_id=f"{prefix}run-zip")
+    return [gallery, plot, best, lora_zip, run_zip]
+
+
+def _show(progress: Progress) -> tuple:
+    """A run's progress for `_live_view`'s components and its status line."""
+    return (
+        progress.frames,
+        _plot(progress.losses),
+        progress.best_image,
+        progress.lora_zip,
+        progress.run_zip,
+        progress.message,
+    )
+
+
 def build_app(studio: Studio) -> gr.Blocks:
     """The page; serve it with ``build_app(studio).queue(default_concurrency_limit=1).launch(...)``."""
     optim = with_defaults(OptimSettings, studio.optim_defaults)
@@ -54,26 +94,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                 )
                 subject_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
                 prompt = gr.Textbox(label="Train prompt", placeholder="a photo of a dog")
-                with gr.Accordion("Advanced", open=False):
-                    max_iters = gr.Number(
-                        label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT
-                    )
-                    lr = gr.Number(label="Learning rate", value=optim.lr, minimum=0)
-                    seed = gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0)
-                with gr.Row():
-                    start = gr.Button("Start", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
+                settings = _advanced(optim)
+                start, stop = _start_stop("")
                 status = gr.Markdown("Upload a subject photo, then press Start.", elem_id="status")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id="iterations")
-                plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
-                with gr.Row():
-                    best = gr.Image(
-                        label="Best image", type="filepath", interactive=False, height=240, elem_id="best-image"
-                    )
-                    with gr.Column():
-                        lora_zip = gr.File(label="Subject LoRA", interactive=False, elem_id="lora-zip")
-                        run_zip = gr.File(label="Run folder", interactive=False, elem_id="run-zip")
+                view = _live_view("", "Best image")
 
         with gr.Tab("Generate"), gr.Row():
             with gr.Column(scale=1):
@@ -106,26 +131,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                 )
                 edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
                 edit_prompt = gr.Textbox(label="Edit prompt", placeholder="a photo of a dog")
-                with gr.Accordion("Advanced", open=False):
-                    edit_iters = gr.Number(
-                        label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT
-                    )
-                    edit_lr = gr.Number(label="Learning rate", value=optim.lr, minimum=0)
-                    edit_seed = gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0)
-                with gr.Row():
-                    edit_start = gr.Button("Start", variant="primary", elem_id="edit-start")
-                    edit_stop = gr.Button("Stop", variant="stop")
+                edit_settings = _advanced(optim)
+                edit_start, edit_stop = _start_stop("edit-")
                 edit_status = gr.Markdown(
                     "Upload the photo and the subject, mark the object, press Start.", elem_id="edit-status"
                 )
             with gr.Column(scale=2):
-                edit_gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id="edit-iterations")
-                edit_plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
-                with gr.Row():
-                    edit_best = gr.Image(label="Best edit", type="filepath", interactive=False, height=240)
-                    with gr.Column():
-                        edit_lora = gr.File(label="Subject LoRA", interactive=False)
-                        edit_run = gr.File(label="Run folder", interactive=False)
+                edit_view = _live_view("edit-", "Best edit")
 
         def learn(photo, subject, train_prompt, iters, rate, run_seed, request: gr.Request):
             try:
@@ -146,16 +158,6 @@ def build_app(studio: Studio) -> gr.Blocks:
             except Exception as err:
                 raise _page_error(err) from None
 
-        def _show(progress: Progress):
-            return (
-                progress.frames,
-                _plot(progress.losses),
-                progress.message,
-                progress.best_image,
-                progress.lora_zip,
-                progress.run_zip,
-            )
-
         def halt(request: gr.Request) -> str:
             if studio.stop(request.session_hash):
                 return "Stopping: the best iteration so far is kept."
@@ -174,8 +176,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         subject_class.input(None, subject_class, prompt, js=PREFILL)
         start.click(
             learn,
-            [photo, subject_class, prompt, max_iters, lr, seed],
-            [gallery, plot, status, best, lora_zip, run_zip],
+            [photo, subject_class, prompt, *settings],
+            [*view, status],
             concurrency_limit=1,
             concurrency_id=QUEUE,
         )
@@ -183,8 +185,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         edit_class.input(None, edit_class, edit_prompt, js=PREFILL)
         edit_start.click(
             edit,
-            [scene, box, edit_photo, edit_class, edit_prompt, edit_iters, edit_lr, edit_seed],
-            [edit_gallery, edit_plot, edit_status, edit_best, edit_lora, edit_run],
+            [scene, box, edit_photo, edit_class, edit_prompt, *edit_settings],
+            [*edit_view, edit_status],
             concurrency_limit=1,
             concurrency_id=QUEUE,
         )

@@ -1,0 +1,112 @@
+"""What the app takes from a page before any work: uploaded photos and subject zips within limits, the train
+prompt, number fields; every refusal is an `UploadError` whose message is for the page."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from siso.images import ImageError, load_subject
+from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
+
+if TYPE_CHECKING:
+    from siso.app.studio import AppSettings
+
+
+class UploadError(ValueError):
+    """An upload or a field the app cannot use; the message is for the page."""
+
+
+def check_upload(path: str | Path | None, settings: AppSettings, what: str) -> Image.Image:
+    """Read an uploaded photo within the app's limits (`siso.images.load_subject`'s checks too).
+
+    Raises:
+        UploadError: nothing uploaded, a file over the size or pixel limit, or not a usable image.
+    """
+    if not path:
+        raise UploadError(f"upload a {what} first")
+    path = Path(path)
+    megabytes = path.stat().st_size / 1e6
+    if megabytes > settings.max_upload_mb:
+        raise UploadError(f"the {what} is {megabytes:.1f} MB; the limit is {settings.max_upload_mb:g} MB")
+    try:
+        with Image.open(path) as img:  # reads the header only: the pixel count before any decoding
+            pixels = img.width * img.height
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        pixels = 0  # load_subject says what is wrong with the file
+    if pixels > settings.max_pixels:
+        raise UploadError(f"the {what} has {pixels / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}")
+    try:
+        return load_subject(path, what=what)
+    except ImageError as err:
+        raise UploadError(str(err).replace(str(path), Path(path).name)) from None
+
+
+def train_prompt_for(prompt: str, subject_class: str) -> str:
+    """The train prompt: as typed, else "a photo of a {class}" from the subject's class.
+
+    Raises:
+        UploadError: neither given.
+    """
+    if prompt.strip():
+        return prompt.strip()
+    if subject_class.strip():
+        return f"a photo of a {subject_class.strip()}"
+    raise UploadError("type a train prompt, or the subject's class (e.g. dog)")
+
+
+def unpack_subject_zip(zip_path: str | Path, target: Path, max_upload_mb: float, model: str) -> Path:
+    """Unpack an uploaded subject (a zip of a ``lora/`` folder) into ``target`` and check it; returns its LoRA folder.
+
+    Raises:
+        UploadError: not a zip, too large, names outside the folder, not one LoRA folder, damaged weights, or a
+            subject learned on another model than ``model``.
+    """
+    zip_path = Path(zip_path)
+    megabytes = zip_path.stat().st_size / 1e6
+    if megabytes > max_upload_mb:
+        raise UploadError(f"the subject zip is {megabytes:.1f} MB; the limit is {max_upload_mb:g} MB")
+    if not zipfile.is_zipfile(zip_path):
+        raise UploadError(f"{zip_path.name} is not a zip file (download one from the Learn tab)")
+    with zipfile.ZipFile(zip_path) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > 4 * max_upload_mb * 1e6:
+            raise UploadError("the subject zip unpacks to too much data")
+        for name in archive.namelist():
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+                raise UploadError(f"the subject zip holds a path outside its folder: {name}")
+        archive.extractall(target)
+    found = [p.parent for p in target.rglob(WEIGHTS_FILE)]
+    if len(found) != 1:
+        shutil.rmtree(target, ignore_errors=True)
+        raise UploadError(f"the subject zip must hold one LoRA folder ({WEIGHTS_FILE}); it holds {len(found)}")
+    folder = found[0]
+    try:
+        check_lora_file(folder)
+    except LoraError as err:
+        raise UploadError(str(err).replace(str(folder), zip_path.name)) from None
+    learned_on = read_subject_info(folder).get("model")
+    if learned_on is not None and learned_on != model:
+        raise UploadError(f"this subject was learned on {learned_on}; the app runs {model}")
+    return folder
+
+
+def whole_number(value, name: str) -> int:
+    """A page's number field as a whole number.
+
+    Raises:
+        UploadError: empty, or not a whole number.
+    """
+    if value is None or value == "":
+        raise UploadError(f"{name} is empty")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UploadError(f"{name} must be a whole number, got {value!r}") from None
+    if not number.is_integer():
+        raise UploadError(f"{name} must be a whole number, got {value}")
+    return int(number)
