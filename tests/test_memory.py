@@ -1,8 +1,10 @@
 """Memory options (`siso.config.MemorySettings`): text-encoder offload, gradient checkpointing, --quantize, and the
 out-of-memory message; each changes what is kept in memory, and all but quantization leave the images unchanged."""
 
+import argparse
 import io
 import json
+import platform
 import subprocess
 import sys
 
@@ -16,8 +18,8 @@ from siso import cli
 from siso.backbones import Backbone, UNetBackbone, load_backbone
 from siso.config import MemorySettings
 from siso.lora import add_lora
-from siso.memory import PeakMemory, out_of_memory_message
-from siso.optimize import optimize_subject
+from siso.memory import PeakMemory, add_memory_options, memory_settings, out_of_memory_message
+from siso.optimize import optimize_lora, optimize_subject
 from siso.quantize import check_quantize
 
 SIZES = {"sd": None, "sdxl": None, "flux": 32, "sana": 64}
@@ -221,7 +223,57 @@ def test_peak_memory_sees_a_large_allocation():
     assert nothing.record() == {"peak_memory_gb": None, "peak_memory_kind": None}
 
 
+# --- freed memory given back to the system (glibc) -----------------------------------------------------------------
+
+GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+# In a fresh process: a 30 MiB block freed (glibc's threshold for giving blocks their own mapping rises to it), then
+# 100 blocks of 8 MiB with the last one kept; prints how much of the 99 freed ones left the resident set.
+FREED = """
+import sys
+import torch
+from siso.memory import _process_memory, release_freed_memory
+if sys.argv[1] == "release":
+    assert release_freed_memory()
+torch.ones(30 * 2**18)  # made and freed
+blocks = [torch.ones(2 * 2**20) for _ in range(100)]  # 8 MiB each, every page touched
+before = _process_memory("VmRSS")
+del blocks[:-1]
+print((before - _process_memory("VmRSS")) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
+def test_release_freed_memory_gives_freed_tensors_back():
+    given_back = {}
+    for mode in ("keep", "release"):
+        proc = subprocess.run([sys.executable, "-c", FREED, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        given_back[mode] = float(proc.stdout)
+    assert given_back["release"] > 700  # of 792 MiB freed
+    assert given_back["keep"] < 100  # glibc's default keeps them in its heap: what the setting is for
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_optimizing_on_cpu_releases_freed_memory_when_asked(model_dirs, make_config, monkeypatch, release):
+    calls = []
+    monkeypatch.setattr("siso.optimize.release_freed_memory", lambda: calls.append(1) or True)
+    config = make_config("sd", max_iters=1)
+    config.memory.release_freed_memory = release
+    backbone = load(model_dirs, "sd")
+    optimize_lora(backbone, lambda cond: backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1),
+                  lambda image: {"loss": image.mean()}, config, progress=False)  # fmt: skip
+    assert len(calls) == release
+
+
 # --- the command line -------------------------------------------------------------------------------------------------
+
+
+def test_keep_freed_memory_flag():
+    parser = argparse.ArgumentParser()
+    add_memory_options(parser)
+    assert memory_settings(parser.parse_args([])).release_freed_memory
+    assert not memory_settings(parser.parse_args(["--keep-freed-memory"])).release_freed_memory
 
 
 @pytest.mark.parametrize("family", ["flux", "sana"])
@@ -254,7 +306,12 @@ def test_cli_quantized_run_and_quantized_reuse(model_dirs, subject_path, similar
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no notices from torchao or the quantizers
     memory = json.loads((out / "config.json").read_text())["siso"]["memory"]
-    assert memory == {"offload_text_encoders": True, "gradient_checkpointing": True, "quantize": "int8"}
+    assert memory == {
+        "offload_text_encoders": True,
+        "gradient_checkpointing": True,
+        "quantize": "int8",
+        "release_freed_memory": True,
+    }
     [record] = json.loads((out / "metrics.json").read_text())["images"]
 
     proc = run_siso(["generate", "--lora", str(out / "lora"), "--quantize", "int8", *prompts, "--out", str(again)])

@@ -169,11 +169,17 @@ class MemorySettings:
         quantize: Quantize the frozen denoiser's linear weights on loading (the LoRA stays in full precision):
             ``int8`` (torchao int8 weight-only; CPU and CUDA) or ``nf4`` (bitsandbytes 4-bit NF4; CUDA only).
             Changes the images a little (the base model is approximated). ``None``: off.
+        release_freed_memory: On a CPU under Linux (glibc): tensors of 4 MiB and more get memory of their own,
+            given back to the system when they are freed, instead of a place in the heap that glibc keeps
+            (`siso.memory.release_freed_memory`). The similarity networks' graph, freed before the VAE decoder's
+            backward, then no longer adds to the peak: at SD-Turbo's real size, 13.7 GB instead of 15.4 GB. It
+            applies to the whole process from the first optimization on. Images are unchanged.
     """
 
     offload_text_encoders: bool = True
     gradient_checkpointing: bool = False
     quantize: str | None = None
+    release_freed_memory: bool = True
 
     def __post_init__(self):
         if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import platform
 import re
 import sys
 from pathlib import Path
@@ -39,6 +41,12 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
         help="keep the text encoders on the device while optimizing (default: moved off, or freed on CPU, once the "
         "prompt is encoded)",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="on a CPU (Linux), leave freed tensors in the C allocator's heap for reuse: a few percent faster, a "
+        "higher peak (SD-Turbo at 512 px: 15.4 instead of 13.7 GB)",
+    )
 
 
 def memory_settings(args: argparse.Namespace) -> MemorySettings:
@@ -46,7 +54,36 @@ def memory_settings(args: argparse.Namespace) -> MemorySettings:
         offload_text_encoders=not args.keep_text_encoders,
         gradient_checkpointing=args.gradient_checkpointing,
         quantize=args.quantize,
+        release_freed_memory=not args.keep_freed_memory,
     )
+
+
+# Allocations of this size and more get their own mapping (glibc's M_MMAP_THRESHOLD, fixed by
+# `release_freed_memory`; glibc's own threshold moves up to 32 MiB as large blocks are freed).
+MMAP_THRESHOLD = 4 * 2**20
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def release_freed_memory() -> bool:
+    """Give freed tensors of `MMAP_THRESHOLD` bytes and more back to the system at once (Linux with glibc).
+
+    glibc serves blocks under its mmap threshold (which rises to 32 MiB as the process frees large blocks) from a heap
+    it keeps: freed, they stay resident and serve only later blocks that fit between them. In a SISO iteration on the
+    CPU, the similarity networks' graph (DINOv2 at 518 px keeps 5-22 MiB tensors, 1.4 GB in all) is freed before the
+    VAE decoder's backward, whose 67-268 MiB tensors cannot reuse it, so the peak counted both. With a fixed 4 MiB
+    threshold those tensors are mapped on their own and unmapped when freed. The cost is page faults when such
+    memory is used again (measured: within run-to-run noise, a few percent at most). Process-wide, and it stays set.
+
+    Returns:
+        Whether it was applied (False on other systems and C libraries).
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 
 def is_out_of_memory(err: BaseException) -> bool:

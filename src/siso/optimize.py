@@ -21,6 +21,7 @@ from siso.images import tensor_to_pil
 from siso.lean import lean_graph
 from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
+from siso.memory import release_freed_memory
 from siso.upsample import fused_upsampling
 
 # callback(iteration, image, loss terms) -> True to stop the run.
@@ -215,6 +216,8 @@ def optimize_lora(
         backbone.park_text_encoders(keep=[name for name in modules if name != backbone.denoiser_name])
     if memory.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
+    if memory.release_freed_memory and backbone.device.type == "cpu":
+        release_freed_memory()
 
     best: dict = {}
     history: list[dict] = []

@@ -58,10 +58,10 @@ class Configuration:
 
 CONFIGURATIONS = {
     # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device, the
-    # stock memory layout and autograd graph.
+    # stock memory layout, autograd graph and C allocator settings.
     "reference": Configuration(
         dtype="fp32",
-        memory=MemorySettings(offload_text_encoders=False),
+        memory=MemorySettings(offload_text_encoders=False, release_freed_memory=False),
         reencode_prompt=True,
         channels_last_vae=False,
         lean=False,
