@@ -144,3 +144,22 @@ def test_bench_fast_is_labelled_a_different_loss(model_dirs, tmp_path, capsys):
     # A named backbone without a tiny decoder is refused before any worker starts.
     with pytest.raises(ValueError, match="no tiny VAE decoder for sana"):
         BenchSettings(model="sana", configs=("fast",))
+
+
+@pytest.mark.parametrize("offload", [True, False])
+def test_flop_count_leaves_the_text_encoders_as_the_loop_does(model_dirs, subject, make_config, offload):
+    # Counting encodes the prompt; with offloading the encoders go out again before the iteration is counted (at real
+    # size SDXL-Turbo's 2.8 GB of text encoders on top of the iteration did not fit in 24 GB).
+    from siso.backbones import load_backbone
+    from siso.bench.measure import count_flops
+    from siso.lora import add_lora
+    from siso.losses import SimilarityLoss
+
+    config = make_config("sd", max_iters=1)
+    config.memory.offload_text_encoders = offload
+    backbone = load_backbone(str(model_dirs["sd"]), device="cpu")
+    add_lora(backbone, config.lora)
+    backbone.park_text_encoders()  # as the loop leaves them
+    loss_fn = SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    assert count_flops(backbone, loss_fn, config, encode=True) > 0
+    assert (backbone.pipe.text_encoder is None) == offload

@@ -327,6 +327,8 @@ def count_flops(
     opt = config.optim
     with torch.no_grad(), FlopCounterMode(display=False) as encoding:
         cond = backbone.encode_prompt(config.train_prompt, opt.guidance_scale)
+    if config.memory.offload_text_encoders:  # out again, as in the loop (SDXL-Turbo's 2.8 GB did not fit at 24 GB)
+        backbone.park_text_encoders()
     with contextlib.ExitStack() as stack:
         if loss_vae is not None:
             stack.enter_context(backbone.decoding_with(loss_vae))
