@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from console import run_siso
+from graphs import run_losses
 from PIL import Image
 
 from siso import cli
@@ -19,7 +20,7 @@ from siso.backbones import Backbone, UNetBackbone, load_backbone
 from siso.config import MemorySettings
 from siso.lora import add_lora
 from siso.memory import PeakMemory, add_memory_options, memory_settings, out_of_memory_message
-from siso.optimize import optimize_lora, optimize_subject
+from siso.optimize import optimize_subject
 from siso.quantize import check_quantize
 
 SIZES = {"sd": None, "sdxl": None, "flux": 32, "sana": 64}
@@ -255,14 +256,12 @@ def test_release_freed_memory_gives_freed_tensors_back():
 
 
 @pytest.mark.parametrize("release", [True, False])
-def test_optimizing_on_cpu_releases_freed_memory_when_asked(model_dirs, make_config, monkeypatch, release):
+def test_optimizing_on_cpu_releases_freed_memory_when_asked(model_dirs, subject, make_config, monkeypatch, release):
     calls = []
     monkeypatch.setattr("siso.optimize.release_freed_memory", lambda: calls.append(1) or True)
     config = make_config("sd", max_iters=1)
     config.memory.release_freed_memory = release
-    backbone = load(model_dirs, "sd")
-    optimize_lora(backbone, lambda cond: backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1),
-                  lambda image: {"loss": image.mean()}, config, progress=False)  # fmt: skip
+    run_losses(model_dirs["sd"], subject, config)
     assert len(calls) == release
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import platform
 import re
 import sys
@@ -64,6 +65,7 @@ MMAP_THRESHOLD = 4 * 2**20
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
+@functools.cache
 def release_freed_memory() -> bool:
     """Give freed tensors of `MMAP_THRESHOLD` bytes and more back to the system at once (Linux with glibc).
 
@@ -72,7 +74,8 @@ def release_freed_memory() -> bool:
     CPU, the similarity networks' graph (DINOv2 at 518 px keeps 5-22 MiB tensors, 1.4 GB in all) is freed before the
     VAE decoder's backward, whose 67-268 MiB tensors cannot reuse it, so the peak counted both. With a fixed 4 MiB
     threshold those tensors are mapped on their own and unmapped when freed. The cost is page faults when such
-    memory is used again (measured: within run-to-run noise, a few percent at most). Process-wide, and it stays set.
+    memory is used again: +3 % time at SD-Turbo's real size, measured alone (benchmarks/RESULTS.md). Process-wide, and
+    it stays set, so it is applied once per process (the first call's answer is kept).
 
     Returns:
         Whether it was applied (False on other systems and C libraries).
