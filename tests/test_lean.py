@@ -3,8 +3,10 @@
 import pytest
 import torch
 from diffusers.models.activations import GEGLU
+from diffusers.models.resnet import ResnetBlock2D
 from graphs import gradient_path, run_losses, saved_bytes
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from siso.backbones import load_backbone
 from siso.config import LoraSettings
@@ -28,11 +30,13 @@ def test_lean_graph_keeps_less_and_changes_nothing(model_dirs, family):
         if family == "sd":  # AutoencoderKL's resnets: GroupNorm -> SiLU fused, the activation an identity
             resnet = vae.decoder.up_blocks[0].resnets[0]
             assert type(resnet.norm1).__name__ == "GroupNormSiLU" and isinstance(resnet.nonlinearity, nn.Identity)
+            assert "forward" in vars(resnet)  # the residual added in place
             # The UNet's: fused too, the activation kept for the time embedding; its GEGLU gates lean.
             resnet = backbone.denoiser.down_blocks[0].resnets[0]
             assert type(resnet.norm2).__name__ == "GroupNormSiLU"
             assert type(resnet.nonlinearity).__name__ == "TimeEmbeddingSiLU"
             assert all("forward" in vars(m) for m in gegl)
+            assert "forward" not in vars(resnet)  # a time embedding: the stock forward
     assert torch.equal(lean_image, image)  # bit-identical forward
     for g, lean_g in zip(grads, lean_grads, strict=True):
         torch.testing.assert_close(lean_g, g, rtol=1e-5, atol=1e-7)
@@ -41,7 +45,47 @@ def test_lean_graph_keeps_less_and_changes_nothing(model_dirs, family):
     # The stock modules are back: no instance-level forward, the same module types.
     assert {name: type(m) for name, m in (*vae.named_modules(), *backbone.denoiser.named_modules())} == stock
     convs = [m for m in (*vae.modules(), *backbone.denoiser.modules()) if isinstance(m, nn.Conv2d)]
-    assert convs and not any("forward" in vars(m) for m in (*convs, *gegl))
+    resnets = [m for m in vae.modules() if isinstance(m, ResnetBlock2D)]
+    assert bool(resnets) == (family == "sd")  # (Sana's DC-AE has its own blocks)
+    assert convs and not any("forward" in vars(m) for m in (*convs, *gegl, *resnets))
+
+
+@pytest.mark.parametrize("channels", [(8, 8), (8, 16)])  # with and without a shortcut convolution
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_vae_resnet_adds_its_residual_in_place(channels, layout):
+    torch.manual_seed(0)
+    block = ResnetBlock2D(in_channels=channels[0], out_channels=channels[1], temb_channels=None, groups=4).eval()
+    block.requires_grad_(False).to(memory_format=layout)
+    x = torch.randn(2, channels[0], 16, 16).to(memory_format=layout)
+
+    def run():
+        ops = OpNames()
+        z = x.clone().requires_grad_()
+        with ops:
+            out = block(z, None)
+            (grad,) = torch.autograd.grad(out.square().sum(), z)
+        return out, grad, ops.names
+
+    out, grad, stock_ops = run()
+    with lean_graph(block):
+        lean_out, lean_grad, lean_ops = run()
+    assert torch.equal(lean_out, out) and lean_out.stride() == out.stride()
+    torch.testing.assert_close(lean_grad, grad, rtol=1e-5, atol=1e-7)
+    # The stock block divides by its output scale (1) forward and backward and adds out of place.
+    assert stock_ops.count("aten.div.Tensor") == 2 and "aten.add_.Tensor" not in stock_ops
+    assert "aten.div.Tensor" not in lean_ops and "aten.add_.Tensor" in lean_ops
+
+
+class OpNames(TorchDispatchMode):
+    """The aten ops run inside the block, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def test_lean_graph_leaves_trainable_and_grad_free_convolutions_alone():

@@ -1,7 +1,8 @@
 """A leaner autograd graph through frozen convolutional networks (the VAE decoder, the UNet's convolutions).
 
 SISO backpropagates through the VAE decode at full image resolution, and at 512 px that graph is most of the
-iteration's memory. Three things in it (and in the UNet's) are kept for nothing or for little:
+iteration's memory. Three things in it (and in the UNet's) are kept for nothing or for little, and one is made
+for nothing:
 
 - A convolution keeps its input for the backward pass even when its weight is frozen, though the gradient w.r.t.
   the input needs only the weight (``torch.nn.grad.conv2d_input``). A frozen convolution here keeps nothing.
@@ -10,6 +11,8 @@ iteration's memory. Three things in it (and in the UNet's) are kept for nothing 
   the activation also meets the time embedding, which keeps its SiLU (`TimeEmbeddingSiLU`).
 - GEGLU (the UNet's feed-forward: ``value * gelu(gate)``) keeps both halves and ``gelu(gate)``; here only the
   halves, and the backward recomputes the GELU.
+- The VAE's resnet blocks end with ``(input + hidden) / 1.0``: two new full-size tensors in the forward pass and one
+  in the backward. Here the residual is added in place (each new tensor is fresh memory: on a CPU, page faults).
 
 All give bit-identical outputs and the same gradients, with no convolution recomputed: unlike gradient
 checkpointing they cost almost no time. `lean_graph` applies them to a module tree for the duration of a block and
@@ -49,8 +52,9 @@ class _GroupNormSiLU(torch.autograd.Function):
     """``silu(group_norm(x))`` with frozen affine parameters that keeps only ``x`` and recomputes the rest.
 
     The backward calls the kernels autograd would (``native_group_norm``, ``silu_backward``,
-    ``native_group_norm_backward``: the same numbers) with no autograd graph of its own, so at most two full-size
-    temporaries are alive at once: at 512 px the VAE's largest is 268 MB.
+    ``native_group_norm_backward``: the same numbers) with no autograd graph of its own, the SiLU's gradient written
+    over the recomputed norm, so at most two full-size temporaries are alive at once and two are made: at 512 px the
+    VAE's largest is 268 MB.
     """
 
     @staticmethod
@@ -69,8 +73,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         pixels = x.numel() // (batch * channels)
         aten = torch.ops.aten
         normed, mean, rstd = aten.native_group_norm(x, weight, bias, batch, channels, pixels, num_groups, eps)
-        grad_normed = aten.silu_backward(grad, normed)
-        del normed
+        grad_normed = aten.silu_backward.grad_input(grad, normed, grad_input=normed)  # in place: one tensor fewer
         grad_x, _, _ = aten.native_group_norm_backward(
             grad_normed.contiguous(memory_format=memory_format),  # as autograd passes it on a CPU
             x,
@@ -174,6 +177,41 @@ def _lean_geglu_forward(geglu: nn.Module):
     return forward
 
 
+def _lean_residual_forward(block: nn.Module):
+    """The forward of a diffusers ``ResnetBlock2D`` without a time embedding, resampling or output scale (the VAE's),
+    with the residual added in place to ``conv2``'s output: the stock ``(input + hidden) / 1.0`` makes two new
+    full-size tensors (268 MB each at 512 px) and its backward a third, for the same numbers."""
+    stock = block.forward
+
+    def forward(input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        if temb is not None or args or kwargs:
+            return stock(input_tensor, temb, *args, **kwargs)
+        hidden = block.conv1(block.nonlinearity(block.norm1(input_tensor)))
+        hidden = block.conv2(block.dropout(block.nonlinearity(block.norm2(hidden))))
+        shortcut = input_tensor if block.conv_shortcut is None else block.conv_shortcut(input_tensor)
+        if hidden.shape != shortcut.shape or hidden.stride() != shortcut.stride() or hidden._base is not None:
+            return shortcut + hidden  # (not expected: a layout in-place addition would not reproduce)
+        return hidden.add_(shortcut)  # a + b == b + a exactly
+
+    return forward
+
+
+def _residual_sites(module: nn.Module) -> Iterator[nn.Module]:
+    """diffusers' ``ResnetBlock2D``s whose forward `_lean_residual_forward` reproduces: no time embedding, no
+    up/downsampling, an output scale of 1 (the VAE's)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    for block in module.modules():
+        if (
+            type(block) is ResnetBlock2D
+            and block.time_emb_proj is None
+            and block.upsample is None
+            and block.downsample is None
+            and block.output_scale_factor == 1
+        ):
+            yield block
+
+
 def _norm_act_sites(module: nn.Module) -> Iterator[tuple[nn.Module, tuple[str, ...], str, nn.Module]]:
     """(owner, norm attributes, activation attribute, what replaces the activation) where the activation follows
     only those GroupNorms: diffusers' resnet blocks, after norm1 and norm2 (with a time embedding only when it is
@@ -217,6 +255,9 @@ def lean_graph(*modules: nn.Module | None) -> Iterator[None]:
                     for name, new in replacements:
                         swapped.append((owner, name, getattr(owner, name)))
                         setattr(owner, name, new)
+            for block in _residual_sites(module):
+                block.forward = _lean_residual_forward(block)
+                patched.append(block)
             for layer in module.modules():
                 if type(layer) is nn.Conv2d and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
                     layer.forward = _frozen_conv_forward(layer)

@@ -1,11 +1,11 @@
 """``siso bench``: what a SISO iteration costs on this machine, at the published architectures with random weights.
 
 Every configuration runs the real loop (`siso.optimize.optimize_lora`) for warm-up + N iterations and reports the
-median and spread of seconds per iteration, CPU seconds, peak memory, FLOPs per iteration (torch's
-``FlopCounterMode``), the achieved TFLOP/s and its share of the device's bf16 peak (known GPUs only), the time from
-start to the first image, and seconds by part. ``reference`` does what the SISO reference code does (fp32, the prompt
-re-encoded every iteration, every model resident on the device); siso's ``default`` is reported as a ratio to it, so
-the comparison holds on a noisy machine.
+median and spread of seconds per iteration, CPU seconds (and those in the kernel: page faults), peak memory, FLOPs per
+iteration (torch's ``FlopCounterMode``), the achieved TFLOP/s and its share of the device's bf16 peak (known GPUs
+only), the time from start to the first image, and seconds by part. ``reference`` does what the SISO reference code
+does (fp32, the prompt re-encoded every iteration, every model resident on the device); siso's ``default`` is reported
+as a ratio to it, so the comparison holds on a noisy machine.
 """
 
 from __future__ import annotations
@@ -153,16 +153,18 @@ def report(result: dict) -> str:
         f"siso bench: {s['model']}, {s['resolution']} px, {result['device']} ({result['threads']} threads), "
         f"torch {result['torch']}, {s['iters']} iterations after {s['warmup']} warm-up",
         "",
-        "| config | dtype | s/iter (min-max) | CPU s/iter | peak memory | GFLOP/iter | TFLOP/s | share of peak | "
-        "first image | vs reference: speed, memory |",
+        "| config | dtype | s/iter (min-max) | CPU s/iter (in kernel) | peak memory | GFLOP/iter | TFLOP/s | "
+        "share of peak | first image | vs reference: speed, memory |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         memory = "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})"
         ratio = "" if "speedup" not in r else f"{r['speedup']:.2f}x, {_fmt(r['memory_ratio'], '.2f', 'x')}"
+        kernel = r.get("kernel_cpu_seconds_per_iteration")
+        cpu = f"{r['cpu_seconds_per_iteration']:.3f}" + ("" if kernel is None else f" ({kernel:.1f})")
         lines.append(
             f"| {r['config']} | {r['dtype']} | {r['seconds_per_iteration']:.3f} ({r['seconds_min']:.3f}-"
-            f"{r['seconds_max']:.3f}) | {r['cpu_seconds_per_iteration']:.3f} | {memory} | "
+            f"{r['seconds_max']:.3f}) | {cpu} | {memory} | "
             f"{r['flops_per_iteration'] / 1e9:.1f} | {r['achieved_tflops']:.3f} | "
             f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
             f"{r['first_image_seconds']:.1f} s | {ratio} |"
@@ -175,6 +177,14 @@ def report(result: dict) -> str:
             "",
             "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
             "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
+        ]
+    faulted = [r for r in result["rows"] if r.get("faulted_gb_per_iteration") is not None]
+    if faulted:
+        lines += [
+            "",
+            "Fresh memory faulted in per iteration (the kernel CPU seconds above are mostly these page faults): "
+            + ", ".join(f"{r['config']} {r['faulted_gb_per_iteration']:.1f} GB" for r in faulted)
+            + ".",
         ]
     lines += ["", "Seconds per iteration by part (median; forward + backward):", ""]
     lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +31,18 @@ from siso.upsample import fused_upsampling
 # bf16 dense tensor-core peaks (TFLOP/s, no sparsity) of accelerators we know; others are reported as unknown.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
 PARTS = ("denoiser", "vae decode", "dino", "ir", "optimizer step", "other")
+_PAGE_BYTES = 4096
+
+
+def kernel_counters() -> dict[str, float]:
+    """This process's CPU seconds in the kernel (``kernel``) and pages faulted in (``faults``; Unix), both 0 where
+    unknown. Fresh memory is faulted in page by page: on a CPU this is what allocating costs beyond the arithmetic."""
+    if sys.platform == "win32":
+        return {"kernel": 0.0, "faults": 0.0}
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"kernel": usage.ru_stime, "faults": float(usage.ru_minflt)}
 
 
 @dataclass
@@ -112,11 +125,14 @@ class PartTimer:
     def new_iteration(self) -> None:
         """Close the previous iteration's figures (call when an iteration starts, and once after the last)."""
         self.end_iteration()
-        self.per_iteration.append({**self.totals, "cpu": time.process_time(), "wall": time.perf_counter()})
+        self.per_iteration.append(
+            {**self.totals, **kernel_counters(), "cpu": time.process_time(), "wall": time.perf_counter()}
+        )
 
     def iteration_parts(self, first: int) -> dict[str, float]:
-        """Median seconds per part, and CPU seconds (``cpu``), over iterations ``first`` to the last but one."""
-        keys = (*PARTS, "cpu")
+        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and pages faulted in
+        (``faults``), over iterations ``first`` to the last but one."""
+        keys = (*PARTS, "cpu", "kernel", "faults")
         spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
         spans = spans[first:-1] or spans  # without the last iteration (no backward, no step)
         return {key: statistics.median(span[key] for span in spans) for key in keys}
@@ -287,7 +303,8 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     )
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
-    cpu_seconds = parts.pop("cpu")
+    cpu_seconds, kernel_seconds, faults = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faults")
+    unix = sys.platform != "win32"
     parts["other"] = max(0.0, seconds - sum(parts.values()))
     peak_tflops = device_peak_tflops(backbone.device)
     achieved = flops / seconds / 1e12
@@ -298,6 +315,9 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "seconds_min": min(measured),
         "seconds_max": max(measured),
         "cpu_seconds_per_iteration": cpu_seconds,
+        # Page faults bring in fresh memory: on a CPU, what allocating costs beyond the arithmetic.
+        "kernel_cpu_seconds_per_iteration": kernel_seconds if unix else None,
+        "faulted_gb_per_iteration": faults * _PAGE_BYTES / 1e9 if unix else None,
         "peak_memory_gb": peak.peak / 1e9 if peak.kind else None,
         "peak_memory_kind": peak.kind,
         "flops_per_iteration": flops,
