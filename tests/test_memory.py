@@ -7,6 +7,7 @@ import json
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -232,6 +233,7 @@ GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 # 100 blocks of 8 MiB with the last one kept; prints how much of the 99 freed ones left the resident set.
 FREED = """
 import sys
+from contextlib import contextmanager
 import torch
 from siso.memory import _process_memory, release_freed_memory
 if sys.argv[1] == "release":
@@ -255,14 +257,80 @@ def test_release_freed_memory_gives_freed_tensors_back():
     assert given_back["keep"] < 100  # glibc's default keeps them in its heap: what the setting is for
 
 
+# In a fresh process (glibc's settings are process-wide): a module whose backward makes tensors that shrink as the VAE
+# decoder's gradients do (64 down to 16 MiB), each freed once a 4 MiB one is made after it (in a heap, that leaves a
+# hole below it), run outside `backward_from_heap` and twice inside it; prints the pages faulted in by each backward,
+# and how much of what the last one used stayed resident.
+HEAP = """
+import json, resource
+import torch
+from siso.memory import _process_memory, backward_from_heap, release_freed_memory
+assert release_freed_memory()
+faults = []
+
+class Probe(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        kept = []
+        for mib in (64, 48, 32, 24, 16):
+            block = torch.ones(mib * 2**18)  # every page touched
+            kept.append(torch.ones(2**20))  # 4 MiB after it
+            del block
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return grad
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return Probe.apply(x)
+
+net, x = Net(), torch.zeros(4, requires_grad=True)
+net(x).sum().backward()
+with backward_from_heap(net) as applied:
+    net(x).sum().backward()
+    rss = _process_memory("VmRSS")
+    net(x).sum().backward()
+    kept = (_process_memory("VmRSS") - rss) / 2**20
+    with torch.no_grad():
+        net(x)  # no graph: nothing to do
+print(json.dumps({"applied": applied, "faults": faults, "kept_mib": kept}))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
+def test_backward_from_heap_reuses_freed_blocks_and_gives_them_back():
+    proc = subprocess.run([sys.executable, "-c", HEAP], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    outside, *inside = result["faults"]
+    assert result["applied"] and len(inside) == 2
+    pages = 2**20 // 4096
+    assert outside >= 200 * pages  # of 204 MiB: each tensor a fresh mapping, faulted in page by page
+    # The 64 MiB one and the 4 MiB ones (84 MiB) if the others all reuse the 64 MiB one's hole; glibc does not always.
+    assert all(n < 0.65 * outside for n in inside), (outside, inside)
+    assert result["kept_mib"] < 16  # given back when the backward ended
+
+
 @pytest.mark.parametrize("release", [True, False])
 def test_optimizing_on_cpu_releases_freed_memory_when_asked(model_dirs, subject, make_config, monkeypatch, release):
-    calls = []
+    calls, heaps = [], []
+
+    @contextmanager
+    def heap(module):
+        heaps.append(type(module).__name__)
+        yield True
+
     monkeypatch.setattr("siso.optimize.release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("siso.optimize.backward_from_heap", heap)
     config = make_config("sd", max_iters=1)
     config.memory.release_freed_memory = release
     run_losses(model_dirs["sd"], subject, config)
     assert len(calls) == release
+    assert heaps == (["Decoder"] if release else [])  # the VAE decoder's backward
 
 
 # --- the command line -------------------------------------------------------------------------------------------------
