@@ -233,7 +233,6 @@ GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 # 100 blocks of 8 MiB with the last one kept; prints how much of the 99 freed ones left the resident set.
 FREED = """
 import sys
-from contextlib import contextmanager
 import torch
 from siso.memory import _process_memory, release_freed_memory
 if sys.argv[1] == "release":

@@ -216,7 +216,8 @@ def optimize_lora(
         backbone.park_text_encoders(keep=[name for name in modules if name != backbone.denoiser_name])
     if memory.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
-    if memory.release_freed_memory and backbone.device.type == "cpu":
+    release = memory.release_freed_memory and backbone.device.type == "cpu"
+    if release:
         release_freed_memory()
 
     best: dict = {}
@@ -227,7 +228,7 @@ def optimize_lora(
     try:
         if loss_vae is not None:  # first: the layout and the lean graph then apply to the decoder in use
             stock_after.enter_context(backbone.decoding_with(loss_vae))
-        if memory.release_freed_memory and backbone.device.type == "cpu":  # fewer fresh pages: faster, same peak
+        if release:  # fewer fresh pages: faster, same peak
             stock_after.enter_context(backward_from_heap(backbone.pipe.vae.decoder))
         if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
             stock_after.enter_context(backbone.channels_last_vae())

@@ -31,18 +31,18 @@ from siso.upsample import fused_upsampling
 # bf16 dense tensor-core peaks (TFLOP/s, no sparsity) of accelerators we know; others are reported as unknown.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
 PARTS = ("denoiser", "vae decode", "dino", "ir", "optimizer step", "other")
-_PAGE_BYTES = 4096
+_RUSAGE = sys.platform != "win32"  # getrusage: Unix only
 
 
 def kernel_counters() -> dict[str, float]:
-    """This process's CPU seconds in the kernel (``kernel``) and pages faulted in (``faults``; Unix), both 0 where
-    unknown. Fresh memory is faulted in page by page: on a CPU this is what allocating costs beyond the arithmetic."""
-    if sys.platform == "win32":
-        return {"kernel": 0.0, "faults": 0.0}
+    """This process's CPU seconds in the kernel (``kernel``) and bytes faulted in (``faulted``), both 0 where unknown
+    (Windows). Fresh memory is faulted in page by page: on a CPU this is what allocating costs beyond the arithmetic."""
+    if not _RUSAGE:
+        return {"kernel": 0.0, "faulted": 0.0}
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"kernel": usage.ru_stime, "faults": float(usage.ru_minflt)}
+    return {"kernel": usage.ru_stime, "faulted": float(usage.ru_minflt * resource.getpagesize())}
 
 
 @dataclass
@@ -130,9 +130,9 @@ class PartTimer:
         )
 
     def iteration_parts(self, first: int) -> dict[str, float]:
-        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and pages faulted in
-        (``faults``), over iterations ``first`` to the last but one."""
-        keys = (*PARTS, "cpu", "kernel", "faults")
+        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and bytes faulted in
+        (``faulted``), over iterations ``first`` to the last but one."""
+        keys = (*PARTS, "cpu", "kernel", "faulted")
         spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
         spans = spans[first:-1] or spans  # without the last iteration (no backward, no step)
         return {key: statistics.median(span[key] for span in spans) for key in keys}
@@ -303,8 +303,7 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     )
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
-    cpu_seconds, kernel_seconds, faults = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faults")
-    unix = sys.platform != "win32"
+    cpu_seconds, kernel_seconds, faulted = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faulted")
     parts["other"] = max(0.0, seconds - sum(parts.values()))
     peak_tflops = device_peak_tflops(backbone.device)
     achieved = flops / seconds / 1e12
@@ -316,8 +315,8 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "seconds_max": max(measured),
         "cpu_seconds_per_iteration": cpu_seconds,
         # Page faults bring in fresh memory: on a CPU, what allocating costs beyond the arithmetic.
-        "kernel_cpu_seconds_per_iteration": kernel_seconds if unix else None,
-        "faulted_gb_per_iteration": faults * _PAGE_BYTES / 1e9 if unix else None,
+        "kernel_cpu_seconds_per_iteration": kernel_seconds if _RUSAGE else None,
+        "faulted_gb_per_iteration": faulted / 1e9 if _RUSAGE else None,
         "peak_memory_gb": peak.peak / 1e9 if peak.kind else None,
         "peak_memory_kind": peak.kind,
         "flops_per_iteration": flops,
