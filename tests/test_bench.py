@@ -1,6 +1,7 @@
 """`siso bench`: every column, on the tiny models (the real-size architectures are too large for the test machine)."""
 
 import json
+import sys
 
 import pytest
 import tiny
@@ -29,7 +30,9 @@ def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
     assert main([*args, "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| config | dtype | s/iter (min-max) | CPU s/iter (in kernel) | peak memory | GFLOP/iter |" in text
-    assert "Fresh memory faulted in per iteration" in text
+    assert "Page faults per iteration (each maps in 4 KiB of fresh memory, or 2 MiB with huge pages" in text
+    huge = "on" if sys.platform == "linux" else "off"
+    assert f"which PyTorch leaves off): reference off, default {huge}." in text
     assert "| reference | fp32 |" in text and "| default | fp32 |" in text  # auto = fp32 on a CPU
     result = json.loads(out.read_text())
     reference, default = result["rows"]
@@ -42,7 +45,8 @@ def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
         assert all(v >= 0 for v in row["parts_seconds"].values()) and row["parts_seconds"]["denoiser"] > 0
         assert row["first_image_seconds"] > 0 and row["cpu_seconds_per_iteration"] > 0
         assert 0 <= row["kernel_cpu_seconds_per_iteration"] <= row["cpu_seconds_per_iteration"]
-        assert row["faulted_gb_per_iteration"] >= 0
+        assert row["page_faults_per_iteration"] >= 0
+    assert reference["huge_pages"] is False and default["huge_pages"] is (sys.platform == "linux")
     assert reference["prompt_encodings"] == 4 and default["prompt_encodings"] == 0  # re-encoded every iteration
     assert reference["dtype"] == "fp32" and reference["speedup"] == 1.0
     assert default["speedup"] > 0 and default["memory_ratio"] > 0

@@ -225,6 +225,55 @@ def test_peak_memory_sees_a_large_allocation():
     assert nothing.record() == {"peak_memory_gb": None, "peak_memory_kind": None}
 
 
+# --- transparent huge pages for large CPU tensors (`siso.pages`) -----------------------------------------------------
+
+# In a fresh process (PyTorch reads the setting once, at its first CPU tensor): optionally a tensor made before
+# `import siso`, then a 16 MiB tensor; prints whether the kernel was advised to back its mapping with huge pages
+# (the ``hg`` flag in /proc/self/smaps, whatever the system's own huge-page mode).
+ADVISED = """
+import sys
+import torch
+if sys.argv[1] == "torch first":
+    torch.ones(8)
+import siso
+x = torch.ones(4 * 2**20)
+address, flags = x.data_ptr(), None
+for line in open("/proc/self/smaps"):
+    fields = line.split()
+    if "-" in fields[0] and len(fields[0]) > 8 and ":" not in fields[0]:
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        inside = start <= address < end
+    elif fields[0] == "VmFlags:" and inside:
+        flags = fields[1:]
+print("hg" in flags)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PyTorch advises huge pages on Linux only")
+@pytest.mark.parametrize(
+    ("environment", "order", "advised"),
+    [(None, "siso first", True), ("0", "siso first", False), (None, "torch first", False)],
+)
+def test_import_siso_asks_for_huge_pages_unless_told_otherwise(environment, order, advised, monkeypatch):
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", environment)
+    proc = subprocess.run([sys.executable, "-c", ADVISED, order], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(advised)
+
+
+def test_the_bench_reference_runs_with_the_environments_own_page_setting(monkeypatch):
+    from siso import pages
+    from siso.bench import CONFIGURATIONS, worker_environment
+
+    monkeypatch.setenv(pages.ENV, "1")  # as `import siso` leaves it
+    for user_setting, reference_gets in ((None, "0"), ("1", "1")):
+        monkeypatch.setattr(pages, "USER_SETTING", user_setting)
+        assert worker_environment(CONFIGURATIONS["reference"])[pages.ENV] == reference_gets
+        assert worker_environment(CONFIGURATIONS["default"])[pages.ENV] == "1"
+
+
 # --- freed memory given back to the system (glibc) -----------------------------------------------------------------
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
@@ -259,7 +308,8 @@ def test_release_freed_memory_gives_freed_tensors_back():
 # In a fresh process (glibc's settings are process-wide): a module whose backward makes tensors that shrink as the VAE
 # decoder's gradients do (64 down to 16 MiB), each freed once a 4 MiB one is made after it (in a heap, that leaves a
 # hole below it), run outside `backward_from_heap` and twice inside it; prints the pages faulted in by each backward,
-# and how much of what the last one used stayed resident.
+# and how much of what the last one used stayed resident. Without huge pages (`siso.pages`), so that a fault is a 4 KiB
+# page whichever way the memory came.
 HEAP = """
 import json, resource
 import torch
@@ -301,7 +351,8 @@ print(json.dumps({"applied": applied, "faults": faults, "kept_mib": kept}))
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt only")
-def test_backward_from_heap_reuses_freed_blocks_and_gives_them_back():
+def test_backward_from_heap_reuses_freed_blocks_and_gives_them_back(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     proc = subprocess.run([sys.executable, "-c", HEAP], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,5 +1,10 @@
 """siso: single-image subject-driven generation and editing (SISO, arXiv 2503.16025) on diffusers backbones."""
 
+from siso.pages import prefer_huge_pages
+
+# First: PyTorch reads this setting at the process's first CPU tensor, which the imports below make (`siso.pages`).
+prefer_huge_pages()
+
 from siso.quiet import silence_notices
 
 # Before the imports below, which import diffusers' pipelines: every `siso` command and `import siso` would start

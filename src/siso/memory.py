@@ -109,8 +109,9 @@ def backward_from_heap(module: torch.nn.Module) -> Iterator[bool]:
     page. The VAE decoder's gradients shrink as its backward goes (512 px down to 64 px at SD-Turbo's size), so the
     holes that freed blocks leave in the heap serve the later ones, and the heap goes back to the system
     (``malloc_trim``) when the backward reaches the decoder's input. SD-Turbo at 512 px on a CPU, back to back:
-    46.5 -> 43.5 s per iteration, 4.4-5.2 -> 3.3-3.6 million page faults, the same peak (benchmarks/RESULTS.md). The
-    forward pass is left alone: its tensors grow level by level, and the heap's holes would not fit the next level's.
+    46.5 -> 43.5 s per iteration, 4.4-5.2 -> 3.3-3.6 million page faults, the same peak; with huge pages
+    (`siso.pages`) it no longer measurably helps (40.2 -> 40.0 s; benchmarks/RESULTS.md). The forward pass is left
+    alone: its tensors grow level by level, and the heap's holes would not fit the next level's.
 
     Yields:
         Whether it applies (False on other systems and C libraries: then nothing changes).

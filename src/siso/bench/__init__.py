@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from siso import pages
 from siso.backbones import default_device, resolve_dtype
 from siso.bench.architectures import check_tiny_vae
-from siso.bench.measure import CONFIGURATIONS, PARTS, optim_settings, run_configuration
+from siso.bench.measure import CONFIGURATIONS, PARTS, Configuration, optim_settings, run_configuration
 from siso.config import DTYPES, SimilaritySettings
 
 __all__ = ["CONFIGURATIONS", "BenchError", "BenchSettings", "report", "run_bench"]
@@ -121,7 +123,8 @@ def _run(settings: BenchSettings, name: str) -> dict:
 def _run_isolated(settings: BenchSettings, name: str) -> dict:
     """`_run` in a fresh process: its peak memory is its own, not what an earlier configuration left allocated."""
     spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name})
-    proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True)
+    env = worker_environment(CONFIGURATIONS[name])
+    proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True, env=env)
     if proc.returncode < 0:  # killed: on Linux, SIGKILL is most often the out-of-memory killer
         raise BenchError(
             f"benchmark configuration {name!r} was killed (signal {-proc.returncode}); if by the system for memory, "
@@ -131,6 +134,15 @@ def _run_isolated(settings: BenchSettings, name: str) -> dict:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         raise BenchError(f"benchmark configuration {name!r} failed: {lines[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def worker_environment(configuration: Configuration) -> dict[str, str]:
+    """The environment of a configuration's worker process: this one's, except that a configuration without siso's
+    huge-page default (``reference``) gets the setting the environment had before siso set it (`siso.pages`)."""
+    env = dict(os.environ)
+    if not configuration.huge_pages:
+        env[pages.ENV] = pages.USER_SETTING or "0"  # (unset, `import siso` in the worker would set it again)
+    return env
 
 
 def _worker(spec: str) -> None:
@@ -178,14 +190,22 @@ def report(result: dict) -> str:
             "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
             "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
         ]
-    faulted = [r for r in result["rows"] if r.get("faulted_gb_per_iteration") is not None]
+    faulted = [r for r in result["rows"] if r.get("page_faults_per_iteration") is not None]
     if faulted:
         lines += [
             "",
-            "Fresh memory faulted in per iteration (the kernel CPU seconds above are mostly these page faults): "
-            + ", ".join(f"{r['config']} {r['faulted_gb_per_iteration']:.1f} GB" for r in faulted)
+            "Page faults per iteration (each maps in 4 KiB of fresh memory, or 2 MiB with huge pages; the kernel CPU "
+            "seconds above are mostly these): "
+            + ", ".join(f"{r['config']} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in faulted)
             + ".",
         ]
+    lines += [
+        "",
+        "Transparent huge pages for tensors over 2 MiB (`siso.pages`; the reference keeps the environment's own "
+        "setting, which PyTorch leaves off): "
+        + ", ".join(f"{r['config']} {'on' if r.get('huge_pages') else 'off'}" for r in result["rows"])
+        + ".",
+    ]
     lines += ["", "Seconds per iteration by part (median; forward + backward):", ""]
     lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
     for r in result["rows"]:

@@ -26,6 +26,7 @@ from siso.lean import lean_graph
 from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
 from siso.memory import PeakMemory
 from siso.optimize import optimize_lora
+from siso.pages import huge_pages_requested
 from siso.upsample import fused_upsampling
 
 # bf16 dense tensor-core peaks (TFLOP/s, no sparsity) of accelerators we know; others are reported as unknown.
@@ -35,14 +36,15 @@ _RUSAGE = sys.platform != "win32"  # getrusage: Unix only
 
 
 def kernel_counters() -> dict[str, float]:
-    """This process's CPU seconds in the kernel (``kernel``) and bytes faulted in (``faulted``), both 0 where unknown
-    (Windows). Fresh memory is faulted in page by page: on a CPU this is what allocating costs beyond the arithmetic."""
+    """This process's CPU seconds in the kernel (``kernel``) and page faults (``faults``), both 0 where unknown
+    (Windows). Fresh memory is faulted in page by page (4 KiB, or 2 MiB with huge pages: `siso.pages`): on a CPU this
+    is what allocating costs beyond the arithmetic."""
     if not _RUSAGE:
-        return {"kernel": 0.0, "faulted": 0.0}
+        return {"kernel": 0.0, "faults": 0.0}
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"kernel": usage.ru_stime, "faulted": float(usage.ru_minflt * resource.getpagesize())}
+    return {"kernel": usage.ru_stime, "faults": float(usage.ru_minflt)}
 
 
 @dataclass
@@ -57,6 +59,9 @@ class Configuration:
         lean: Frozen convolutions keep no input for backward, GroupNorm -> SiLU one tensor (siso's default).
         fuse_upsampling: Upsample + convolution as one transposed convolution (`siso.upsample`, siso's default).
         fast: The fast loss (`siso.fast`): a tiny VAE decoder for the loss, DINOv2 at 224 px. A different loss.
+        huge_pages: Run with siso's huge-page default (`siso.pages`); otherwise with the environment's own setting
+            (PyTorch's default: off). Process-wide, so it applies only where the configuration runs in a process of
+            its own (`siso bench` does that).
     """
 
     dtype: str = "auto"
@@ -67,11 +72,12 @@ class Configuration:
     fuse_upsampling: bool = True
     fast: bool = False
     compile: bool = False
+    huge_pages: bool = True
 
 
 CONFIGURATIONS = {
     # The SISO reference code: fp32, the prompt re-encoded every iteration, every model resident on the device, the
-    # stock memory layout, autograd graph and C allocator settings.
+    # stock memory layout, autograd graph, C allocator settings and page size.
     "reference": Configuration(
         dtype="fp32",
         memory=MemorySettings(offload_text_encoders=False, release_freed_memory=False),
@@ -79,6 +85,7 @@ CONFIGURATIONS = {
         channels_last_vae=False,
         lean=False,
         fuse_upsampling=False,
+        huge_pages=False,
     ),
     # siso's defaults.
     "default": Configuration(),
@@ -130,9 +137,9 @@ class PartTimer:
         )
 
     def iteration_parts(self, first: int) -> dict[str, float]:
-        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and bytes faulted in
-        (``faulted``), over iterations ``first`` to the last but one."""
-        keys = (*PARTS, "cpu", "kernel", "faulted")
+        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and page faults
+        (``faults``), over iterations ``first`` to the last but one."""
+        keys = (*PARTS, "cpu", "kernel", "faults")
         spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
         spans = spans[first:-1] or spans  # without the last iteration (no backward, no step)
         return {key: statistics.median(span[key] for span in spans) for key in keys}
@@ -303,7 +310,7 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     )
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
-    cpu_seconds, kernel_seconds, faulted = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faulted")
+    cpu_seconds, kernel_seconds, faults = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faults")
     parts["other"] = max(0.0, seconds - sum(parts.values()))
     peak_tflops = device_peak_tflops(backbone.device)
     achieved = flops / seconds / 1e12
@@ -316,9 +323,10 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "cpu_seconds_per_iteration": cpu_seconds,
         # Page faults bring in fresh memory: on a CPU, what allocating costs beyond the arithmetic.
         "kernel_cpu_seconds_per_iteration": kernel_seconds if _RUSAGE else None,
-        "faulted_gb_per_iteration": faulted / 1e9 if _RUSAGE else None,
+        "page_faults_per_iteration": faults if _RUSAGE else None,
         "peak_memory_gb": peak.peak / 1e9 if peak.kind else None,
         "peak_memory_kind": peak.kind,
+        "huge_pages": huge_pages_requested(),
         "flops_per_iteration": flops,
         "achieved_tflops": achieved,
         "share_of_peak": achieved / peak_tflops if peak_tflops else None,
