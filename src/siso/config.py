@@ -173,10 +173,9 @@ class MemorySettings:
             given back to the system when they are freed, instead of a place in the heap that glibc keeps
             (`siso.memory.release_freed_memory`). The similarity networks' graph, freed before the VAE decoder's
             backward, then no longer adds to the peak: at SD-Turbo's real size, 13.5 GB instead of 14.7 GB (with huge
-            pages, `siso.pages`; 13.7 and 15.4 GB without). It
-            applies to the whole process from the first optimization on. With it, the VAE decoder's backward takes
-            its memory from the heap and gives it back when it ends (`siso.memory.backward_from_heap`: fewer page
-            faults, the same peak). Images are unchanged.
+            pages, `siso.pages`; 13.7 and 15.4 GB without). It applies to the whole process from the first
+            optimization on. With it, the VAE decoder's backward takes its memory from the heap and gives it back
+            when it ends (`siso.memory.backward_from_heap`: fewer page faults, the same peak). Images are unchanged.
     """
 
     offload_text_encoders: bool = True

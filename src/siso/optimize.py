@@ -228,7 +228,7 @@ def optimize_lora(
     try:
         if loss_vae is not None:  # first: the layout and the lean graph then apply to the decoder in use
             stock_after.enter_context(backbone.decoding_with(loss_vae))
-        if release:  # fewer fresh pages: faster, same peak
+        if release:  # fewer fresh pages, same peak (faster without huge pages; level with them)
             stock_after.enter_context(backward_from_heap(backbone.pipe.vae.decoder))
         if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
             stock_after.enter_context(backbone.channels_last_vae())

@@ -190,13 +190,13 @@ def report(result: dict) -> str:
             "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
             "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
         ]
-    faulted = [r for r in result["rows"] if r.get("page_faults_per_iteration") is not None]
-    if faulted:
+    counted = [r for r in result["rows"] if r.get("page_faults_per_iteration") is not None]
+    if counted:
         lines += [
             "",
             "Page faults per iteration (each maps in 4 KiB of fresh memory, or 2 MiB with huge pages; the kernel CPU "
             "seconds above are mostly these): "
-            + ", ".join(f"{r['config']} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in faulted)
+            + ", ".join(f"{r['config']} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in counted)
             + ".",
         ]
     lines += [
