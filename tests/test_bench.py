@@ -31,6 +31,7 @@ def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
     text = capsys.readouterr().out
     assert "| config | dtype | s/iter (min-max) | CPU s/iter (in kernel) | peak memory | GFLOP/iter |" in text
     assert "Page faults per iteration (each maps in 4 KiB of fresh memory, or 2 MiB with huge pages" in text
+    assert "CPU seconds in the kernel per iteration by part (median; mostly page faults):" in text
     huge = "on" if sys.platform == "linux" else "off"
     assert f"which PyTorch leaves off): reference off, default {huge}." in text
     assert "| reference | fp32 |" in text and "| default | fp32 |" in text  # auto = fp32 on a CPU
@@ -46,6 +47,9 @@ def test_cli_bench_reports_every_column_and_the_reference_is_the_reference_code(
         assert row["first_image_seconds"] > 0 and row["cpu_seconds_per_iteration"] > 0
         assert 0 <= row["kernel_cpu_seconds_per_iteration"] <= row["cpu_seconds_per_iteration"]
         assert row["page_faults_per_iteration"] >= 0
+        kernel = row["parts_kernel_seconds"]  # where the kernel's CPU time went, part by part
+        assert set(kernel) == set(row["parts_seconds"]) and all(v >= 0 for v in kernel.values())
+        assert sum(kernel.values()) >= row["kernel_cpu_seconds_per_iteration"] - 1e-6  # "other" takes the rest
     assert reference["huge_pages"] is False and default["huge_pages"] is (sys.platform == "linux")
     assert reference["prompt_encodings"] == 4 and default["prompt_encodings"] == 0  # re-encoded every iteration
     assert reference["dtype"] == "fp32" and reference["speedup"] == 1.0

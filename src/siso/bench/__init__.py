@@ -3,9 +3,9 @@
 Every configuration runs the real loop (`siso.optimize.optimize_lora`) for warm-up + N iterations and reports the
 median and spread of seconds per iteration, CPU seconds (and those in the kernel: page faults), peak memory, FLOPs per
 iteration (torch's ``FlopCounterMode``), the achieved TFLOP/s and its share of the device's bf16 peak (known GPUs
-only), the time from start to the first image, and seconds by part. ``reference`` does what the SISO reference code
-does (fp32, the prompt re-encoded every iteration, every model resident on the device); siso's ``default`` is reported
-as a ratio to it, so the comparison holds on a noisy machine.
+only), the time from start to the first image, and by part, seconds and CPU seconds in the kernel. ``reference`` does
+what the SISO reference code does (fp32, the prompt re-encoded every iteration, every model resident on the device);
+siso's ``default`` is reported as a ratio to it, so the comparison holds on a noisy machine.
 """
 
 from __future__ import annotations
@@ -210,6 +210,13 @@ def report(result: dict) -> str:
     lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
     for r in result["rows"]:
         lines.append(f"| {r['config']} | " + " | ".join(f"{r['parts_seconds'][p]:.3f}" for p in PARTS) + " |")
+    counted = [r for r in result["rows"] if r.get("parts_kernel_seconds")]
+    if counted:
+        lines += ["", "CPU seconds in the kernel per iteration by part (median; mostly page faults):", ""]
+        lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+        for r in counted:
+            kernel = r["parts_kernel_seconds"]
+            lines.append(f"| {r['config']} | " + " | ".join(f"{kernel[p]:.2f}" for p in PARTS) + " |")
     return "\n".join(lines) + "\n"
 
 

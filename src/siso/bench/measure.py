@@ -103,8 +103,9 @@ def device_peak_tflops(device: torch.device) -> float | None:
 
 
 class PartTimer:
-    """Wall time per part of an iteration, from module hooks (forward) and gradient hooks at the parts' boundaries
-    (backward: the similarity networks' backward runs first, then the VAE decoder's, then the denoiser's).
+    """Wall time, and CPU time in the kernel, per part of an iteration, from module hooks (forward) and gradient
+    hooks at the parts' boundaries (backward: the similarity networks' backward runs first, then the VAE decoder's,
+    then the denoiser's).
 
     Synchronizes the device at each boundary, so timings are per part but the iteration is a little slower.
     """
@@ -113,8 +114,9 @@ class PartTimer:
         """``loss_vae``: the decoder the loop decodes with instead of the backbone's (the fast loss's)."""
         self.device = backbone.device
         self.totals = dict.fromkeys(PARTS, 0.0)  # "other" stays 0: it is what the parts leave of an iteration
+        self.kernel_totals = dict.fromkeys(PARTS, 0.0)  # CPU seconds in the kernel (page faults), the same way
         self.handles = []
-        self._marks: list[tuple[str, float]] = []
+        self._marks: list[tuple[str, tuple[float, float]]] = []
         modules = {"denoiser": backbone.denoiser, "vae decode": (loss_vae or backbone.pipe.vae).decoder}
         modules.update({name: net.net for name, net in loss_fn.nets.items()})
         for name, module in modules.items():
@@ -122,8 +124,8 @@ class PartTimer:
             self.handles.append(module.register_forward_hook(self._forward_end(name), with_kwargs=True))
         self.handles.append(register_optimizer_step_pre_hook(self._step_started))
         self.handles.append(register_optimizer_step_post_hook(lambda *a: self._stop("optimizer step")))
-        self._open: dict[str, float] = {}
-        self.per_iteration: list[dict[str, float]] = []
+        self._open: dict[str, tuple[float, float]] = {}
+        self.per_iteration: list[dict] = []
 
     def _step_started(self, *args) -> None:
         self.end_iteration()  # the backward pass (and the gradient clipping) ended just before the step
@@ -133,27 +135,39 @@ class PartTimer:
         """Close the previous iteration's figures (call when an iteration starts, and once after the last)."""
         self.end_iteration()
         self.per_iteration.append(
-            {**self.totals, **kernel_counters(), "cpu": time.process_time(), "wall": time.perf_counter()}
+            {
+                **self.totals,
+                **{f"kernel {part}": seconds for part, seconds in self.kernel_totals.items()},
+                **kernel_counters(),
+                "cpu": time.process_time(),
+                "wall": time.perf_counter(),
+            }
         )
 
     def iteration_parts(self, first: int) -> dict[str, float]:
-        """Median seconds per part, CPU seconds (``cpu``), CPU seconds in the kernel (``kernel``) and page faults
-        (``faults``), over iterations ``first`` to the last but one."""
-        keys = (*PARTS, "cpu", "kernel", "faults")
+        """Median seconds per part, CPU seconds in the kernel per part (``kernel <part>``), CPU seconds (``cpu``),
+        CPU seconds in the kernel (``kernel``) and page faults (``faults``), over iterations ``first`` to the last
+        but one."""
+        keys = (*PARTS, *(f"kernel {part}" for part in PARTS), "cpu", "kernel", "faults")
         spans = [{k: after[k] - before[k] for k in keys} for before, after in itertools.pairwise(self.per_iteration)]
         spans = spans[first:-1] or spans  # without the last iteration (no backward, no step)
         return {key: statistics.median(span[key] for span in spans) for key in keys}
 
-    def _now(self) -> float:
+    def _now(self) -> tuple[float, float]:
+        """Wall time and this process's CPU seconds in the kernel."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return time.perf_counter(), kernel_counters()["kernel"]
+
+    def _add(self, part: str, start: tuple[float, float], end: tuple[float, float]) -> None:
+        self.totals[part] += end[0] - start[0]
+        self.kernel_totals[part] += end[1] - start[1]
 
     def _start(self, part: str) -> None:
         self._open[part] = self._now()
 
     def _stop(self, part: str) -> None:
-        self.totals[part] += self._now() - self._open.pop(part)
+        self._add(part, self._open.pop(part), self._now())
 
     def _forward_start(self, part):
         def hook(module, args, kwargs):
@@ -185,9 +199,9 @@ class PartTimer:
         end = self._now()
         previous = self._marks[0][1]
         for part, moment in self._marks[1:]:
-            self.totals[part] += moment - previous
+            self._add(part, previous, moment)
             previous = moment
-        self.totals["denoiser"] += end - previous  # after the VAE's input: the denoiser's backward and the LoRA's
+        self._add("denoiser", previous, end)  # after the VAE's input: the denoiser's backward and the LoRA's
         self._marks.clear()
 
     def remove(self) -> None:
@@ -311,7 +325,9 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     seconds = statistics.median(measured)
     parts = timer.iteration_parts(settings.warmup)
     cpu_seconds, kernel_seconds, faults = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faults")
+    kernel_parts = {part: parts.pop(f"kernel {part}") for part in PARTS}
     parts["other"] = max(0.0, seconds - sum(parts.values()))
+    kernel_parts["other"] = max(0.0, kernel_seconds - sum(kernel_parts.values()))
     peak_tflops = device_peak_tflops(backbone.device)
     achieved = flops / seconds / 1e12
     return {
@@ -332,6 +348,8 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "share_of_peak": achieved / peak_tflops if peak_tflops else None,
         "first_image_seconds": first_image[0],
         "parts_seconds": parts,
+        # CPU seconds in the kernel by part (all threads; 0 where unknown): where fresh memory is faulted in.
+        "parts_kernel_seconds": kernel_parts if _RUSAGE else None,
         # The first iteration's time beyond a measured one's: the compile time (and first-call costs).
         "compile_seconds": result.history[0]["seconds"] - seconds if configuration.compile else None,
         "loss": "fast (not the paper's)" if configuration.fast else "paper",
