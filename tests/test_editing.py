@@ -17,9 +17,10 @@ from siso.backbones import load_backbone
 from siso.cli import main
 from siso.config import EditConfig, EditSettings, InversionSettings, OptimSettings, SimilaritySettings
 from siso.editing import BackgroundLoss, EditJob, composite, edit_subject, prepare_scene
+from siso.folder import RunFolder
 from siso.lora import snapshot
 from siso.masks import MaskError
-from siso.run import RunFolder, run_edit
+from siso.run import run_edit
 
 
 @pytest.fixture(scope="module")

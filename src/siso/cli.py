@@ -38,6 +38,7 @@ from siso.config import (
 from siso.editing import EditJob
 from siso.eval import cli as eval_cli
 from siso.fast import tiny_vae_name
+from siso.folder import GenerationJob, OutputExistsError, RunFolder, check_output_folder
 from siso.hub import ModelLoadError
 from siso.images import ImageError, load_subject
 from siso.lora import check_lora_file, read_subject_info
@@ -45,15 +46,7 @@ from siso.masks import box_mask, load_mask
 from siso.memory import is_out_of_memory, memory_settings, out_of_memory_message
 from siso.options import build_parser
 from siso.quantize import check_quantize
-from siso.run import (
-    GenerationJob,
-    OutputExistsError,
-    RunFolder,
-    check_output_folder,
-    run_edit,
-    run_generate,
-    run_reuse,
-)
+from siso.run import run_edit, run_generate, run_reuse
 
 EXIT_USAGE, EXIT_OUT_OF_MEMORY, EXIT_INTERRUPTED = 2, 3, 130
 

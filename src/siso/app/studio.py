@@ -2,17 +2,15 @@
 runs that stop at once and keep their best, and uploads checked before any work.
 
 `siso.app.ui` puts a Gradio page on a `Studio`; the tests drive a `Studio` directly too. What a page sends is checked
-in `siso.app.uploads`.
+in `siso.app.uploads`, where runs are written in `siso.app.sessions`, and what a page shows of a run is a
+`siso.app.progress.Progress`.
 """
 
 from __future__ import annotations
 
 import math
 import queue
-import re
-import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +18,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siso.app.progress import Progress, frames
+from siso.app.sessions import Sessions
 from siso.app.uploads import UploadError, check_upload, train_prompt_for, unpack_subject_zip, whole_number
 from siso.backbones import Backbone, check_can_edit, family_defaults, load_backbone, resolve_dtype
 from siso.config import EditConfig, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
 from siso.editing import EditJob
+from siso.folder import GenerationJob, RunFolder
 from siso.images import MIN_SUBJECT_SIDE
 from siso.lora import LoraError, load_lora
 from siso.losses import SimilarityLoss
 from siso.masks import MaskError, box_mask
 from siso.optimize import EarlyStopping
-from siso.run import GenerationJob, RunFolder, run_edit, run_generate
+from siso.run import run_edit, run_generate
 
 __all__ = ["AppSettings", "Progress", "Studio", "UploadError", "check_upload", "train_prompt_for"]
 
@@ -72,30 +73,6 @@ class AppSettings:
             raise ValueError(f"max_pixels must be at least {64 * 64}, got {self.max_pixels}")
 
 
-@dataclass
-class Progress:
-    """What the page shows of a run, after each iteration and once at its end.
-
-    Attributes:
-        frames: (image file, caption) per iteration written so far.
-        losses: The loss per iteration so far.
-        best_iteration: The best iteration so far (the loop's own rule: `siso.optimize.EarlyStopping`).
-        running: Whether the run goes on.
-        message: One line on where the run stands (at the end: why it stopped).
-        best_image, lora_zip, run_zip: At the end: the best image, the subject's LoRA folder zipped, the whole run
-            folder zipped.
-    """
-
-    frames: list[tuple[str, str]]
-    losses: list[float]
-    best_iteration: int | None
-    running: bool
-    message: str
-    best_image: str | None = None
-    lora_zip: str | None = None
-    run_zip: str | None = None
-
-
 class Studio:
     """The models, loaded once, and the runs of every browser session, one at a time.
 
@@ -107,6 +84,7 @@ class Studio:
     def __init__(self, settings: AppSettings, backbone: Backbone | None = None):
         self.settings = settings
         self.root = settings.root.absolute()
+        self.sessions = Sessions(self.root)
         dtype = resolve_dtype(settings.dtype, settings.device)
         self.dtype = dtype
         self.backbone = backbone or load_backbone(settings.model, dtype, settings.device)
@@ -117,24 +95,9 @@ class Studio:
         self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
         self._loaded: Path | None = None  # the LoRA folder the backbone carries now
 
-    # Folders ------------------------------------------------------------------------------------------------------
-
     def session_folder(self, session: str) -> Path:
         """``root/<session>``: the session id cleaned to letters, digits, - and _ (never a path elsewhere)."""
-        name = re.sub(r"[^A-Za-z0-9_-]", "", session or "")[:64] or "anonymous"
-        folder = self.root / name
-        if folder.resolve().parent != self.root.resolve():
-            raise UploadError("bad session")  # not reachable with the cleaning above; kept as the rule
-        return folder
-
-    def _new_run(self, session: str, kind: str) -> RunFolder:
-        folder = self.session_folder(session)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = folder / f"{kind}-{stamp}" if n == 0 else folder / f"{kind}-{stamp}-{n}"
-            if not path.exists():
-                return RunFolder(path)
-        raise UploadError("too many runs this second")
+        return self.sessions.folder(session)
 
     # Learning and editing ---------------------------------------------------------------------------------------
 
@@ -294,7 +257,7 @@ class Studio:
 
         self._busy.acquire()  # released by the run's thread when it ends (a closed page does not wait for it)
         try:
-            out = self._new_run(session, kind)
+            out = self.sessions.new_run(session, kind)
         except BaseException:
             self._busy.release()
             raise
@@ -325,7 +288,7 @@ class Studio:
                     best = len(losses)
                 losses.append(loss)
                 message = f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
-                yield Progress(_frames(out.path, losses, best), list(losses), best, True, message)
+                yield Progress(frames(out.path, losses, best), list(losses), best, True, message)
             thread.join()
         finally:
             stop.set()  # closed early (the page went away): the run ends with its iteration, keeping its best
@@ -339,17 +302,14 @@ class Studio:
         reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
             metrics["stop_reason"], "stopped"
         )
-        downloads = self.session_folder(session) / "downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-        lora_zip = shutil.make_archive(str(downloads / f"{out.path.name}-lora"), "zip", out.path / "lora")
-        run_zip = shutil.make_archive(str(downloads / out.path.name), "zip", out.path)
+        lora_zip, run_zip = self.sessions.downloads(session, out.path)
         message = (
             f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
             f"(loss {metrics['best_loss']:.4f}), {metrics['seconds_per_iteration']:.2f} s/iteration"
         )
         losses = [h["loss"] for h in metrics["iterations"]]
         yield Progress(
-            _frames(out.path, losses, best),
+            frames(out.path, losses, best),
             losses,
             best,
             False,
@@ -376,7 +336,7 @@ class Studio:
         Raises:
             UploadError: not a zip, too large, names outside the folder, no LoRA weights, or another model's.
         """
-        target = self.session_folder(session) / "uploads" / f"subject-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = self.sessions.new_upload(session, "subject")
         return unpack_subject_zip(zip_path, target, self.settings.max_upload_mb, self.settings.model)
 
     def generate(
@@ -421,7 +381,7 @@ class Studio:
                 except LoraError as err:
                     raise UploadError(str(err)) from None
                 self._loaded = lora
-            out = self._new_run(session, "generate")
+            out = self.sessions.new_run(session, "generate")
             out.write_json("config.json", {"lora": str(lora), "model": self.settings.model, "job": job.__dict__})
             records = out.generate_images(self.backbone, job, progress=False)
             out.write_json("metrics.json", {"complete": True, "images": records})
@@ -432,13 +392,3 @@ class Studio:
         if getattr(self.backbone.denoiser, "peft_config", None):
             self.backbone.pipe.unload_lora_weights()
         self._loaded = None
-
-
-def _frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:
-    """The iteration images written so far, captioned with their iteration and loss (the best one marked)."""
-    frames = []
-    for path in sorted((run / "iterations").glob("*.png")):
-        iteration = int(path.stem)
-        caption = f"{iteration}: {losses[iteration]:.4f}" if iteration < len(losses) else f"{iteration}"
-        frames.append((str(path), caption + (" (best)" if iteration == best else "")))
-    return frames

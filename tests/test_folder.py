@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from siso.run import GenerationJob, OutputExistsError, RunFolder, check_output_folder
+from siso.folder import GenerationJob, OutputExistsError, RunFolder, check_output_folder
 
 
 @pytest.mark.parametrize(

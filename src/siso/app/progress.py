@@ -1,0 +1,40 @@
+"""What the app's page shows of a run: the frames written so far, the losses, the best iteration, a message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Progress:
+    """What the page shows of a run, after each iteration and once at its end.
+
+    Attributes:
+        frames: (image file, caption) per iteration written so far.
+        losses: The loss per iteration so far.
+        best_iteration: The best iteration so far (the loop's own rule: `siso.optimize.EarlyStopping`).
+        running: Whether the run goes on.
+        message: One line on where the run stands (at the end: why it stopped).
+        best_image, lora_zip, run_zip: At the end: the best image, the subject's LoRA folder zipped, the whole run
+            folder zipped.
+    """
+
+    frames: list[tuple[str, str]]
+    losses: list[float]
+    best_iteration: int | None
+    running: bool
+    message: str
+    best_image: str | None = None
+    lora_zip: str | None = None
+    run_zip: str | None = None
+
+
+def frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:
+    """The iteration images written so far, captioned with their iteration and loss (the best one marked)."""
+    frames = []
+    for path in sorted((run / "iterations").glob("*.png")):
+        iteration = int(path.stem)
+        caption = f"{iteration}: {losses[iteration]:.4f}" if iteration < len(losses) else f"{iteration}"
+        frames.append((str(path), caption + (" (best)" if iteration == best else "")))
+    return frames

@@ -1,0 +1,50 @@
+"""Typed, validated configuration of a SISO run: `SisoConfig` (generation) and `EditConfig` (editing), each made of
+one settings dataclass per stage, validated with clear errors when built.
+
+Defaults follow the SISO paper (arXiv 2503.16025) unless the docstring says otherwise; the README has a table that
+maps each default to the paper's and the reference code's value.
+"""
+
+from siso.config.editing import (
+    BACKGROUND_TARGETS,
+    INVERSION_METHODS,
+    EditConfig,
+    EditSettings,
+    InversionSettings,
+)
+from siso.config.settings import (
+    DTYPES,
+    FAST_DINO_RESOLUTION,
+    QUANTIZE_METHODS,
+    SEED_MAX,
+    SEED_MIN,
+    FastSettings,
+    LoraSettings,
+    MemorySettings,
+    OptimSettings,
+    SimilaritySettings,
+    SisoConfig,
+    check_seed,
+    with_defaults,
+)
+
+__all__ = [
+    "BACKGROUND_TARGETS",
+    "DTYPES",
+    "FAST_DINO_RESOLUTION",
+    "INVERSION_METHODS",
+    "QUANTIZE_METHODS",
+    "SEED_MAX",
+    "SEED_MIN",
+    "EditConfig",
+    "EditSettings",
+    "FastSettings",
+    "InversionSettings",
+    "LoraSettings",
+    "MemorySettings",
+    "OptimSettings",
+    "SimilaritySettings",
+    "SisoConfig",
+    "check_seed",
+    "with_defaults",
+]
