@@ -83,8 +83,7 @@ class Studio:
 
     def __init__(self, settings: AppSettings, backbone: Backbone | None = None):
         self.settings = settings
-        self.root = settings.root.absolute()
-        self.sessions = Sessions(self.root)
+        self.sessions = Sessions(settings.root)
         dtype = resolve_dtype(settings.dtype, settings.device)
         self.dtype = dtype
         self.backbone = backbone or load_backbone(settings.model, dtype, settings.device)
@@ -94,6 +93,11 @@ class Studio:
         self._stops: dict[str, threading.Event] = {}
         self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
         self._loaded: Path | None = None  # the LoRA folder the backbone carries now
+
+    @property
+    def root(self) -> Path:
+        """Where every run is written (the settings' root, absolute)."""
+        return self.sessions.root
 
     def session_folder(self, session: str) -> Path:
         """``root/<session>``: the session id cleaned to letters, digits, - and _ (never a path elsewhere)."""

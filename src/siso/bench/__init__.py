@@ -206,18 +206,25 @@ def report(result: dict) -> str:
         + ", ".join(f"{r['config']} {'on' if r.get('huge_pages') else 'off'}" for r in result["rows"])
         + ".",
     ]
-    lines += ["", "Seconds per iteration by part (median; forward + backward):", ""]
-    lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
-    for r in result["rows"]:
-        lines.append(f"| {r['config']} | " + " | ".join(f"{r['parts_seconds'][p]:.3f}" for p in PARTS) + " |")
-    counted = [r for r in result["rows"] if r.get("parts_kernel_seconds")]
-    if counted:
-        lines += ["", "CPU seconds in the kernel per iteration by part (median; mostly page faults):", ""]
-        lines += ["| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
-        for r in counted:
-            kernel = r["parts_kernel_seconds"]
-            lines.append(f"| {r['config']} | " + " | ".join(f"{kernel[p]:.2f}" for p in PARTS) + " |")
+    lines += _parts_table(
+        "Seconds per iteration by part (median; forward + backward):", result["rows"], "parts_seconds", ".3f"
+    )
+    lines += _parts_table(
+        "CPU seconds in the kernel per iteration by part (median; mostly page faults):",
+        result["rows"],
+        "parts_kernel_seconds",
+        ".2f",
+    )
     return "\n".join(lines) + "\n"
+
+
+def _parts_table(title: str, rows: list[dict], key: str, spec: str) -> list[str]:
+    """A Markdown table of each row's ``key`` (seconds by part), or nothing if no row has it."""
+    counted = [r for r in rows if r.get(key)]
+    if not counted:
+        return []
+    lines = ["", title, "", "| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    return lines + [f"| {r['config']} | " + " | ".join(f"{r[key][p]:{spec}}" for p in PARTS) + " |" for r in counted]
 
 
 def write_json(result: dict, path: str | Path) -> None:
