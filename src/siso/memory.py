@@ -47,10 +47,9 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="on a CPU (Linux), leave the C allocator (glibc) at its own settings instead of siso's, which reuse "
-        "freed memory between the phases of an iteration and give it back where the peak would count it: a higher "
-        "peak (SD-Turbo at 512 px: 15.2 GB against 13.5 before siso's were made faster) and, with huge pages, "
-        "no faster",
+        help="on a CPU (Linux), leave freed tensors in the C allocator's heap for reuse, and the VAE decoder's "
+        "backward to its defaults: a higher peak (SD-Turbo at 512 px: 14.7 instead of 13.5 GB), faster only "
+        "without huge pages (THP_MEM_ALLOC_ENABLE=0)",
     )
 
 
@@ -66,13 +65,9 @@ def memory_settings(args: argparse.Namespace) -> MemorySettings:
 # Allocations of this size and more get their own mapping (glibc's M_MMAP_THRESHOLD, fixed by
 # `release_freed_memory`; glibc's own threshold moves up to 32 MiB as large blocks are freed).
 MMAP_THRESHOLD = 4 * 2**20
-# While optimizing (`reuse_heap`): blocks under HEAP_THRESHOLD come from the heap, which keeps up to KEEP_HEAP free at
-# its top.
-HEAP_THRESHOLD = 32 * 2**20
-KEEP_HEAP = 2**30
-# mallopt's parameter numbers (malloc.h), and glibc's defaults for those `reuse_heap` sets back.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
-_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 2**10
+# mallopt's parameter numbers (malloc.h), and glibc's default for the one `backward_from_heap` changes.
+_M_MMAP_THRESHOLD, _M_MMAP_MAX = -3, -4
+_GLIBC_MMAP_MAX = 65536
 
 
 @functools.cache
@@ -95,10 +90,9 @@ def release_freed_memory() -> bool:
     it keeps: freed, they stay resident and serve only later blocks that fit between them. In a SISO iteration on the
     CPU, the similarity networks' graph (DINOv2 at 518 px keeps 5-22 MiB tensors, 1.4 GB in all) is freed before the
     VAE decoder's backward, whose 67-268 MiB tensors cannot reuse it, so the peak counted both. With a fixed 4 MiB
-    threshold those tensors are mapped on their own and unmapped when freed. This is the setting outside the
-    optimization loop; inside it, `reuse_heap` keeps the heap between iterations and gives it back where the peak
-    would count it. Process-wide, and it stays set, so it is applied once per process (the first call's answer is
-    kept).
+    threshold those tensors are mapped on their own and unmapped when freed. The cost is page faults when such
+    memory is used again: +3 % time at SD-Turbo's real size, measured alone (benchmarks/RESULTS.md). Process-wide, and
+    it stays set, so it is applied once per process (the first call's answer is kept).
 
     Returns:
         Whether it was applied (False on other systems and C libraries).
@@ -108,24 +102,17 @@ def release_freed_memory() -> bool:
 
 
 @contextmanager
-def reuse_heap(decoder: torch.nn.Module) -> Iterator[bool]:
-    """Inside the block, memory freed in one phase of an iteration serves the next phases from glibc's heap, which is
-    given back to the system twice an iteration, where the peak would otherwise count it (Linux with glibc; meant for
-    optimizing on a CPU, after `release_freed_memory`).
+def backward_from_heap(module: torch.nn.Module) -> Iterator[bool]:
+    """Inside the block, ``module``'s backward passes take their memory from glibc's heap, given back when each ends
+    (Linux with glibc; meant for the VAE decoder on a CPU, with `release_freed_memory`).
 
-    A fresh block is zeroed by the kernel page by page (most of the CPU time an iteration spends in the kernel), so
-    what matters is which phases reuse which memory. Inside the block, blocks under 32 MiB come from the heap (the
-    threshold glibc's own settles at) and a free at the heap's top gives nothing back (trim threshold 1 GiB). The VAE
-    decoder's backward takes all its blocks from the heap (``M_MMAP_MAX`` 0; its gradients shrink as it goes, 512 px
-    down to 64 px at SD-Turbo's size, so the holes that freed blocks leave serve the later ones); what it leaves
-    serves the denoiser's backward and the next iteration's denoiser and decoder forward. The heap's free pages are
-    given back (``malloc_trim``) when the decoder's forward ends, so that what those did not reuse is not resident
-    while the similarity networks build their graph (the iteration's peak), and when the decoder's backward starts,
-    so that the similarity networks' graph, just freed, is not resident beside the decoder's gradients. Given back at
-    those two points only, the heap does not creep from one iteration to the next (kept, it fragments and grows).
-    On exit the settings of `release_freed_memory` come back and the heap's free pages are given back. SD-Turbo at
-    512 px on a CPU, back to back: 35.5 -> 33.5 s per iteration, 10.8 -> 7.9 CPU seconds in the kernel, peak
-    13.4-13.6 -> 13.1-13.2 GB (benchmarks/RESULTS.md).
+    Blocks above the mmap threshold are otherwise mapped fresh and unmapped when freed, so each is faulted in page by
+    page. The VAE decoder's gradients shrink as its backward goes (512 px down to 64 px at SD-Turbo's size), so the
+    holes that freed blocks leave in the heap serve the later ones, and the heap goes back to the system
+    (``malloc_trim``) when the backward reaches the decoder's input. SD-Turbo at 512 px on a CPU, back to back:
+    46.5 -> 43.5 s per iteration, 4.4-5.2 -> 3.3-3.6 million page faults, the same peak; with huge pages
+    (`siso.pages`) it no longer measurably helps (40.2 -> 40.0 s; benchmarks/RESULTS.md). The forward pass is left
+    alone: its tensors grow level by level, and the heap's holes would not fit the next level's.
 
     Yields:
         Whether it applies (False on other systems and C libraries: then nothing changes).
@@ -136,33 +123,27 @@ def reuse_heap(decoder: torch.nn.Module) -> Iterator[bool]:
         return
 
     def started(grad: torch.Tensor) -> None:
-        libc.malloc_trim(0)  # the similarity networks' freed graph, back to the system
         libc.mallopt(_M_MMAP_MAX, 0)  # no new mappings: every block from the heap
 
     def ended(grad: torch.Tensor | None) -> None:
         libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        libc.malloc_trim(0)
 
     def before(mod, args):
         if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
             args[0].register_hook(ended)  # its gradient is the backward's last result
 
     def after(mod, args, output):
-        libc.malloc_trim(0)  # what the denoiser and the decoder did not reuse: not resident at the loss's peak
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(started)
 
-    libc.mallopt(_M_TRIM_THRESHOLD, KEEP_HEAP)
-    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_THRESHOLD)
-    handles = [decoder.register_forward_pre_hook(before), decoder.register_forward_hook(after)]
+    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
         yield True
     finally:
         for handle in handles:
             handle.remove()
         ended(None)  # (a backward that failed half-way left the heap on)
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
-        libc.malloc_trim(0)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
