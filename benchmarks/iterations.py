@@ -17,38 +17,48 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from siso.bench import BenchSettings
-from siso.bench.measure import CONFIGURATIONS, run_configuration
+from siso.bench.architectures import MODELS
+from siso.bench.measure import CONFIGURATIONS, kernel_counters, run_configuration
 from siso.memory import _process_memory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="sd-turbo")
+    parser.add_argument("--model", default="sd-turbo", choices=MODELS, help="built at its real size, random weights")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--iters", type=int, default=8, help="iterations with an optimizer step")
     parser.add_argument("--keep-freed-memory", action="store_true", help="glibc's own allocator settings")
     args = parser.parse_args()
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        parser.error("needs Linux: the peak of each iteration is read from /proc/self")
+    try:
+        # Line 0 (the warm-up), then --iters lines; the loop's last iteration takes no step and prints no line.
+        settings = BenchSettings(
+            model=args.model, configs=("default",), resolution=args.resolution, iters=args.iters, warmup=1,
+            isolate=False, device="cpu",
+        )  # fmt: skip
+    except ValueError as err:
+        parser.error(str(err))
     configuration = CONFIGURATIONS["default"]
     if args.keep_freed_memory:
         memory = dataclasses.replace(configuration.memory, release_freed_memory=False)
         configuration = dataclasses.replace(configuration, memory=memory)
-    clear_refs = Path("/proc/self/clear_refs")
     lines = []
-    last = {"time": time.perf_counter(), "kernel": resource.getrusage(resource.RUSAGE_SELF).ru_stime}
+    last = {"time": time.perf_counter(), "kernel": kernel_counters()["kernel"]}
 
     def stepped(optimizer, args, kwargs) -> None:
-        now, kernel = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
         line = {
-            "seconds": now - last["time"],
-            "kernel": kernel - last["kernel"],
+            "seconds": time.perf_counter() - last["time"],
+            "kernel": kernel_counters()["kernel"] - last["kernel"],
             "peak_gb": _process_memory("VmHWM") / 1e9,
             "low_gb": _process_memory("VmRSS") / 1e9,
         }
@@ -59,16 +69,15 @@ def main() -> None:
             flush=True,
         )
         clear_refs.write_text("5")  # the next line's peak is its own
-        last["time"], last["kernel"] = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        last["time"], last["kernel"] = time.perf_counter(), kernel_counters()["kernel"]
 
     handle = register_optimizer_step_post_hook(stepped)
-    # Line 0 (the warm-up), then --iters lines; the loop's last iteration takes no step and prints no line.
-    settings = BenchSettings(
-        model=args.model, configs=("default",), resolution=args.resolution, iters=args.iters, warmup=1,
-        isolate=False, device="cpu",
-    )  # fmt: skip
-    run_configuration(args.model, settings, "default", configuration)
-    handle.remove()
+    try:
+        run_configuration(args.model, settings, "default", configuration)
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted after {len(lines)} lines")
+    finally:
+        handle.remove()
     measured = lines[1:]
     print(
         f"median over {len(measured)}: {statistics.median(m['seconds'] for m in measured):.1f} s, kernel "
