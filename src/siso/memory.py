@@ -47,9 +47,9 @@ def add_memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="on a CPU (Linux), leave freed tensors in the C allocator's heap for reuse, and the VAE decoder's "
-        "backward to its defaults: a higher peak (SD-Turbo at 512 px: 14.7 instead of 13.5 GB), faster only "
-        "without huge pages (THP_MEM_ALLOC_ENABLE=0)",
+        help="on a CPU (Linux), leave the C allocator (glibc) at its own settings instead of siso's, which reuse "
+        "freed memory between the phases of an iteration and give it back where the peak would count it: a higher "
+        "peak and slower iterations (SD-Turbo at 512 px: 15.2 GB and 40 s, against siso's 13.2 GB and 33 s)",
     )
 
 
@@ -65,9 +65,15 @@ def memory_settings(args: argparse.Namespace) -> MemorySettings:
 # Allocations of this size and more get their own mapping (glibc's M_MMAP_THRESHOLD, fixed by
 # `release_freed_memory`; glibc's own threshold moves up to 32 MiB as large blocks are freed).
 MMAP_THRESHOLD = 4 * 2**20
-# mallopt's parameter numbers (malloc.h), and glibc's default for the one `backward_from_heap` changes.
-_M_MMAP_THRESHOLD, _M_MMAP_MAX = -3, -4
-_GLIBC_MMAP_MAX = 65536
+# While optimizing (`reuse_heap`): blocks under HEAP_THRESHOLD come from the heap, which keeps up to KEEP_HEAP free at
+# its top.
+HEAP_THRESHOLD = 32 * 2**20
+KEEP_HEAP = 2**30
+# ... if the peak plus the heap's free memory stays under this share of what the process can hold (`heap_fits`).
+HEAP_FIT_SHARE = 0.9
+# mallopt's parameter numbers (malloc.h), and glibc's defaults for those `reuse_heap` sets back.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 2**10
 
 
 @functools.cache
@@ -90,9 +96,10 @@ def release_freed_memory() -> bool:
     it keeps: freed, they stay resident and serve only later blocks that fit between them. In a SISO iteration on the
     CPU, the similarity networks' graph (DINOv2 at 518 px keeps 5-22 MiB tensors, 1.4 GB in all) is freed before the
     VAE decoder's backward, whose 67-268 MiB tensors cannot reuse it, so the peak counted both. With a fixed 4 MiB
-    threshold those tensors are mapped on their own and unmapped when freed. The cost is page faults when such
-    memory is used again: +3 % time at SD-Turbo's real size, measured alone (benchmarks/RESULTS.md). Process-wide, and
-    it stays set, so it is applied once per process (the first call's answer is kept).
+    threshold those tensors are mapped on their own and unmapped when freed. This is the setting outside the
+    optimization loop; inside it, `reuse_heap` keeps the heap between iterations and gives it back where the peak
+    would count it. Process-wide, and it stays set, so it is applied once per process (the first call's answer is
+    kept).
 
     Returns:
         Whether it was applied (False on other systems and C libraries).
@@ -101,18 +108,102 @@ def release_freed_memory() -> bool:
     return libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 
-@contextmanager
-def backward_from_heap(module: torch.nn.Module) -> Iterator[bool]:
-    """Inside the block, ``module``'s backward passes take their memory from glibc's heap, given back when each ends
-    (Linux with glibc; meant for the VAE decoder on a CPU, with `release_freed_memory`).
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc 2.33 and later): the heap's figures in bytes."""
 
-    Blocks above the mmap threshold are otherwise mapped fresh and unmapped when freed, so each is faulted in page by
-    page. The VAE decoder's gradients shrink as its backward goes (512 px down to 64 px at SD-Turbo's size), so the
-    holes that freed blocks leave in the heap serve the later ones, and the heap goes back to the system
-    (``malloc_trim``) when the backward reaches the decoder's input. SD-Turbo at 512 px on a CPU, back to back:
-    46.5 -> 43.5 s per iteration, 4.4-5.2 -> 3.3-3.6 million page faults, the same peak; with huge pages
-    (`siso.pages`) it no longer measurably helps (40.2 -> 40.0 s; benchmarks/RESULTS.md). The forward pass is left
-    alone: its tensors grow level by level, and the heap's holes would not fit the next level's.
+    _FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS.split()]
+
+
+def _heap_free(libc) -> int | None:
+    """Bytes free inside glibc's heap (``mallinfo2().fordblks``, all arenas), or None before glibc 2.33."""
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+# A memory cgroup's limit and use: v2 (``max`` for no limit) and v1.
+_CGROUP_V2_FILES = ("memory.max", "memory.current")
+_CGROUP_V1_FILES = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+
+
+def memory_room(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes of memory the system can still give this process (Linux): ``MemAvailable``, or less where the process's
+    memory cgroup (v2 or v1, as in a container) has a limit closer to its use. None where it cannot be read."""
+    try:
+        meminfo = (proc / "meminfo").read_text()
+        own = (proc / "self" / "cgroup").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE)
+    if found is None:
+        return None
+    room = int(found.group(1)) * 1024
+    for line in own.splitlines():  # "0::/path" (v2) or "4:memory:/path" (v1)
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            root, files = cgroups, _CGROUP_V2_FILES
+        elif "memory" in controllers.split(","):
+            root, files = cgroups / "memory", _CGROUP_V1_FILES
+        else:
+            continue
+        for folder in (root / path.lstrip("/"), root):  # as the host names it, or the namespace's root (a container)
+            limit, used = (_read_int(folder / name) for name in files)
+            if limit is not None and used is not None:
+                if limit < 2**60:  # v1 writes a huge number for no limit
+                    room = min(room, max(limit - used, 0))
+                break
+    return room
+
+
+def heap_fits(free: int, resident: int, peak: int, room: int) -> bool:
+    """Whether ``free`` bytes of heap may stay resident for the next phases of an iteration: its peak (``peak``, which
+    the next phases stay under without the heap) plus all of them must stay under `HEAP_FIT_SHARE` of the most the
+    process can hold (what it holds now, ``resident``, plus the ``room`` the system can still give it)."""
+    return peak + free <= HEAP_FIT_SHARE * (resident + room)
+
+
+def _keep_heap(libc) -> bool:
+    """Whether the heap's free memory fits beside the process's peak (`heap_fits`), read from the system now."""
+    free, room = _heap_free(libc), memory_room()
+    if free is None or room is None:
+        return False
+    return heap_fits(free, _process_memory("VmRSS"), _process_memory("VmHWM"), room)
+
+
+@contextmanager
+def reuse_heap(decoder: torch.nn.Module) -> Iterator[bool]:
+    """Inside the block, memory freed in one phase of an iteration serves the next phases from glibc's heap, which is
+    given back to the system where the peak would otherwise count it (Linux with glibc; meant for optimizing on a CPU,
+    after `release_freed_memory`).
+
+    A fresh block is zeroed by the kernel page by page (most of the CPU time an iteration spends in the kernel), so
+    what matters is which phases reuse which memory. Inside the block, blocks under 32 MiB come from the heap (the
+    threshold glibc's own settles at) and a free at the heap's top gives nothing back (trim threshold 1 GiB). The VAE
+    decoder's backward takes all its blocks from the heap (``M_MMAP_MAX`` 0; its gradients shrink as it goes, 512 px
+    down to 64 px at SD-Turbo's size, so the holes that freed blocks leave serve the later ones). What it leaves
+    serves the denoiser's backward and the next iteration's denoiser and decoder forward, if it fits: when the
+    decoder's backward ends, the heap is kept only if the iteration's peak plus all the heap's free memory stays
+    under 90 % of the most the process can hold (`heap_fits`, from ``mallinfo2``, ``/proc`` and the memory cgroup),
+    and given back otherwise (SD-Turbo at 768 and 1024 px on a 24 GB machine, or at 512 px on a 16 GB one).
+
+    The heap's free pages are also given back (``malloc_trim``) when the decoder's forward ends, so that what was not
+    reused is not resident while the similarity networks build their graph (the iteration's peak), and when the
+    decoder's backward starts, so that the similarity networks' graph, just freed, is not resident beside the
+    decoder's gradients. Given back at those points, the heap does not creep from one iteration to the next (kept,
+    it fragments and grows). On exit the settings of `release_freed_memory` come back and the heap's free pages are
+    given back. SD-Turbo at 512 px on a CPU, back to back with the earlier default: 36.0 -> 32.6 s per iteration,
+    11.4 -> 7.65 CPU seconds in the kernel, peak 13.4-13.5 -> 13.2-13.3 GB (benchmarks/RESULTS.md).
 
     Yields:
         Whether it applies (False on other systems and C libraries: then nothing changes).
@@ -123,27 +214,35 @@ def backward_from_heap(module: torch.nn.Module) -> Iterator[bool]:
         return
 
     def started(grad: torch.Tensor) -> None:
+        libc.malloc_trim(0)  # the similarity networks' freed graph, back to the system
         libc.mallopt(_M_MMAP_MAX, 0)  # no new mappings: every block from the heap
 
     def ended(grad: torch.Tensor | None) -> None:
         libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-        libc.malloc_trim(0)
+        if grad is not None and not _keep_heap(libc):
+            libc.malloc_trim(0)  # the decoder's freed gradients would not fit beside the next peak
 
     def before(mod, args):
         if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
             args[0].register_hook(ended)  # its gradient is the backward's last result
 
     def after(mod, args, output):
+        libc.malloc_trim(0)  # what the denoiser and the decoder did not reuse: not resident at the loss's peak
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(started)
 
-    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    libc.mallopt(_M_TRIM_THRESHOLD, KEEP_HEAP)
+    libc.mallopt(_M_MMAP_THRESHOLD, HEAP_THRESHOLD)
+    handles = [decoder.register_forward_pre_hook(before), decoder.register_forward_hook(after)]
     try:
         yield True
     finally:
         for handle in handles:
             handle.remove()
         ended(None)  # (a backward that failed half-way left the heap on)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -21,7 +21,7 @@ from siso.images import tensor_to_pil
 from siso.lean import lean_graph
 from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
-from siso.memory import backward_from_heap, release_freed_memory
+from siso.memory import release_freed_memory, reuse_heap
 from siso.upsample import fused_upsampling
 
 # callback(iteration, image, loss terms) -> True to stop the run.
@@ -228,8 +228,8 @@ def optimize_lora(
     try:
         if loss_vae is not None:  # first: the layout and the lean graph then apply to the decoder in use
             stock_after.enter_context(backbone.decoding_with(loss_vae))
-        if release:  # fewer fresh pages, same peak (faster without huge pages; level with them)
-            stock_after.enter_context(backward_from_heap(backbone.pipe.vae.decoder))
+        if release:  # freed memory reused from one iteration to the next: fewer fresh pages
+            stock_after.enter_context(reuse_heap(backbone.pipe.vae.decoder))
         if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
             stock_after.enter_context(backbone.channels_last_vae())
         if fuse_upsampling:

@@ -169,13 +169,14 @@ class MemorySettings:
         quantize: Quantize the frozen denoiser's linear weights on loading (the LoRA stays in full precision):
             ``int8`` (torchao int8 weight-only; CPU and CUDA) or ``nf4`` (bitsandbytes 4-bit NF4; CUDA only).
             Changes the images a little (the base model is approximated). ``None``: off.
-        release_freed_memory: On a CPU under Linux (glibc): tensors of 4 MiB and more get memory of their own,
-            given back to the system when they are freed, instead of a place in the heap that glibc keeps
-            (`siso.memory.release_freed_memory`). The similarity networks' graph, freed before the VAE decoder's
-            backward, then no longer adds to the peak: at SD-Turbo's real size, 13.5 GB instead of 14.7 GB (with huge
-            pages, `siso.pages`; 13.7 and 15.4 GB without). It applies to the whole process from the first
-            optimization on. With it, the VAE decoder's backward takes its memory from the heap and gives it back
-            when it ends (`siso.memory.backward_from_heap`: fewer page faults, the same peak). Images are unchanged.
+        release_freed_memory: On a CPU under Linux (glibc): manage what the C allocator keeps of freed tensors.
+            While optimizing (`siso.memory.reuse_heap`), memory freed in one phase of an iteration serves the next
+            phases from glibc's heap, and the heap's free pages are given back to the system where the iteration's
+            peak would count them: when the VAE decoder's forward ends, when its backward starts, and when it ends
+            unless they fit beside the peak in the memory left; outside it, tensors of 4 MiB and more get memory of
+            their own, given back when freed (`siso.memory.release_freed_memory`). At SD-Turbo's real size: fewer
+            page faults and a lower peak than glibc's own settings (benchmarks/RESULTS.md). Process-wide, from the
+            first optimization on. Images are unchanged.
     """
 
     offload_text_encoders: bool = True
