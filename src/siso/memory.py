@@ -200,10 +200,12 @@ def reuse_heap(decoder: torch.nn.Module) -> Iterator[bool]:
     The heap's free pages are also given back (``malloc_trim``) when the decoder's forward ends, so that what was not
     reused is not resident while the similarity networks build their graph (the iteration's peak), and when the
     decoder's backward starts, so that the similarity networks' graph, just freed, is not resident beside the
-    decoder's gradients. Given back at those points, the heap does not creep from one iteration to the next (kept,
-    it fragments and grows). On exit the settings of `release_freed_memory` come back and the heap's free pages are
-    given back. SD-Turbo at 512 px on a CPU, back to back with the earlier default: 36.0 -> 32.6 s per iteration,
-    11.4 -> 7.65 CPU seconds in the kernel, peak 13.4-13.5 -> 13.2-13.3 GB (benchmarks/RESULTS.md).
+    decoder's gradients. Given back at those points, the peak holds (kept throughout, the heap fragments and the peak
+    creeps): at SD-Turbo's 512 px, 13.1-13.3 GB for 18 iterations, up to 13.85 GB by the 21st; the heap's free
+    memory grows as it fragments, so the rule gives it back more often in long runs. On exit the settings of
+    `release_freed_memory` come back and the heap's free pages are given back. SD-Turbo at 512 px on a CPU, back to
+    back with the earlier default: 36.0 -> 32.6 s per iteration, 11.4 -> 7.65 CPU seconds in the kernel, peak
+    13.4-13.5 -> 13.2-13.3 GB (benchmarks/RESULTS.md).
 
     Yields:
         Whether it applies (False on other systems and C libraries: then nothing changes).
