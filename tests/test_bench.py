@@ -136,6 +136,36 @@ def test_bench_measures_a_lever_alone_in_process(model_dirs):
     assert row["iterations"] == 2 and row["prompt_encodings"] == 0
 
 
+def test_ctrl_c_during_the_loop_ends_the_benchmark(model_dirs):
+    # The loop itself ends on Ctrl-C keeping its best (for `siso generate`); a benchmark must not report that run.
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from siso.bench import run_bench
+    from siso.config import SimilaritySettings
+
+    similarity = SimilaritySettings(
+        dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]), dino_resolution=28
+    )
+    settings = BenchSettings(
+        model=str(model_dirs["sd"]), configs=("default",), resolution=64, iters=3, warmup=0, device="cpu",
+        similarity=similarity, isolate=False,
+    )  # fmt: skip
+    steps = []
+
+    def interrupt(optimizer, args, kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(settings)
+    finally:
+        handle.remove()
+    assert len(steps) == 2
+
+
 def test_bench_fast_is_labelled_a_different_loss(model_dirs, tmp_path, capsys):
     from siso.bench import run_bench
     from siso.config import SimilaritySettings

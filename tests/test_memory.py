@@ -519,6 +519,7 @@ def _system(tmp_path, cgroup_line, files):
         ("0::/", {"memory.max": "max", "memory.current": "5000000000"}, 10_240_000_000),  # v2, no limit
         ("0::/job", {"job/memory.max": "8000000000", "job/memory.current": "6000000000"}, 2_000_000_000),  # v2
         ("0::/job", {"memory.max": "8000000000", "memory.current": "7000000000"}, 1_000_000_000),  # v2, namespace
+        ("odd line\n0::/job", {"job/memory.max": "8000000000", "job/memory.current": "6000000000"}, 2_000_000_000),
         (
             "4:memory:/job",  # v1, seen from a container: its cgroup is the root of the mount
             {"memory/memory.limit_in_bytes": "9000000000", "memory/memory.usage_in_bytes": "6000000000"},

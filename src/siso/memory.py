@@ -150,6 +150,8 @@ def memory_room(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup
         return None
     room = int(found.group(1)) * 1024
     for line in own.splitlines():  # "0::/path" (v2) or "4:memory:/path" (v1)
+        if line.count(":") < 2:
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             root, files = cgroups, _CGROUP_V2_FILES
@@ -178,7 +180,11 @@ def _keep_heap(libc) -> bool:
     free, room = _heap_free(libc), memory_room()
     if free is None or room is None:
         return False
-    return heap_fits(free, _process_memory("VmRSS"), _process_memory("VmHWM"), room)
+    try:
+        resident, peak = _process_memories("VmRSS", "VmHWM")
+    except OSError:  # (a kernel that does not report them): give the heap back
+        return False
+    return heap_fits(free, resident, peak, room)
 
 
 @contextmanager
@@ -262,12 +268,23 @@ def out_of_memory_message(err: BaseException) -> str:
     return f"out of memory on the {where}{detail}; to use less, try {REMEDIES[where]}"
 
 
+def _process_memories(*fields: str) -> list[int]:
+    """Memory figures of this process in bytes from one read of Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``,
+    ...), in the order asked."""
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in fields:
+            found[name] = int(value.split()[0]) * 1024
+    missing = [field for field in fields if field not in found]
+    if missing:
+        raise OSError(f"no {', '.join(missing)} in /proc/self/status")
+    return [found[field] for field in fields]
+
+
 def _process_memory(field: str) -> int:
     """A memory figure of this process in bytes from Linux's ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/self/status")
+    return _process_memories(field)[0]
 
 
 class PeakMemory:

@@ -318,6 +318,8 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         )
         timer.new_iteration()
         timer.remove()
+    if not result.complete:  # the loop keeps its best on Ctrl-C; a benchmark keeps nothing of it
+        raise KeyboardInterrupt
     measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
     flops = count_flops(
         backbone, loss_fn, config, configuration.reencode_prompt, loss_vae, configuration.fuse_upsampling
