@@ -23,7 +23,7 @@ import tiny
 from siso.backbones import load_backbone
 from siso.config import InversionSettings
 from siso.editing import psnr
-from siso.inversion import invert
+from siso.editing.inversion import invert
 
 SETTINGS = {
     "ddim": InversionSettings.preset("ddim"),

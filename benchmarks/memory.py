@@ -2,7 +2,7 @@
 
 1. Tiny models, measured (any machine): for each backbone family and option set, a fresh process loads the tiny
    backbone and runs 3 SISO iterations. Reported: the peak memory of load + optimization above the process's memory
-   before loading (``siso.memory.PeakMemory``: CUDA allocator peak on a GPU, peak RSS on a CPU, which also counts
+   before loading (``siso.runs.memory.PeakMemory``: CUDA allocator peak on a GPU, peak RSS on a CPU, which also counts
    allocator slack and so is noisy at this size), the bytes of model weights left on the compute device during
    optimization, the bytes the autograd graph of one iteration keeps for backward, and seconds per iteration.
 2. Real size, weights only (no run): exact parameter counts of the published architectures
@@ -56,8 +56,8 @@ def worker(spec: dict) -> dict:
     from siso.config import MemorySettings, OptimSettings, SimilaritySettings, SisoConfig
     from siso.images import tensor_to_pil
     from siso.losses import SimilarityLoss
-    from siso.memory import PeakMemory
     from siso.optimize import optimize_subject
+    from siso.runs.memory import PeakMemory
 
     root = Path(spec["root"])
     _, resolution, guidance, steps, grad_steps = TINY[spec["family"]]
@@ -80,7 +80,7 @@ def worker(spec: dict) -> dict:
         memory=memory,
     )
     subject = tensor_to_pil(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))[0]
-    loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+    loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cpu", torch.float32)
     saved: dict[int, int] = {}
 
     def pack(tensor):
@@ -255,9 +255,9 @@ def real_size_graph(
     from architectures import DENOISERS, build, similarity_networks
     from peft import LoraConfig
 
+    from siso.accel.lean import lean_graph
+    from siso.accel.upsample import fused_upsampling
     from siso.backbones import BACKBONES
-    from siso.lean import lean_graph
-    from siso.upsample import fused_upsampling
 
     modules = build(backbone, device)
     nets = similarity_networks(device)
@@ -283,8 +283,8 @@ def real_size_graph(
 
     parts, alive = {}, []  # outputs held until the end: a freed graph's storage addresses would be reused
     inputs, grad_steps = _denoiser_inputs(backbone, device, dtype)
-    # siso's lean graph (`siso.lean`: frozen convolutions keep no input, GroupNorm -> SiLU one tensor, GEGLU two
-    # halves) and fused upsampling (`siso.upsample`: the upsampled tensor is never made).
+    # siso's lean graph (`siso.accel.lean`: frozen convolutions keep no input, GroupNorm -> SiLU one tensor, GEGLU two
+    # halves) and fused upsampling (`siso.accel.upsample`: the upsampled tensor is never made).
     with (
         fused_attention(),
         fused_upsampling(denoiser, vae),

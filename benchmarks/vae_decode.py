@@ -3,8 +3,8 @@
 The SD-Turbo VAE at its published architecture (random weights), channels-last, decodes one latent and backpropagates
 to it, three times; for each call it prints the seconds, what the graph kept for backward (each storage once, weights
 excluded), and the kernel's share: CPU seconds in the kernel and page faults (each maps in 4 KiB of fresh memory, or
-2 MiB with huge pages: `siso.pages`; Linux). ``stock``: PyTorch's graph; ``lean``: siso's (`siso.lean`); ``fused``:
-the lean graph with the upsamplers as transposed convolutions (`siso.upsample`), siso's default; ``compile``:
+2 MiB with transparent huge pages; Linux). ``stock``: PyTorch's graph; ``lean``: siso's (`siso.accel.lean`); ``fused``:
+the lean graph with the upsamplers as transposed convolutions (`siso.accel.upsample`), siso's default; ``compile``:
 ``torch.compile`` of the decoder (the first call includes compiling).
 
     .venv/bin/python benchmarks/vae_decode.py --px 256 --mode stock lean fused compile
@@ -19,9 +19,9 @@ from contextlib import nullcontext
 
 import torch
 
+from siso.accel.lean import lean_graph
+from siso.accel.upsample import fused_upsampling
 from siso.bench.architectures import build_component, published_config
-from siso.lean import lean_graph
-from siso.upsample import fused_upsampling
 
 
 def main() -> None:

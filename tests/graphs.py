@@ -28,20 +28,23 @@ def gradient_path(backbone, params):
     return image.detach(), saved, grads
 
 
-def run_losses(model_dir, subject, config, **options) -> list[float]:
+def run_losses(model_dir, subject, config, **accel) -> list[float]:
     """The losses of a run of `siso.optimize.optimize_lora` on a fresh backbone from ``model_dir`` with ``config``,
-    ``options`` passed on (``lean=False``, ``fuse_upsampling=False``, ...)."""
+    its acceleration settings changed as ``accel`` says (``lean_graph=False``, ``fuse_upsampling=False``, ...)."""
+    import dataclasses
+
     from siso.backbones import load_backbone
     from siso.losses import SimilarityLoss
     from siso.optimize import optimize_lora
 
     backbone = load_backbone(str(model_dir), device="cpu")
-    loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+    loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cpu", torch.float32)
     opt = config.optim
 
     def render(cond):
         generator = torch.Generator().manual_seed(opt.seed)
         return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
 
-    result = optimize_lora(backbone, render, loss_fn, config, progress=False, **options)
+    config = dataclasses.replace(config, accel=dataclasses.replace(config.accel, **accel))
+    result = optimize_lora(backbone, render, loss_fn, config, progress=False)
     return [h["loss"] for h in result.history]

@@ -71,7 +71,7 @@ def sd_backbone(model_dirs):
 def test_only_lora_parameters_get_gradients(sd_backbone, subject, make_config):
     config = make_config("sd")
     modules = add_lora(sd_backbone, config.lora)
-    loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+    loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cpu", torch.float32)
     image = sd_backbone.sample(sd_backbone.encode_prompt("a dog"), torch.Generator().manual_seed(0), 1, 1)
     loss_fn(image)["loss"].backward()
     grads = {n: p.grad for n, p in sd_backbone.denoiser.named_parameters() if p.grad is not None}
@@ -174,7 +174,7 @@ def test_callback_can_stop_the_run(sd_backbone, subject, make_config):
 
 def test_non_finite_loss_stops_and_keeps_best(sd_backbone, subject, make_config):
     config = make_config("sd", max_iters=10, patience=10, min_improvement=0.0)
-    loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+    loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cpu", torch.float32)
     calls = {"n": 0}
 
     def flaky(images):
@@ -255,7 +255,7 @@ def test_last_iteration_builds_no_graph_and_draws_the_same_image(model_dirs, sub
     for max_iters in (3, 4):
         backbone = load_backbone(str(model_dirs["sd"]), device="cpu")
         config = make_config("sd", max_iters=max_iters, patience=max_iters, min_improvement=0.0)
-        loss_fn = SimilarityLoss(config.similarity, subject, "cpu", torch.float32)
+        loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cpu", torch.float32)
         graphs, frames = [], []
 
         def objective(image, loss_fn=loss_fn, graphs=graphs):

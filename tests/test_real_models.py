@@ -27,7 +27,7 @@ def test_real_backbone_optimizes(model, subject):
     )
     try:
         backbone = load_backbone(model, "bf16", "cuda")
-        loss_fn = SimilarityLoss(config.similarity, subject.resize((512, 384)), "cuda", torch.bfloat16)
+        loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject.resize((512, 384)), "cuda", torch.bfloat16)
     except ModelLoadError as err:
         pytest.skip(str(err))
     result = optimize_subject(backbone, subject, config, loss_fn=loss_fn, progress=False)
@@ -49,7 +49,7 @@ def test_real_backbone_edits(model, subject):
     config.optim.max_iters = config.optim.patience = 4
     try:
         backbone = load_backbone(model, "bf16", "cuda")
-        loss_fn = SimilarityLoss(config.similarity, subject, "cuda", torch.bfloat16)
+        loss_fn = SimilarityLoss.from_pretrained(config.similarity, subject, "cuda", torch.bfloat16)
     except ModelLoadError as err:
         pytest.skip(str(err))
     scene = prepare_scene(photo, mask, backbone.resolution, 8)

@@ -1,52 +1,51 @@
-"""siso: single-image subject-driven generation and editing (SISO, arXiv 2503.16025) on diffusers backbones."""
+"""siso: single-image subject-driven generation and editing (SISO, arXiv 2503.16025) on diffusers backbones.
 
-from siso.pages import prefer_huge_pages
+Importing siso changes nothing in the process (no environment variable, allocator setting or log filter) and loads
+its parts on first use: ``siso.load_backbone`` imports the backbones then. The ``siso`` command sets up what its
+commands need (`siso.cli.startup`).
+"""
 
-# First: PyTorch reads this setting at the process's first CPU tensor, which the imports below make (`siso.pages`).
-prefer_huge_pages()
+from __future__ import annotations
 
-from siso.quiet import silence_notices
+import importlib
 
-# Before the imports below, which import diffusers' pipelines: every `siso` command and `import siso` would start
-# with transformers' two torchvision-fallback notices (and, with torchao installed, its start-up notices).
-silence_notices()
-
-from siso.backbones import BACKBONES, Backbone, load_backbone
-from siso.config import (
-    EditConfig,
-    EditSettings,
-    InversionSettings,
-    LoraSettings,
-    MemorySettings,
-    OptimSettings,
-    SimilaritySettings,
-    SisoConfig,
-)
-from siso.editing import EditResult, edit_subject, prepare_scene
-from siso.images import load_subject
-from siso.lora import save_lora
-from siso.optimize import EarlyStopping, SisoResult, optimize_lora, optimize_subject
-
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "EarlyStopping",
-    "EditConfig",
-    "EditResult",
-    "EditSettings",
-    "InversionSettings",
-    "LoraSettings",
-    "MemorySettings",
-    "OptimSettings",
-    "SimilaritySettings",
-    "SisoConfig",
-    "SisoResult",
-    "edit_subject",
-    "load_backbone",
-    "load_subject",
-    "optimize_lora",
-    "optimize_subject",
-    "prepare_scene",
-    "save_lora",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BACKBONES": "siso.backbones",
+    "Backbone": "siso.backbones",
+    "load_backbone": "siso.backbones",
+    "AccelSettings": "siso.config",
+    "EditConfig": "siso.config",
+    "EditSettings": "siso.config",
+    "FastSettings": "siso.config",
+    "InversionSettings": "siso.config",
+    "LoraSettings": "siso.config",
+    "MemorySettings": "siso.config",
+    "OptimSettings": "siso.config",
+    "SimilaritySettings": "siso.config",
+    "SisoConfig": "siso.config",
+    "EditResult": "siso.editing",
+    "edit_subject": "siso.editing",
+    "prepare_scene": "siso.editing",
+    "load_subject": "siso.images",
+    "save_lora": "siso.lora",
+    "SimilarityLoss": "siso.losses",
+    "EarlyStopping": "siso.optimize",
+    "SisoResult": "siso.optimize",
+    "optimize_lora": "siso.optimize",
+    "optimize_subject": "siso.optimize",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'siso' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # found once, then an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

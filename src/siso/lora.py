@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from siso.backbones import Backbone
 from siso.config import LoraSettings
+from siso.io import atomic_folder, write_json
 
 ADAPTER = "default"
 SUBJECT_FILE = "siso_subject.json"
@@ -82,24 +83,36 @@ def restore(modules: dict[str, torch.nn.Module], snap: LoraSnapshot) -> None:
             param.copy_(snap[name][key])
 
 
-def save_lora(backbone: Backbone, modules: dict[str, torch.nn.Module], directory: str | Path, **subject_info) -> Path:
-    """Save the current adapters with ``<Pipeline>.save_lora_weights`` so a stock pipeline loads them.
+def lora_modules(backbone: Backbone) -> dict[str, torch.nn.Module]:
+    """Pipeline component name -> module, for each of the backbone's modules that carries siso's adapter."""
+    names = (backbone.denoiser_name, *backbone.text_encoder_names)
+    modules = {name: getattr(backbone.pipe, name) for name in names}
+    return {name: m for name, m in modules.items() if m is not None and ADAPTER in getattr(m, "peft_config", {})}
+
+
+def save_lora(backbone: Backbone, directory: str | Path, **subject_info) -> Path:
+    """Save the backbone's adapters with ``<Pipeline>.save_lora_weights`` so a stock pipeline loads them; the folder
+    appears whole or not at all (`siso.io.atomic_folder`), replacing an earlier one.
 
     Args:
-        modules: As returned by `add_lora`.
-        directory: Output folder (created).
+        backbone: A backbone that carries adapters (`add_lora`, `load_lora`).
+        directory: Output folder.
         subject_info: Extra JSON-serialisable facts written to ``siso_subject.json`` (model, prompt, ...).
+
+    Raises:
+        ValueError: the backbone carries no adapter.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    modules = lora_modules(backbone)
+    if not modules:
+        raise ValueError("the backbone carries no LoRA adapter to save")
     kwargs = {}
     for name, module in modules.items():
         kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
         kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[ADAPTER].to_dict()
-    type(backbone.pipe).save_lora_weights(directory, **kwargs)
-    info = {"resolution": backbone.resolution, **subject_info}
-    (directory / SUBJECT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return directory
+    with atomic_folder(directory) as partial:
+        type(backbone.pipe).save_lora_weights(partial, **kwargs)
+        write_json(partial / SUBJECT_FILE, {"resolution": backbone.resolution, **subject_info})
+    return Path(directory)
 
 
 def read_subject_info(directory: str | Path) -> dict:

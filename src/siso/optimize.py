@@ -5,31 +5,37 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from siso.accel import accelerated, eager
 from siso.backbones import Backbone
-from siso.compile import compiled, eager
 from siso.config import SisoConfig
-from siso.fast import load_tiny_vae, tiny_vae_name
 from siso.images import tensor_to_pil
-from siso.lean import lean_graph
 from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
-from siso.memory import release_freed_memory, reuse_heap
-from siso.upsample import fused_upsampling
+from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 
 # callback(iteration, image, loss terms) -> True to stop the run.
 IterationCallback = Callable[[int, Image.Image, dict[str, float]], "bool | None"]
 # render(text conditioning) -> image (1, 3, H, W) in [0, 1], differentiable w.r.t. the LoRA weights.
 Render = Callable[[dict], torch.Tensor]
-# objective(image) -> loss terms, each of shape (B,) or scalar, with the scalar total under "loss".
-Objective = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+class Objective(Protocol):
+    """What the loop minimises: images (B, 3, H, W) in [0, 1] -> loss terms, each of shape (B,) or scalar, with the
+    scalar total under ``"loss"``. ``nets`` are the networks it runs (`SimilarityLoss.nets`), which ``--compile``
+    compiles with the denoiser; a plain function will do where nothing is compiled."""
+
+    nets: Mapping[str, torch.nn.Module]
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 class EarlyStopping:
@@ -121,9 +127,9 @@ def optimize_subject(
         subject: The subject photo (RGB).
         config: Run configuration.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
-        loss_fn: A prebuilt `SimilarityLoss` (built from ``config.similarity`` when omitted).
+        loss_fn: A prebuilt `SimilarityLoss` (loaded from ``config.similarity`` when omitted).
         progress: Show a tqdm bar.
-        loss_vae: With ``config.fast.enabled``, a prebuilt tiny VAE (loaded by `siso.fast` when omitted).
+        loss_vae: With ``config.fast.enabled``, a prebuilt tiny VAE (loaded by `siso.losses.tiny_vae` when omitted).
 
     Returns:
         The best image, its iteration, loss and LoRA weights, the per-iteration history and why the run stopped.
@@ -131,7 +137,7 @@ def optimize_subject(
         "interrupted"`` and the best result so far; if it comes before the first image, it propagates.
     """
     opt = config.optim
-    loss_fn = loss_fn or SimilarityLoss(config.similarity, subject, backbone.device, backbone.dtype)
+    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
 
     def render(cond: dict) -> torch.Tensor:
         generator = torch.Generator().manual_seed(opt.seed)
@@ -149,36 +155,26 @@ def optimize_lora(
     config: SisoConfig,
     callback: IterationCallback | None = None,
     progress: bool = True,
-    channels_last_vae: bool = True,
-    lean: bool = True,
     loss_vae: torch.nn.Module | None = None,
-    fuse_upsampling: bool = True,
 ) -> SisoResult:
     """The SISO loop, for any task: add LoRA, then per iteration render, score, and take one AdamW step.
 
     Generation renders from fixed noise and scores similarity (`optimize_subject`); editing renders from the
     inverted photo and adds the background term (`siso.editing.edit_subject`). Early stopping, the best image and
-    LoRA snapshot, the callback, interrupts and non-finite losses are handled here, once.
+    LoRA snapshot, the callback, interrupts and non-finite losses are handled here, once. The iterations run inside
+    `siso.accel.accelerated` (``config.accel``: how they run, never what they compute).
 
     Args:
         backbone: A frozen backbone without LoRA.
         render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
             the text encoders carry LoRA).
-        objective: Image -> loss terms with the total under ``"loss"``.
+        objective: Image -> loss terms with the total under ``"loss"``, and the networks it runs (`Objective`).
         config: ``train_prompt``, ``lora``, ``optim``, ``memory`` (text-encoder offload, gradient checkpointing) and
-            ``compile`` are used.
+            ``accel`` are used.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         progress: Show a tqdm bar.
-        channels_last_vae: Run the VAE in channels-last layout while optimizing (`Backbone.channels_last_vae`);
-            off only to measure what it saves (`siso bench`'s reference configuration).
-        lean: Frozen convolutions of the VAE and the denoiser keep no input for backward, and the VAE's
-            GroupNorm -> SiLU pairs one tensor instead of two (`siso.lean.lean_graph`: the same numbers, a VAE
-            graph 2.5x smaller); off only to measure what it saves.
-        fuse_upsampling: Upsample then convolve as one transposed convolution in the VAE and the denoiser
-            (`siso.upsample.fused_upsampling`: 0.44x the work of those layers, the same numbers up to float
-            rounding); off only to measure what it saves.
-        loss_vae: Decode with this VAE while optimizing (the fast loss's tiny decoder, `siso.fast`); the best image
-            is then rendered again through the backbone's own VAE.
+        loss_vae: Decode with this VAE while optimizing (the fast loss's tiny decoder, `siso.losses.tiny_vae`); the
+            best image is then rendered again through the backbone's own VAE.
 
     Returns:
         As `optimize_subject`.
@@ -216,71 +212,57 @@ def optimize_lora(
         backbone.park_text_encoders(keep=[name for name in modules if name != backbone.denoiser_name])
     if memory.gradient_checkpointing:
         backbone.enable_gradient_checkpointing()
-    release = memory.release_freed_memory and backbone.device.type == "cpu"
-    if release:
-        release_freed_memory()
-
     best: dict = {}
     history: list[dict] = []
     stop_reason = "max_iters"
     bar = tqdm(range(opt.max_iters), desc="SISO", unit="it", disable=not progress)
-    stock_after = ExitStack()  # what optimizing changes in the modules, undone after it
+    if config.accel.compile and not hasattr(objective, "nets"):
+        raise TypeError("compiling needs the objective's networks: give it a `nets` mapping, as SimilarityLoss has")
+    nets = objective.nets.values() if config.accel.compile else ()
     try:
-        if loss_vae is not None:  # first: the layout and the lean graph then apply to the decoder in use
-            stock_after.enter_context(backbone.decoding_with(loss_vae))
-        if release:  # freed memory reused from one iteration to the next: fewer fresh pages
-            stock_after.enter_context(reuse_heap(backbone.pipe.vae.decoder))
-        if channels_last_vae:  # faster VAE convolutions while optimizing; the stock layout after
-            stock_after.enter_context(backbone.channels_last_vae())
-        if fuse_upsampling:
-            stock_after.enter_context(fused_upsampling(backbone.pipe.vae, backbone.denoiser))
-        if config.compile:  # the compiler then decides what the backward keeps (no lean graph)
-            nets = getattr(objective, "nets", {})  # a SimilarityLoss's networks
-            stock_after.enter_context(compiled(backbone.denoiser, backbone.pipe.vae.decoder, *nets.values()))
-        elif lean:
-            stock_after.enter_context(lean_graph(backbone.pipe.vae, backbone.denoiser))
-        for iteration in bar:
-            start = time.perf_counter()
-            # The last iteration takes no optimizer step: it builds no autograd graph (the same numbers, less memory).
-            last = iteration == opt.max_iters - 1
-            # (Compiled modules run it eager: no second, gradient-free graph to compile.)
-            with torch.no_grad() if last else nullcontext(), eager() if last and config.compile else nullcontext():
-                if train_text_encoder and iteration > 0:
-                    cond = conditioning()
-                image = render(cond)
-                terms = objective(image)
-            loss = terms["loss"]
-            # One device-to-host read for all the terms (each float() would wait for the device once).
-            means = torch.stack([term.detach().float().mean() for term in terms.values()]).tolist()
-            values = dict(zip(terms, means, strict=True))
-            pil = tensor_to_pil(image)[0]
-            if not math.isfinite(values["loss"]):
+        with accelerated(backbone, config.accel, nets, loss_vae):
+            for iteration in bar:
+                start = time.perf_counter()
+                # The last iteration takes no optimizer step: it builds no autograd graph (same numbers, less memory).
+                last = iteration == opt.max_iters - 1
+                graph = torch.no_grad() if last else nullcontext()
+                # (Compiled modules run it eager: no second, gradient-free graph to compile.)
+                with graph, eager() if last and config.accel.compile else nullcontext():
+                    if train_text_encoder and iteration > 0:
+                        cond = conditioning()
+                    image = render(cond)
+                    terms = objective(image)
+                loss = terms["loss"]
+                # One device-to-host read for all the terms (each float() would wait for the device once).
+                means = torch.stack([term.detach().float().mean() for term in terms.values()]).tolist()
+                values = dict(zip(terms, means, strict=True))
+                pil = tensor_to_pil(image)[0]
+                if not math.isfinite(values["loss"]):
+                    history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
+                    stop_reason = "non-finite loss"
+                    break
+                if stopper.update(values["loss"]):
+                    # Snapshot before the optimizer step: these are the weights that produced this image.
+                    best = {"image": pil, "iteration": iteration, "loss": values["loss"], "lora": snapshot(modules)}
+                user_stop = callback is not None and callback(iteration, pil, values)
+                if stopper.should_stop:
+                    stop_reason = "converged"
+                elif user_stop:
+                    stop_reason = "callback"
+                elif not last:  # an update after the last iteration would never be seen
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
-                stop_reason = "non-finite loss"
-                break
-            if stopper.update(values["loss"]):
-                # Snapshot before the optimizer step: these are the weights that produced this image.
-                best = {"image": pil, "iteration": iteration, "loss": values["loss"], "lora": snapshot(modules)}
-            user_stop = callback is not None and callback(iteration, pil, values)
-            if stopper.should_stop:
-                stop_reason = "converged"
-            elif user_stop:
-                stop_reason = "callback"
-            elif not last:  # an update after the last iteration would never be seen
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
-            bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}", refresh=False)
-            if stop_reason != "max_iters":
-                break
+                bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}", refresh=False)
+                if stop_reason != "max_iters":
+                    break
     except KeyboardInterrupt:
         if not best:
             raise
         stop_reason = "interrupted"
     finally:
-        stock_after.close()
         bar.close()
         optimizer.zero_grad(set_to_none=True)
     if not best:

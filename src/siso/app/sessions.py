@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from siso.app.uploads import UploadError
-from siso.folder import RunFolder
+from siso.runs.folder import RunFolder
 
 
 class Sessions:

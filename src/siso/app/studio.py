@@ -8,11 +8,9 @@ in `siso.app.uploads`, where runs are written in `siso.app.sessions`, and what a
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,57 +18,32 @@ from PIL import Image
 
 from siso.app.progress import Progress, frames
 from siso.app.sessions import Sessions
+from siso.app.settings import MAX_IMAGES, MAX_ITERS_LIMIT, MAX_PIXELS, MAX_UPLOAD_MB, AppSettings
 from siso.app.uploads import UploadError, check_upload, train_prompt_for, unpack_subject_zip, whole_number
-from siso.backbones import Backbone, check_can_edit, family_defaults, load_backbone, resolve_dtype
-from siso.config import EditConfig, OptimSettings, SimilaritySettings, SisoConfig, with_defaults
-from siso.editing import EditJob
-from siso.folder import GenerationJob, RunFolder
+from siso.backbones import Backbone, check_can_edit, load_backbone
+from siso.config import EditConfig, OptimSettings, SisoConfig
+from siso.devices import resolve_dtype
 from siso.images import MIN_SUBJECT_SIDE
 from siso.lora import LoraError, load_lora
-from siso.losses import SimilarityLoss
-from siso.masks import MaskError, box_mask
+from siso.losses import SubjectLosses
 from siso.optimize import EarlyStopping
-from siso.run import run_edit, run_generate
+from siso.runs.folder import RunFolder
+from siso.runs.jobs import EditJob, GenerationJob
+from siso.runs.run import run_edit, run_generate
+from siso.vision.masks import MaskError, box_mask
 
-__all__ = ["AppSettings", "Progress", "Studio", "UploadError", "check_upload", "train_prompt_for"]
-
-MAX_UPLOAD_MB = 20.0
-MAX_PIXELS = 40_000_000  # about 8000 x 5000
-MAX_ITERS_LIMIT = 1000
-MAX_IMAGES = 16
-
-
-@dataclass
-class AppSettings:
-    """How the app runs.
-
-    Attributes:
-        model: The backbone (a name or a diffusers folder), loaded once.
-        root: Every run is written under ``root/<browser session>/``, never elsewhere.
-        device: Torch device (``None``: cuda, else mps, else cpu).
-        dtype: ``auto`` (bf16 on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
-        similarity: The similarity networks (DINOv2, the IR model).
-        max_upload_mb: The largest upload accepted, in MB.
-        max_pixels: The most pixels an uploaded photo may have.
-        optim: Settings for every run beyond the page's (``OptimSettings`` fields; the family's defaults
-            otherwise), e.g. ``{"patience": 20}``.
-    """
-
-    model: str = "sdxl-turbo"
-    root: Path = Path("siso-app")
-    device: str | None = None
-    dtype: str = "auto"
-    similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
-    max_upload_mb: float = MAX_UPLOAD_MB
-    max_pixels: int = MAX_PIXELS
-    optim: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.root = Path(self.root)
-        if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
-            raise ValueError(f"max_upload_mb must be a positive number, got {self.max_upload_mb}")
-        if self.max_pixels < 64 * 64:
-            raise ValueError(f"max_pixels must be at least {64 * 64}, got {self.max_pixels}")
+__all__ = [
+    "MAX_IMAGES",
+    "MAX_ITERS_LIMIT",
+    "MAX_PIXELS",
+    "MAX_UPLOAD_MB",
+    "AppSettings",
+    "Progress",
+    "Studio",
+    "UploadError",
+    "check_upload",
+    "train_prompt_for",
+]
 
 
 class Studio:
@@ -87,12 +60,19 @@ class Studio:
         dtype = resolve_dtype(settings.dtype, settings.device)
         self.dtype = dtype
         self.backbone = backbone or load_backbone(settings.model, dtype, settings.device)
-        self.optim_defaults = {**family_defaults(settings.model).get("optim", {}), **settings.optim}
-        self._loss: SimilarityLoss | None = None
+        # The family's settings with the app's own overrides: what the page shows as defaults.
+        self.defaults = SisoConfig.for_model(settings.model, optim=settings.optim)
+        self._losses = SubjectLosses(settings.similarity, self.backbone.device, self.backbone.dtype)
         self._busy = threading.Lock()  # one run at a time (the page queues them too)
         self._stops: dict[str, threading.Event] = {}
         self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
         self._loaded: Path | None = None  # the LoRA folder the backbone carries now
+
+    @property
+    def model_name(self) -> str:
+        """The model as the page names it: a backbone name or Hub id as given, a local folder by its name."""
+        model = self.settings.model
+        return Path(model).name if Path(model).is_dir() else model
 
     @property
     def root(self) -> Path:
@@ -105,8 +85,9 @@ class Studio:
 
     # Learning and editing ---------------------------------------------------------------------------------------
 
-    def _optim(self, max_iters: int, lr: float | None, seed: int, **fixed) -> OptimSettings:
-        """The family's optimization defaults with the page's max iterations, learning rate and seed.
+    def _config(self, cls: type[SisoConfig], prompt: str, max_iters: int, lr: float | None, seed: int) -> SisoConfig:
+        """A run's configuration (`SisoConfig.for_model`, or `EditConfig`'s) with the page's prompt, max iterations,
+        learning rate and seed.
 
         Raises:
             UploadError: a value out of range (the message says which).
@@ -114,22 +95,18 @@ class Studio:
         max_iters = whole_number(max_iters, "max iterations")
         if not 1 <= max_iters <= MAX_ITERS_LIMIT:
             raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
-        lr = self.optim_defaults.get("lr", OptimSettings.lr) if lr is None else lr
+        optim = {**self.settings.optim, "max_iters": max_iters, "lr": lr, "seed": whole_number(seed, "seed")}
         try:
-            return with_defaults(
-                OptimSettings, self.optim_defaults, max_iters=max_iters, lr=lr, seed=whole_number(seed, "seed"), **fixed
+            return cls.for_model(
+                self.settings.model,
+                train_prompt=prompt,
+                dtype=self.dtype,
+                device=self.settings.device,
+                similarity=self.settings.similarity,
+                optim=optim,
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
-
-    def _shared(self, optim: OptimSettings) -> dict:
-        return {
-            "model": self.settings.model,
-            "dtype": self.dtype,
-            "device": self.settings.device,
-            "similarity": self.settings.similarity,
-            "optim": optim,
-        }
 
     def learn(
         self,
@@ -153,12 +130,12 @@ class Studio:
         subject = check_upload(subject_path, self.settings, "subject photo")
         prompt = train_prompt_for(train_prompt, subject_class)
         try:
-            config = SisoConfig(train_prompt=prompt, **self._shared(self._optim(max_iters, lr, seed)))
+            config = self._config(SisoConfig, prompt, max_iters, lr, seed)
         except ValueError as err:
             raise UploadError(str(err)) from None
 
         def run(out: RunFolder, callback) -> dict:
-            loss = self._similarity(subject)
+            loss = self._losses(subject)
             name = Path(subject_path).name
             return run_generate(
                 out, config, subject, None, subject_path=name, progress=False, backbone=self.backbone, loss_fn=loss,
@@ -198,14 +175,13 @@ class Studio:
         edit_prompt = train_prompt_for(prompt, subject_class)
         try:
             # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
-            optim = self._optim(max_iters, lr, seed, num_inference_steps=EditConfig().optim.num_inference_steps)
-            config = EditConfig(train_prompt=edit_prompt, **self._shared(optim))
+            config = self._config(EditConfig, edit_prompt, max_iters, lr, seed)
         except ValueError as err:
             raise UploadError(str(err)) from None
         job = EditJob(photo, mask, source, subject_class=subject_class.strip() or None, prompt=edit_prompt)
 
         def run(out: RunFolder, callback) -> dict:
-            loss = self._similarity(subject)
+            loss = self._losses(subject)
             paths = {"subject": Path(subject_path).name}
             return run_edit(
                 out, config, job, subject, paths=paths, progress=False, backbone=self.backbone, loss_fn=loss,
@@ -240,14 +216,6 @@ class Studio:
         except MaskError as err:
             raise UploadError(str(err)) from None
         raise UploadError("paint over the object to replace, or give a box around it (x0,y0,x1,y1)")
-
-    def _similarity(self, subject: Image.Image) -> SimilarityLoss:
-        """The similarity loss set to ``subject`` (its networks loaded once, on the first run)."""
-        if self._loss is None:
-            self._loss = SimilarityLoss(self.settings.similarity, subject, self.backbone.device, self.backbone.dtype)
-        else:
-            self._loss.set_subject(subject)
-        return self._loss
 
     def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
         """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
@@ -364,7 +332,7 @@ class Studio:
         num_images, seed = whole_number(num_images, "number of images"), whole_number(seed, "seed")
         if not 1 <= num_images <= MAX_IMAGES:
             raise UploadError(f"number of images must be 1 to {MAX_IMAGES}, got {num_images}")
-        optim = with_defaults(OptimSettings, self.optim_defaults)
+        optim = self.defaults.optim
         try:
             job = GenerationJob(
                 lines,

@@ -15,8 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from siso.app.studio import MAX_IMAGES, MAX_ITERS_LIMIT, Progress, Studio, UploadError
-from siso.config import OptimSettings, with_defaults
-from siso.memory import is_out_of_memory, out_of_memory_message
+from siso.config import OptimSettings
+from siso.runs.memory import is_out_of_memory, out_of_memory_message
 
 LOG = logging.getLogger(__name__)
 QUEUE = "model"  # every event that uses the models shares one queue slot
@@ -79,12 +79,12 @@ def _show(progress: Progress) -> tuple:
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The page; serve it with ``build_app(studio).queue(default_concurrency_limit=1).launch(...)``."""
-    optim = with_defaults(OptimSettings, studio.optim_defaults)
+    optim = studio.defaults.optim
     # No telemetry: Gradio's analytics would call out from a local tool (and their threads, blocked on a network that
     # is not there, would hold the process at exit).
     with gr.Blocks(title="siso", analytics_enabled=False) as app:
         gr.Markdown(
-            f"# siso: a subject from one photo\nModel: `{studio.settings.model}`. Upload a photo of your subject, "
+            f"# siso: a subject from one photo\nModel: `{studio.model_name}`. Upload a photo of your subject, "
             "press Start, and stop when it looks right."
         )
         with gr.Tab("Learn a subject"), gr.Row():

@@ -6,15 +6,12 @@ from __future__ import annotations
 import shutil
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from siso.app.settings import AppSettings
 from siso.images import ImageError, load_subject
 from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
-
-if TYPE_CHECKING:
-    from siso.app.studio import AppSettings
 
 
 class UploadError(ValueError):

@@ -5,6 +5,7 @@ Defaults follow the SISO paper (arXiv 2503.16025) unless the docstring says othe
 maps each default to the paper's and the reference code's value.
 """
 
+from siso.config.accel import ACCEL_PRESETS, AccelSettings
 from siso.config.editing import (
     BACKGROUND_TARGETS,
     INVERSION_METHODS,
@@ -29,6 +30,7 @@ from siso.config.settings import (
 )
 
 __all__ = [
+    "ACCEL_PRESETS",
     "BACKGROUND_TARGETS",
     "DTYPES",
     "FAST_DINO_RESOLUTION",
@@ -36,6 +38,7 @@ __all__ = [
     "QUANTIZE_METHODS",
     "SEED_MAX",
     "SEED_MIN",
+    "AccelSettings",
     "EditConfig",
     "EditSettings",
     "FastSettings",

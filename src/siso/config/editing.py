@@ -123,6 +123,13 @@ class EditConfig(SisoConfig):
     edit: EditSettings = field(default_factory=EditSettings)
     inversion: InversionSettings = field(default_factory=InversionSettings)
 
+    @classmethod
+    def _family_defaults(cls, defaults: dict[str, dict]) -> dict[str, dict]:
+        """The family's defaults, but editing's own schedule (``optim.num_inference_steps``: 4 steps that
+        ``edit.strength`` cuts) instead of the family's generation steps."""
+        steps = cls.__dataclass_fields__["optim"].default_factory().num_inference_steps
+        return {**defaults, "optim": {**defaults.get("optim", {}), "num_inference_steps": steps}}
+
     def __post_init__(self):
         super().__post_init__()
         if self.fast.enabled:

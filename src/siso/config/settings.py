@@ -12,7 +12,10 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
+
+from siso.config.accel import AccelSettings
+from siso.io import write_json
 
 T = TypeVar("T")
 
@@ -169,20 +172,11 @@ class MemorySettings:
         quantize: Quantize the frozen denoiser's linear weights on loading (the LoRA stays in full precision):
             ``int8`` (torchao int8 weight-only; CPU and CUDA) or ``nf4`` (bitsandbytes 4-bit NF4; CUDA only).
             Changes the images a little (the base model is approximated). ``None``: off.
-        release_freed_memory: On a CPU under Linux (glibc): manage what the C allocator keeps of freed tensors.
-            While optimizing (`siso.memory.reuse_heap`), memory freed in one phase of an iteration serves the next
-            phases from glibc's heap, and the heap's free pages are given back to the system where the iteration's
-            peak would count them: when the VAE decoder's forward ends, when its backward starts, and when it ends
-            unless they fit beside the peak in the memory left; outside it, tensors of 4 MiB and more get memory of
-            their own, given back when freed (`siso.memory.release_freed_memory`). At SD-Turbo's real size: fewer
-            page faults and a lower peak than glibc's own settings (benchmarks/RESULTS.md). Process-wide, from the
-            first optimization on. Images are unchanged.
     """
 
     offload_text_encoders: bool = True
     gradient_checkpointing: bool = False
     quantize: str | None = None
-    release_freed_memory: bool = True
 
     def __post_init__(self):
         if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
@@ -236,8 +230,8 @@ class SisoConfig:
         device: Torch device string; ``None`` picks cuda, then mps, then cpu.
         memory: Text-encoder offload, gradient checkpointing and quantization (`MemorySettings`).
         fast: The opt-in fast loss (`FastSettings`): a different loss, recorded as such.
-        compile: ``torch.compile`` the denoiser, VAE decoder and similarity networks while optimizing (`siso.compile`):
-            the first iteration takes the compile time; images equal up to float rounding.
+        accel: How an iteration runs (`AccelSettings`: layout, lean graph, fused upsampling, ``torch.compile``):
+            speed and memory only, images equal up to float rounding.
     """
 
     model: str = "sdxl-turbo"
@@ -250,7 +244,7 @@ class SisoConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
     fast: FastSettings = field(default_factory=FastSettings)
-    compile: bool = False
+    accel: AccelSettings = field(default_factory=AccelSettings)
 
     def __post_init__(self):
         self.similarity = self.fast.similarity_for(self.similarity)
@@ -265,9 +259,56 @@ class SisoConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> SisoConfig:
-        """Rebuild a config from `to_dict`'s output (nested settings become their dataclasses again)."""
+    def for_model(cls, model: str, **overrides) -> Self:
+        """The configuration of ``model`` with its backbone family's defaults, then the caller's values.
+
+        The family's defaults are the reference code's values where they differ from this module's
+        (`siso.backbones.Backbone.defaults`: FLUX.1-schnell learns at lr 2e-4, Sana at 8e-4 with 20 steps, ...); a
+        model that cannot be resolved gets none (its error comes when it loads).
+
+        Args:
+            model: Backbone name, Hub id or local diffusers directory.
+            **overrides: Top-level fields (``train_prompt="a photo of a dog"``), or per settings group either a dict
+                of the fields to set over the family's (``optim={"lr": 1e-4}``) or a settings object, taken whole. A
+                ``None`` value means "not given" (a flag left out), so the default stays.
+
+        Raises:
+            TypeError: an unknown field or group.
+            ValueError: a value the settings refuse.
+        """
+        from siso.backbones import family_defaults  # (imports diffusers: only when a model's family is asked for)
+
         types = typing.get_type_hints(cls)
+        groups = {name for name, kind in types.items() if dataclasses.is_dataclass(kind)}
+        unknown = sorted(set(overrides) - set(types))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        defaults = cls._family_defaults(family_defaults(model))
+        values: dict = {"model": model}
+        for name, value in overrides.items():
+            if name not in groups and value is not None:
+                values[name] = value
+        for group in groups:
+            given = overrides.get(group)
+            if dataclasses.is_dataclass(given):
+                values[group] = given
+            elif given or group in defaults:
+                values[group] = with_defaults(types[group], defaults.get(group, {}), **(given or {}))
+        return cls(**values)
+
+    @classmethod
+    def _family_defaults(cls, defaults: dict[str, dict]) -> dict[str, dict]:
+        """The family defaults this kind of run takes (all of them, for generation)."""
+        return defaults
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        """Rebuild a config from `to_dict`'s output (nested settings become their dataclasses again); a config.json
+        written before the acceleration settings (a top-level ``compile``) reads too."""
+        types = typing.get_type_hints(cls)
+        data = dict(data)
+        if "compile" in data:
+            data["accel"] = {**data.get("accel", {}), "compile": data.pop("compile")}
         return cls(
             **{
                 name: types[name](**value) if dataclasses.is_dataclass(types[name]) else value
@@ -276,8 +317,8 @@ class SisoConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> SisoConfig:
+    def load(cls, path: str | Path) -> Self:
         return cls.from_dict(json.loads(Path(path).read_text()))

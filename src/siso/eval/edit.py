@@ -3,7 +3,7 @@
 One edit per item: its photo is inverted and one LoRA is learned with the item's prompt ("a photo of a <class>"),
 starting from the stock backbone every time. The object to replace is the suite's mask file when there is one, else
 the paper's mask: SAM's segmentation of the Grounding DINO detection of the item's class in the photo
-(`siso.masks.ObjectSegmenter`).
+(`siso.vision.segmenter.ObjectSegmenter`).
 
 An item without a usable mask (nothing detected, or a mask that is empty, covers the whole photo, or vanishes at
 the model's resolution) is skipped, not fatal: the reason goes to ``subjects/<item id>/skipped.txt`` and is
@@ -22,11 +22,12 @@ from pathlib import Path
 
 from siso.config import EditConfig
 from siso.editing import edit_subject, prepare_scene
-from siso.eval.generate import SuiteModels, process_share, save_atomic
+from siso.eval.generate import SuiteModels, process_share
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
-from siso.jsonio import write_atomic, write_json
-from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, MaskError, ObjectSegmenter, load_mask
+from siso.io import save_image, write_atomic, write_json
+from siso.vision.masks import MaskError, load_mask
+from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
 SKIPPED = "skipped.txt"
 
@@ -99,9 +100,10 @@ def edit_suite(
         if not result.complete:
             raise KeyboardInterrupt  # save nothing half-edited: a rerun edits this item again
         write_json(folder / "metrics.json", {**result.record(), "mask": source})
-        result.best_image.save(folder / "best.png")
-        scene.mask_image.save(folder / "mask.png")
-        save_atomic(result.best_image, generated / item.id / "0.png")
+        save_image(result.best_image, folder / "best.png")
+        save_image(scene.mask_image, folder / "mask.png")
+        (generated / item.id).mkdir(parents=True, exist_ok=True)
+        save_image(result.best_image, generated / item.id / "0.png")
     skipped = {
         item.id: (out / "subjects" / item.id / SKIPPED).read_text().strip()
         for item in items

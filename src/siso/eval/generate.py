@@ -10,15 +10,13 @@ LoRA, reused when present) and ``subjects/<unit>/metrics.json`` (loss history, s
 saved LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
 half-written PNG that looks done.
 
-The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`, `save_atomic`) live here; the editing
-half is `siso.eval.edit`.
+The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`) live here; the editing half is
+`siso.eval.edit`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,9 +30,9 @@ from siso.backbones import Backbone, load_backbone
 from siso.config import SisoConfig
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
-from siso.jsonio import write_json
+from siso.io import save_image, write_json
 from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora
-from siso.losses import SimilarityLoss
+from siso.losses import SubjectLosses
 from siso.optimize import optimize_subject
 
 PROTOCOLS = ("two-stage", "per-prompt")
@@ -61,14 +59,6 @@ def plan(items: list[EvalItem], protocol: str) -> list[Unit]:
     return [Unit(s, f"a photo of a {group[0].class_name}", tuple(group)) for s, group in subjects.items()]
 
 
-def save_atomic(image, path: Path) -> None:
-    """Save a PNG under a temporary name and rename it: a crash never leaves a half-written image that looks done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
-
-
 def process_share(work: list, desc: str, progress: bool = True) -> Iterator:
     """This process's share of ``work`` (all of it without ``accelerate launch``), with a progress bar on the main
     process. Every process must have planned ``work`` from the same files: all wait for each other before the first
@@ -91,20 +81,16 @@ class SuiteModels:
     def __init__(self, config: SisoConfig):
         self.config = config
         self.device = config.device or str(PartialState(cpu=not torch.cuda.is_available()).device)
-        self._loss: SimilarityLoss | None = None
 
     @cached_property
     def backbone(self) -> Backbone:
         config = self.config
         return load_backbone(config.model, config.dtype, self.device, config.resolution, config.memory.quantize)
 
-    def similarity(self, subject) -> SimilarityLoss:
-        """The similarity loss with ``subject`` as its reference (the networks are loaded once)."""
-        if self._loss is None:
-            self._loss = SimilarityLoss(self.config.similarity, subject, self.backbone.device, self.backbone.dtype)
-        else:
-            self._loss.set_subject(subject)
-        return self._loss
+    @cached_property
+    def similarity(self) -> SubjectLosses:
+        """The similarity loss, set to a subject by calling it (its networks load at the first subject)."""
+        return SubjectLosses(self.config.similarity, self.backbone.device, self.backbone.dtype)
 
 
 def generate_suite(
@@ -157,17 +143,13 @@ def generate_suite(
             result = optimize_subject(backbone, subject, unit_config, loss_fn=loss_fn, progress=False)
             if not result.complete:
                 raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
-            modules = {name: getattr(backbone.pipe, name) for name in result.best_lora}
-            # Saved beside and renamed into place: a crash mid-save must not leave a LoRA that looks done.
-            partial = folder / "lora.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            save_lora(backbone, modules, partial, model=config.model, train_prompt=unit.train_prompt)
-            shutil.rmtree(lora, ignore_errors=True)  # a folder without weights is not a saved LoRA
-            os.replace(partial, lora)
+            # Whole or not at all: a crash mid-save must not leave a LoRA that looks done.
+            save_lora(backbone, lora, model=config.model, train_prompt=unit.train_prompt)
             write_json(folder / "metrics.json", result.record())
-            result.best_image.save(folder / "best.png")
+            save_image(result.best_image, folder / "best.png")
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
-            save_atomic(image, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(image, path)
         backbone.pipe.unload_lora_weights()
     return generated

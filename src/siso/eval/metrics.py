@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
 
+from siso.devices import own_cpu_memory
 from siso.eval.inception import load_fid_inception
 from siso.eval.lpips import ALEXNET_URL, LPIPS_ALEX_URL, load_lpips, masked_lpips
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
-from siso.losses import IMAGENET_MEAN, IMAGENET_STD, ClipImageEmbedding, DinoEmbedding, preprocess
-from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
+from siso.losses import IMAGENET_MEAN, IMAGENET_STD, ClipImageEmbedding, DinoEmbedding, Embedding, preprocess
+from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
 
 def read_rgb(path: str | Path) -> Image.Image:
@@ -46,14 +47,22 @@ def to_batch(images: list[Image.Image], size: int) -> torch.Tensor:
     return torch.cat([preprocess(pil_to_tensor(img), size, (0, 0, 0), (1, 1, 1)) for img in images])
 
 
-class DinoV1Embedding(torch.nn.Module):
+class DinoV1Embedding(Embedding):
     """DINO ViT CLS token after the final norm (``facebook/dino-vits16``: the DreamBench DINO metric)."""
 
-    def __init__(self, model: str, resolution: int | None, device, dtype):
-        super().__init__()
-        self.net = load_pretrained(ViTModel.from_pretrained, model, "DINO metric model", add_pooling_layer=False)
-        self.net.to(device, dtype).eval().requires_grad_(False)
-        self.resolution = resolution or self.net.config.image_size
+    @classmethod
+    def from_pretrained(
+        cls, model: str, resolution: int | None = None, device: str | torch.device = "cpu", dtype=torch.float32
+    ) -> DinoV1Embedding:
+        """Load a ``ViTModel`` (Hub id or folder) onto ``device`` in ``dtype``.
+
+        Raises:
+            siso.hub.ModelLoadError: it cannot be loaded.
+        """
+        net = load_pretrained(ViTModel.from_pretrained, model, "DINO metric model", add_pooling_layer=False)
+        net.to(device, dtype)
+        own_cpu_memory(net)
+        return cls(net, resolution)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = preprocess(images, self.resolution, IMAGENET_MEAN, IMAGENET_STD).to(self.net.dtype)
@@ -61,9 +70,9 @@ class DinoV1Embedding(torch.nn.Module):
 
 
 EMBEDDERS: dict[str, Callable[[str, str], torch.nn.Module]] = {
-    "dino": lambda model, device: DinoV1Embedding(model, None, device, torch.float32),
-    "dinov2": lambda model, device: DinoEmbedding(model, None, device, torch.float32),
-    "clip": lambda model, device: ClipImageEmbedding(model, None, device, torch.float32),
+    "dino": lambda model, device: DinoV1Embedding.from_pretrained(model, None, device),
+    "dinov2": lambda model, device: DinoEmbedding.from_pretrained(model, None, device),
+    "clip": lambda model, device: ClipImageEmbedding.from_pretrained(model, None, device),
     "inception": lambda weights, device: load_fid_inception(weights, device),
 }
 
@@ -107,6 +116,7 @@ class ClipTextMetric:
             CLIPTextModelWithProjection.from_pretrained, model, "CLIP-T text model", one_tower=True
         )
         self.text.to(device).eval().requires_grad_(False)
+        own_cpu_memory(self.text)
         self.tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, model, "CLIP-T tokenizer")
         self.device = device
 

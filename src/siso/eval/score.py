@@ -27,13 +27,13 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from siso.eval.crop import SubjectCropper
 from siso.eval.metrics import METRICS, BackgroundLPIPS, IdentityMetric, build_metrics, read_rgb
 from siso.eval.plots import histogram
 from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
-from siso.jsonio import write_atomic, write_json
-from siso.masks import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+from siso.io import write_atomic, write_json
+from siso.vision.grounding import SubjectCropper
+from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
 ITEMS_FILE = "items.jsonl"
 

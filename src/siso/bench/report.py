@@ -1,0 +1,86 @@
+"""The ``siso bench`` report: one Markdown row per configuration, then seconds by part."""
+
+from __future__ import annotations
+
+from siso.bench.timing import PARTS
+
+
+def _fmt(value, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def report(result: dict) -> str:
+    """The benchmark as Markdown: one row per configuration, then seconds by part."""
+    s = result["settings"]
+    lines = [
+        f"siso bench: {s['model']}, {s['resolution']} px, {result['device']} ({result['threads']} threads), "
+        f"torch {result['torch']}, {s['iters']} iterations after {s['warmup']} warm-up",
+        "",
+        "| config | dtype | s/iter (min-max) | CPU s/iter (in kernel) | peak memory | GFLOP/iter | TFLOP/s | "
+        "share of peak | first image | vs reference: speed, memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        memory = "n/a" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f} GB ({r['peak_memory_kind']})"
+        ratio = "" if "speedup" not in r else f"{r['speedup']:.2f}x, {_fmt(r['memory_ratio'], '.2f', 'x')}"
+        kernel = r.get("kernel_cpu_seconds_per_iteration")
+        cpu = f"{r['cpu_seconds_per_iteration']:.3f}" + ("" if kernel is None else f" ({kernel:.1f})")
+        lines.append(
+            f"| {r['config']} | {r['dtype']} | {r['seconds_per_iteration']:.3f} ({r['seconds_min']:.3f}-"
+            f"{r['seconds_max']:.3f}) | {cpu} | {memory} | "
+            f"{r['flops_per_iteration'] / 1e9:.1f} | {r['achieved_tflops']:.3f} | "
+            f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
+            f"{r['first_image_seconds']:.1f} s | {ratio} |"
+        )
+    for r in result["rows"]:
+        inversion = r.get("inversion")
+        if inversion is not None:
+            lines += [
+                "",
+                f"`{r['config']}`: the photo was inverted first ({inversion['model_evaluations']} denoiser passes, "
+                f"{inversion['seconds']:.1f} s from the start, building the models included); its iterations "
+                "denoise the inverted latent and add the background term, so it has no ratio to the reference.",
+            ]
+    for r in result["rows"]:
+        if r.get("compile_seconds") is not None:
+            lines += ["", f"`{r['config']}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling)."]
+    if any(r.get("loss", "paper") != "paper" for r in result["rows"]):
+        lines += [
+            "",
+            "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
+            "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
+        ]
+    counted = [r for r in result["rows"] if r.get("page_faults_per_iteration") is not None]
+    if counted:
+        lines += [
+            "",
+            "Page faults per iteration (each maps in a page of fresh memory; the kernel CPU "
+            "seconds above are mostly these): "
+            + ", ".join(f"{r['config']} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in counted)
+            + ".",
+        ]
+    lines += [
+        "",
+        "C allocator (`siso.cli.startup`: tcmalloc where installed; the reference runs on the system's malloc): "
+        + ", ".join(f"{r['config']} {r.get('allocator', 'unknown')}" for r in result["rows"])
+        + ".",
+    ]
+    lines += _parts_table(
+        "Seconds per iteration by part (median; forward + backward):", result["rows"], "parts_seconds", ".3f"
+    )
+    lines += _parts_table(
+        "CPU seconds in the kernel per iteration by part (median; mostly page faults):",
+        result["rows"],
+        "parts_kernel_seconds",
+        ".2f",
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _parts_table(title: str, rows: list[dict], key: str, spec: str) -> list[str]:
+    """A Markdown table of each row's ``key`` (seconds by part), or nothing if no row has it."""
+    counted = [r for r in rows if r.get(key)]
+    if not counted:
+        return []
+    lines = ["", title, "", "| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    return lines + [f"| {r['config']} | " + " | ".join(f"{r[key][p]:{spec}}" for p in PARTS) + " |" for r in counted]

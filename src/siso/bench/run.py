@@ -1,0 +1,145 @@
+"""``siso bench``'s run: its settings (`BenchSettings`) and every configuration in a process of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from siso.backbones import check_can_edit
+from siso.bench.architectures import check_tiny_vae
+from siso.bench.measure import CONFIGURATIONS, Configuration, optim_settings, run_configuration
+from siso.config import DTYPES, SimilaritySettings
+from siso.devices import default_device, resolve_dtype
+
+
+@dataclass
+class BenchSettings:
+    """What to benchmark.
+
+    Attributes:
+        model: A backbone name (built at its published architecture, random weights), or a local diffusers folder
+            (loaded, with the similarity networks of ``similarity``: the tests' tiny models).
+        configs: Configuration names, run in this order (``reference`` first when a ratio is wanted; ``edit`` edits a
+            photo, for the backbones that can).
+        resolution: Image side in pixels.
+        grad_steps: Steps with gradient (``None``: the family's); more than the family's denoising steps add steps.
+        iters: Measured iterations per configuration.
+        warmup: Iterations run first and not measured.
+        dtype: The ``default`` configuration's dtype (``auto``: bf16 on CUDA, fp32 elsewhere).
+        gradient_checkpointing: Measure ``default`` (and ``fast``) with ``--gradient-checkpointing`` (a lever, alone).
+        compile: Measure them with ``--compile`` (a lever, alone; the compile time is reported).
+        device: Torch device (``None``: cuda, else mps, else cpu).
+        similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
+        tiny_vae: For a model folder: the fast loss's ``AutoencoderTiny`` (``None``: the family's Hub id).
+        isolate: Run each configuration in a fresh process (so each peak memory is its own).
+    """
+
+    model: str = "sd-turbo"
+    configs: tuple[str, ...] = ("reference", "default")
+    resolution: int = 512
+    grad_steps: int | None = None
+    iters: int = 5
+    warmup: int = 1
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    device: str | None = None
+    similarity: SimilaritySettings | None = None
+    tiny_vae: str | None = None
+    isolate: bool = True
+
+    def __post_init__(self):
+        self.device = self.device or default_device()
+        unknown = [c for c in self.configs if c not in CONFIGURATIONS]
+        if unknown or not self.configs:
+            raise ValueError(f"unknown benchmark configuration(s) {unknown}; known: {', '.join(CONFIGURATIONS)}")
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError(f"iters must be >= 1 and warmup >= 0, got {self.iters} and {self.warmup}")
+        if self.resolution < 64 or self.resolution % 64:
+            raise ValueError(f"resolution must be a multiple of 64, got {self.resolution}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if "fast" in self.configs and self.similarity is None:
+            check_tiny_vae(self.model)
+        if "edit" in self.configs:
+            check_can_edit(self.model)
+        optim_settings(self.model, self, edit="edit" in self.configs)  # checked now, not in a worker process
+
+
+class BenchError(RuntimeError):
+    """A configuration failed in its worker process; the message ends with the worker's last error line."""
+
+
+def run_bench(settings: BenchSettings) -> dict:
+    """Run every configuration of ``settings``; returns the settings, the device and one row per configuration (with
+    ``speedup`` and ``memory_ratio`` against ``reference`` when it ran)."""
+    rows = [_run_isolated(settings, name) if settings.isolate else _run(settings, name) for name in settings.configs]
+    reference = next((r for r in rows if r["config"] == "reference"), None)
+    for row in rows:
+        if reference is not None and row["inversion"] is None:  # (an edit does other work: no ratio)
+            row["speedup"] = reference["seconds_per_iteration"] / row["seconds_per_iteration"]
+            peak, ref_peak = row["peak_memory_gb"], reference["peak_memory_gb"]
+            row["memory_ratio"] = peak / ref_peak if peak and ref_peak else None
+    device = torch.device(settings.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {
+        "settings": {**dataclasses.asdict(settings), "dtype": resolve_dtype(settings.dtype, settings.device)},
+        "device": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def _run(settings: BenchSettings, name: str) -> dict:
+    configuration = CONFIGURATIONS[name]
+    if name != "reference":  # siso's configurations take the chosen dtype and lever
+        memory = dataclasses.replace(configuration.memory, gradient_checkpointing=settings.gradient_checkpointing)
+        accel = dataclasses.replace(configuration.accel, compile=settings.compile)
+        configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory, accel=accel)
+        name += " + checkpointing" if settings.gradient_checkpointing else ""
+        name += " + compile" if settings.compile else ""
+    row = run_configuration(settings.model, settings, name, configuration)
+    if settings.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return row
+
+
+def _run_isolated(settings: BenchSettings, name: str) -> dict:
+    """`_run` in a fresh process: its peak memory is its own, not what an earlier configuration left allocated."""
+    spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name})
+    env = worker_environment(CONFIGURATIONS[name])
+    proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True, env=env)
+    if proc.returncode < 0:  # killed: on Linux, SIGKILL is most often the out-of-memory killer
+        raise BenchError(
+            f"benchmark configuration {name!r} was killed (signal {-proc.returncode}); if by the system for memory, "
+            "try --gradient-checkpointing or a smaller --resolution"
+        )
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        raise BenchError(f"benchmark configuration {name!r} failed: {lines[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def worker_environment(configuration: Configuration, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a configuration's worker process: ``environment`` (this process's by default), without
+    ``LD_PRELOAD`` for a configuration on the system's malloc (``reference``)."""
+    env = dict(os.environ if environment is None else environment)
+    if configuration.system_malloc:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
+def _worker(spec: str) -> None:
+    data = json.loads(spec)
+    values = data["settings"]
+    if values["similarity"] is not None:
+        values["similarity"] = SimilaritySettings(**values["similarity"])
+    values["configs"] = tuple(values["configs"])
+    print(json.dumps(_run(BenchSettings(**{**values, "isolate": False}), data["config"])))

@@ -1,0 +1,114 @@
+"""The ``siso`` command line: one module per command (`generate`, `edit`, `eval`, `bench`, `app`), each parsing its
+options and calling the library; bad input ends in one line (`siso.cli.errors`).
+
+`console` is the installed ``siso`` script: it sets up the process (`siso.cli.startup`: tcmalloc) and runs `main`,
+which a Python caller may call too. The command modules are imported inside `main`, after the start-up notices
+of the dependencies are silenced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import warnings
+
+from siso.cli import startup
+
+
+def build_parser(commands: dict | None = None) -> argparse.ArgumentParser:
+    """The parser of ``siso``, with a subcommand per module of ``commands`` (name -> module with ``add_parser``)."""
+    if commands is None:
+        from siso.cli import app, bench, edit, eval, generate
+
+        commands = {"generate": generate, "edit": edit, "eval": eval, "bench": bench, "app": app}
+    parser = argparse.ArgumentParser(prog="siso", description="Single-image subject-driven generation (SISO).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in commands.values():
+        module.add_parser(sub)
+    return parser
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def console() -> None:
+    """The ``siso`` console script: tcmalloc where it applies (`siso.cli.startup.use_tcmalloc`), then `main`."""
+    startup.use_tcmalloc(sys.argv[1:])
+    sys.exit(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``siso ARGV`` in this process; returns the exit code (what ``siso`` exits with)."""
+    argv = sys.argv[1:] if argv is None else argv
+    startup.quiet_notices()  # before diffusers is imported: the notices come at import
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    from siso.bench import BenchError
+    from siso.cli import app, bench, edit, eval, generate
+    from siso.cli.errors import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_USAGE
+    from siso.cli.options import check_args
+    from siso.devices import resolve_dtype
+    from siso.hub import ModelLoadError
+    from siso.images import ImageError
+    from siso.runs.folder import OutputExistsError
+    from siso.runs.memory import is_out_of_memory, out_of_memory_message
+
+    commands = {"generate": generate, "edit": edit, "eval": eval, "bench": bench, "app": app}
+    args = build_parser(commands).parse_args(argv)
+    # Per-component "Loading ..." bars would bury our own; keep the Hub's download bars (first run).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
+    # diffusers 0.42 passes an argument huggingface_hub deprecated; the warning is noise for our users.
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM saves like Ctrl-C
+    try:
+        check_args(args)
+        if hasattr(commands[args.command], "check"):
+            commands[args.command].check(args)
+        if getattr(args, "dtype", None) == "auto":  # config.json records the dtype used
+            args.dtype = resolve_dtype("auto", args.device)
+        if args.command == "eval":
+            try:
+                print(commands["eval"].run(args), end="")
+            except KeyboardInterrupt:
+                print("siso: interrupted; finished items are kept, rerun the same command to resume", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return 0
+        if args.command == "app":
+            try:
+                commands["app"].run(args)
+            except KeyboardInterrupt:  # while loading (once serving, Gradio ends on Ctrl-C by itself)
+                print("siso: interrupted before the app started", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return 0
+        if args.command == "bench":
+            try:
+                print(commands["bench"].run(args), end="")
+            except KeyboardInterrupt:
+                print("siso: interrupted; nothing of the benchmark is kept", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return 0
+        return commands[args.command].run(args, ["siso", *argv])
+    except (
+        ImageError,
+        ModelLoadError,
+        OutputExistsError,
+        FileNotFoundError,
+        ValueError,
+        FloatingPointError,
+        BenchError,
+    ) as err:
+        print(f"siso: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(err):
+            raise
+        print(f"siso: error: {out_of_memory_message(err)}", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,97 @@
+"""``siso bench``: parsed here, run by `siso.bench.run_bench`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from siso.backbones import BACKBONES
+from siso.config import DTYPES, SimilaritySettings
+
+
+def add_parser(sub) -> None:
+    """Add the ``bench`` command to the top-level subparsers."""
+    bench = sub.add_parser(
+        "bench",
+        help="what a SISO iteration costs here: real-size architectures with random weights, offline",
+        description="Run the SISO loop on a backbone built at its published architecture with random weights (no "
+        "download) and report seconds per iteration, peak memory, FLOPs and seconds by part, for the reference "
+        "code's configuration (fp32, prompt re-encoded every iteration, everything on the device) and siso's default, "
+        "as a ratio to it. Each configuration runs in a fresh process.",
+    )
+    bench.add_argument("--model", default="sd-turbo", metavar="NAME", help=f"backbone: {', '.join(BACKBONES)}")
+    bench.add_argument(
+        "--config",
+        default="all",
+        metavar="NAME[,NAME...]",
+        help="configuration(s) to run, in order: reference, default, fast (the opt-in fast loss, which is not the "
+        "paper's loss), edit (invert a photo, then edit it: sd-turbo and sdxl-turbo), or all = reference, default "
+        "and (where the backbone has a tiny VAE) fast",
+    )
+    bench.add_argument("--resolution", type=int, default=512, metavar="PX", help="image side (512)")
+    bench.add_argument(
+        "--grad-steps", type=int, metavar="K", help="steps with gradient (backbone's; more than its steps add steps)"
+    )
+    bench.add_argument("--iters", type=int, default=5, metavar="N", help="measured iterations (5)")
+    bench.add_argument("--warmup", type=int, default=1, metavar="N", help="iterations run first, not measured (1)")
+    bench.add_argument("--dtype", choices=DTYPES, default="auto", help="the default configuration's dtype (auto)")
+    bench.add_argument(
+        "--gradient-checkpointing", action="store_true", help="measure the default configuration with it"
+    )
+    bench.add_argument("--compile", action="store_true", help="measure siso's configurations with --compile")
+    bench.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures here")
+    # A diffusers folder instead of a name, with its similarity networks: the tests' tiny models.
+    for name in ("dino", "ir"):
+        bench.add_argument(f"--{name}-model", metavar="DIR", help=argparse.SUPPRESS)
+    bench.add_argument("--dino-resolution", type=int, help=argparse.SUPPRESS)
+    bench.add_argument("--tiny-vae", metavar="DIR", help=argparse.SUPPRESS)
+
+
+def _configs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The configurations ``--config`` names (`siso.bench.BenchSettings` refuses unknown ones)."""
+    if args.config != "all":
+        return tuple(name.strip() for name in args.config.split(","))
+    from siso.bench.architectures import tiny_vae_models
+
+    has_tiny_vae = args.tiny_vae is not None or args.model in tiny_vae_models()
+    return ("reference", "default", "fast") if has_tiny_vae else ("reference", "default")
+
+
+def run(args: argparse.Namespace) -> str:
+    """Run ``siso bench``; returns the report to print.
+
+    Raises:
+        ValueError: a model it cannot build, a ``--json`` file it could not write, a bad setting (all before any
+            model is built).
+    """
+    from siso.bench import BenchSettings, report, run_bench
+    from siso.io import write_json
+
+    similarity = None
+    if args.dino_model or args.ir_model:
+        similarity = SimilaritySettings(
+            dino_model=args.dino_model, ir_model=args.ir_model, dino_resolution=args.dino_resolution
+        )
+    elif args.model not in BACKBONES:
+        raise ValueError(f"siso bench builds these backbones at their published architectures: {', '.join(BACKBONES)}")
+    if args.json and not Path(args.json).absolute().parent.is_dir():
+        raise ValueError(f"--json {args.json}: folder {Path(args.json).absolute().parent} does not exist")
+    settings = BenchSettings(
+        model=args.model,
+        configs=_configs(args),
+        resolution=args.resolution,
+        grad_steps=args.grad_steps,
+        iters=args.iters,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
+        compile=args.compile,
+        device=args.device,
+        similarity=similarity,
+        tiny_vae=args.tiny_vae,
+    )
+    result = run_bench(settings)
+    if args.json:
+        write_json(args.json, result)
+    return report(result)

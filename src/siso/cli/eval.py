@@ -1,0 +1,197 @@
+"""``siso eval score|run|fetch``: parsed here, run by `siso.eval.score`, `siso.eval.generate` (generation suites),
+`siso.eval.edit` (editing suites) and `siso.eval.fetch`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from accelerate import PartialState
+
+from siso.backbones import check_can_edit
+from siso.cli.options import add_memory_options, memory_settings
+from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig
+from siso.eval.edit import edit_suite
+from siso.eval.fetch import fetch
+from siso.eval.generate import PROTOCOLS, generate_suite
+from siso.eval.metrics import DEFAULT_METRICS, METRICS
+from siso.eval.score import score
+from siso.eval.setmetrics import SET_METRICS
+from siso.eval.suites import EDITING_SUITES, SUITES
+from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+
+ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
+
+
+def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
+    parser.add_argument("--data", required=True, metavar="DIR", help="the suite's folder (see `siso eval fetch`)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed if it exists)")
+    parser.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        help=f"comma-separated; per item: {', '.join(METRICS)}; whole set against --reference: "
+        f"{', '.join(SET_METRICS)} (default: {','.join(DEFAULT_METRICS)})",
+    )
+    parser.add_argument("--reference", metavar="DIR", help="reference images for the set metrics (vanilla outputs)")
+    parser.add_argument(
+        "--metric-model",
+        action="append",
+        default=[],
+        metavar="NAME=ID|DIR",
+        help="model for one metric, e.g. dino=facebook/dino-vits16 or fid=PATH.pth; repeat",
+    )
+    parser.add_argument(
+        "--crop",
+        nargs="?",
+        const=DEFAULT_DETECTOR,
+        metavar="ID|DIR",
+        help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics",
+    )
+    parser.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        metavar="ID|DIR",
+        help=f"editing suites, items without a mask file: Grounding DINO that finds the object ({DEFAULT_DETECTOR}); "
+        "for siso's edits and lpips_bg",
+    )
+    parser.add_argument(
+        "--segmenter",
+        default=DEFAULT_SEGMENTER,
+        metavar="ID|DIR",
+        help=f"SAM that segments the detected object into its mask ({DEFAULT_SEGMENTER})",
+    )
+    parser.add_argument(
+        "--box-threshold",
+        type=float,
+        default=0.3,
+        metavar="SCORE",
+        help="minimum detection score for those masks (0.3, the paper's)",
+    )
+    parser.add_argument("--unique-token", default="", help="token inserted before the class name in prompts ('')")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+    parser.add_argument("--device", help="torch device (default: this process's GPU under accelerate launch, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(sub) -> None:
+    """Add the ``eval`` command group to the top-level subparsers."""
+    group = sub.add_parser(
+        "eval", help="benchmark suites: score any method's images, or generate or edit with siso and score"
+    )
+    commands = group.add_subparsers(dest="eval_command", required=True)
+    sc = commands.add_parser(
+        "score",
+        help="score images made by any method, laid out as GENERATED/<item id>/*.png",
+        description=f"Score images made by any method on a suite. {ITEM_IDS} Put each item's images in "
+        "GENERATED/<item id>/. Rerunning with the same --out resumes; under `accelerate launch` items are sharded.",
+    )
+    _suite_and_scoring_options(sc)
+    sc.add_argument("--generated", required=True, metavar="DIR", help="root of the generated images")
+    ru = commands.add_parser(
+        "run",
+        help="generate (or, on imagenhub-editing, edit) every item with siso, then score (OUT/generated, "
+        "OUT/subjects, OUT/scores)",
+        description=f"Generate with siso, then score. {ITEM_IDS} On an editing suite (imagenhub-editing) each item's "
+        "photo is edited instead, once: the object is the suite's masks/<uid>.png, else detected (--detector, "
+        "--segmenter); an item where nothing is detected is skipped and named in the final error. Rerunning with "
+        "the same --out resumes; under `accelerate launch` units and items are sharded across processes.",
+    )
+    _suite_and_scoring_options(ru)
+    ru.add_argument("--model", default="sdxl-turbo", metavar="NAME|DIR", help="backbone (sdxl-turbo)")
+    ru.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="generation suites: two-stage (default): one LoRA per subject from 'a photo of a <class>'; per-prompt: "
+        "one per item (editing suites always learn one per item, and refuse this option)",
+    )
+    ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1; editing: only 1)")
+    ru.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="generation: steps of the final images (default: 1); editing: the schedule that strength 0.75 cuts, "
+        "as `siso edit --steps` (default: 4)",
+    )
+    ru.add_argument("--seed", type=int, default=0, help="optimization seed and first image seed (0)")
+    ru.add_argument("--max-iters", type=int, help=f"iteration cap ({OptimSettings.max_iters})")
+    ru.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
+    ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
+    ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
+    ru.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, else fp32)")
+    ru.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
+    add_memory_options(ru)
+    fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
+    fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
+    fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
+
+
+def run(args: argparse.Namespace) -> str:
+    """Run a ``siso eval`` command; returns what to print (empty on non-main processes)."""
+    if args.eval_command == "fetch":
+        return f"fetched {args.suite} into {fetch(args.suite, args.out)}\n"
+    models = {}
+    for spec in args.metric_model:
+        name, sep, model = spec.partition("=")
+        if not sep or not model:
+            raise ValueError(f"--metric-model takes NAME=ID|DIR, got {spec!r}")
+        models[name] = model
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    items = SUITES[args.suite](args.data, args.unique_token)[: args.limit]
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--metrics names no metric; known: {', '.join([*METRICS, *SET_METRICS])}")
+    scores = Path(args.out)
+    generated = args.generated if args.eval_command == "score" else None
+    if args.eval_command == "run":
+        overrides = {
+            "resolution": args.resolution,
+            "dtype": args.dtype,
+            "device": args.device,
+            "similarity": {"dino_model": args.dino_model, "ir_model": args.ir_model},
+            "optim": {"lr": args.lr, "max_iters": args.max_iters, "seed": args.seed},
+            "memory": memory_settings(args),
+        }
+        if args.suite in EDITING_SUITES:
+            if args.num_images != 1:
+                raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
+            if args.protocol is not None:
+                raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
+            check_can_edit(args.model)
+            overrides["optim"]["num_inference_steps"] = args.steps
+            config = EditConfig.for_model(args.model, **overrides)
+            generated, skipped = edit_suite(
+                items, args.out, config, args.detector, args.segmenter, args.box_threshold, progress=not args.quiet
+            )
+            if PartialState().is_main_process:
+                for item_id, reason in skipped.items():
+                    print(f"siso: skipped {item_id}: {reason}", file=sys.stderr)
+        else:
+            config = SisoConfig.for_model(args.model, **overrides)
+            generated = generate_suite(
+                items,
+                args.out,
+                config,
+                args.num_images,
+                args.steps,
+                args.protocol or "two-stage",
+                progress=not args.quiet,
+            )
+        scores = Path(args.out) / "scores"
+    score(
+        items,
+        generated,
+        scores,
+        names,
+        models,
+        args.device,
+        progress=not args.quiet,
+        reference=args.reference,
+        crop=args.crop,
+        detector=args.detector,
+        segmenter=args.segmenter,
+        box_threshold=args.box_threshold,
+    )
+    return (scores / "summary.md").read_text() if PartialState().is_main_process else ""

@@ -1,0 +1,143 @@
+"""``siso generate``: learn a subject from one photo and generate with it, or generate from a saved subject."""
+
+from __future__ import annotations
+
+import argparse
+
+from siso.backbones import BACKBONES
+from siso.cli.errors import EXIT_INTERRUPTED, interruptible
+from siso.cli.options import add_shared_options, shared_settings
+from siso.config import FastSettings, SisoConfig
+from siso.images import load_subject
+from siso.lora import check_lora_file, read_subject_info
+from siso.losses.tiny_vae import tiny_vae_name
+from siso.runs.folder import RunFolder
+from siso.runs.jobs import GenerationJob
+from siso.runs.run import run_generate, run_reuse
+
+
+def add_parser(sub) -> None:
+    """Add the ``generate`` command to the top-level subparsers."""
+    gen = sub.add_parser(
+        "generate",
+        help="learn a subject from one photo and generate it, or generate from a saved subject (--lora)",
+        description="Learn a subject from one photo (--subject) and generate every --prompt with it, or reuse a "
+        "saved subject (--lora) without optimizing.",
+    )
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--subject", metavar="PHOTO", help="the subject photo (non-square photos are centre-cropped)")
+    src.add_argument("--lora", metavar="DIR", help="a saved subject: the lora/ folder of an earlier run")
+    gen.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt to generate; repeat")
+    gen.add_argument(
+        "--train-prompt",
+        metavar="TEXT",
+        help="prompt to optimize with (default: the first --prompt); a simple one such as "
+        "'a photo of a dog' transfers best to rich prompts (two-stage use)",
+    )
+    gen.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help=f"backbone: {', '.join(BACKBONES)} (default sdxl-turbo), a Hub id or a local diffusers "
+        "folder; with --lora, defaults to the subject's model",
+    )
+    gen.add_argument(
+        "--num-images", type=int, default=1, metavar="K", help="images per prompt, seeds SEED..SEED+K-1 (1)"
+    )
+    gen.add_argument(
+        "--steps", type=int, metavar="N", help="denoising steps of the final images (default: --train-steps)"
+    )
+    gen.add_argument(
+        "--train-steps", type=int, metavar="N", help="denoising steps while optimizing (backbone's; 1 for SD/SDXL)"
+    )
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="the fast loss: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees 224 px; NOT the paper's "
+        "loss, and its effect on quality is not measured (final images still use the full VAE)",
+    )
+    gen.add_argument(
+        "--tiny-vae", metavar="ID|DIR", help="with --fast: the AutoencoderTiny to use (default: the backbone's)"
+    )
+    add_shared_options(gen)
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse flags that do not go together, before anything loads.
+
+    Raises:
+        ValueError: naming the flags.
+    """
+    if args.lora and (args.fast or args.tiny_vae):
+        raise ValueError(
+            "--fast and --tiny-vae are for learning a subject (--subject); with --lora nothing is optimized"
+        )
+    if args.tiny_vae and not args.fast:
+        raise ValueError("--tiny-vae needs --fast")
+    # With --lora nothing is optimized, but the optimization options must be valid too (before the folder is read).
+    model = None if args.lora else args.model or "sdxl-turbo"
+    SisoConfig.for_model(model or "sdxl-turbo", **shared_settings(args, model, args.train_steps))
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``siso generate``; returns the exit code."""
+    if args.lora:
+        check_lora_file(args.lora)  # a damaged subject is the error to report, whatever the model
+    model = args.model or (read_subject_info(args.lora).get("model") if args.lora else None) or "sdxl-turbo"
+    fast = FastSettings(args.fast, args.tiny_vae)
+    # The run's settings: the family's defaults, then the flags given.
+    config = SisoConfig.for_model(
+        model,
+        train_prompt=args.train_prompt or args.prompt[0],
+        fast=fast,
+        **shared_settings(args, model, args.train_steps),
+    )
+    optim = config.optim
+    job = GenerationJob(
+        prompts=args.prompt,
+        seeds=[args.seed + k for k in range(args.num_images)],
+        num_inference_steps=optim.num_inference_steps if args.steps is None else args.steps,
+        guidance_scale=optim.guidance_scale,
+    )
+    if args.lora:
+        out = RunFolder(args.out, args.overwrite)
+
+        def work():
+            return run_reuse(
+                out,
+                args.lora,
+                job,
+                args.model,
+                args.dtype,
+                args.device,
+                command=argv,
+                progress=not args.quiet,
+                quantize=args.quantize,
+            )
+
+    else:
+        if fast.enabled:
+            tiny_vae_name(fast, model)  # a family without a tiny VAE is refused before anything loads
+        subject = load_subject(args.subject)
+        out = RunFolder(args.out, args.overwrite)
+
+        def work():
+            return run_generate(
+                out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
+            )
+
+    metrics = interruptible(work, out)
+    if metrics is None:
+        return EXIT_INTERRUPTED
+    if "stop_reason" in metrics:
+        print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
+        print(f"siso: {cost(metrics)}")
+    print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
+    return 0
+
+
+def cost(metrics: dict) -> str:
+    """What the optimization cost: iterations, median seconds per iteration, peak memory."""
+    text = f"{len(metrics['iterations'])} iterations, {metrics['seconds_per_iteration']:.2f} s/iteration (median)"
+    if metrics.get("peak_memory_gb") is not None:
+        text += f", peak memory {metrics['peak_memory_gb']:.2f} GB ({metrics['peak_memory_kind']})"
+    return text

@@ -1,0 +1,115 @@
+"""What a run is asked to make: the final images of a generation (`GenerationJob`), and the photo, mask and names of an
+edit (`EditJob`, resolved by `resolve_edit`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from siso.config import check_seed
+from siso.devices import default_device
+from siso.hub import ModelLoadError
+from siso.vision.grounding import SubjectCropper
+from siso.vision.masks import MaskError
+from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
+
+
+@dataclass
+class GenerationJob:
+    """Final images to make: every prompt x seed, with ``num_inference_steps`` steps."""
+
+    prompts: list[str]
+    seeds: list[int]
+    num_inference_steps: int = 1
+    guidance_scale: float = 0.0
+
+    def __post_init__(self):
+        if not self.prompts or any(not p.strip() for p in self.prompts):
+            raise ValueError("at least one non-empty prompt is needed")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        for seed in self.seeds:
+            check_seed(seed, "every seed")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+
+
+@dataclass
+class EditJob:
+    """What to edit: the scene photo, and where the object mask comes from.
+
+    Attributes:
+        scene: The photo to edit (RGB).
+        mask: The object mask in the scene's pixels (from ``--mask`` or ``--box``), or None to detect ``object_name``
+            with Grounding DINO and segment it with SAM.
+        mask_source: How ``mask`` was made, for config.json (``file PATH``, ``box x0,y0,x1,y1``, ``detected``).
+        object_name: The object to detect (default: the subject class).
+        subject_class: The subject's class, for the default prompt "a photo of a {class}" (inferred from the subject
+            photo when None and the prompt is not given).
+        prompt: The edit prompt (default "a photo of a {subject class}").
+        detector, segmenter: Grounding DINO and SAM models for detection and class inference.
+        box_threshold: Minimum detection score (the paper's 0.3).
+    """
+
+    scene: Image.Image
+    mask: np.ndarray | None = None
+    mask_source: str = "detected"
+    object_name: str | None = None
+    subject_class: str | None = None
+    prompt: str | None = None
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    box_threshold: float = 0.3
+
+    def __post_init__(self):
+        for name in ("object_name", "subject_class", "prompt"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name.replace('_name', '').replace('_', ' ')} must not be empty")
+
+
+def resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tuple[np.ndarray, str, dict]:
+    """The object mask, the edit prompt and the names used, detecting and naming objects where the job says to.
+
+    Raises:
+        MaskError: nothing detected, or the subject's class could not be inferred.
+        ModelLoadError: a detection model cannot be loaded (with a mask given, the message also offers
+            ``--subject-class``, which needs none).
+    """
+    names = {"object": job.object_name, "subject_class": job.subject_class}
+    need_class = job.subject_class is None and (job.prompt is None or (job.mask is None and job.object_name is None))
+    mask = job.mask
+    if mask is not None and not need_class:
+        return mask, job.prompt or f"a photo of a {job.subject_class}", names
+    device = device or default_device()
+    if mask is not None:  # only the subject's class to find: the detector alone, without SAM
+        try:
+            detector = SubjectCropper(job.detector, device, job.box_threshold)
+        except ModelLoadError as err:
+            raise ModelLoadError(
+                f"{err} Or name the subject with --subject-class NAME (e.g. dog): no detector then"
+            ) from None
+    else:
+        segmenter = ObjectSegmenter(job.detector, job.segmenter, device, job.box_threshold)
+        detector = segmenter.detector
+    if need_class:
+        names["subject_class"] = detector.name_object(subject)
+        if names["subject_class"] is None:
+            raise MaskError(
+                "could not tell what the subject is; pass --subject-class NAME (e.g. dog), and --object NAME for "
+                "the object to replace if it differs"
+            )
+    if mask is None:
+        names["object"] = job.object_name or names["subject_class"]
+        mask = segmenter.segment(job.scene, names["object"])
+        if mask is None or not mask.any():
+            raise MaskError(
+                f"no {names['object']!r} was detected in the photo to edit; name it with --object NAME, or give "
+                "--box x0,y0,x1,y1 or --mask PNG"
+            )
+    return mask, job.prompt or f"a photo of a {names['subject_class']}", names

@@ -1,0 +1,247 @@
+"""The runs behind ``siso generate`` (learning a subject, or reusing a saved one with ``--lora``) and ``siso edit``:
+load, optimize (or load the saved subject), then write everything into a run folder (`siso.runs.folder.RunFolder`,
+whose docstring gives the layout)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from PIL import Image
+
+from siso.backbones import Backbone, load_backbone
+from siso.config import EditConfig, SisoConfig
+from siso.devices import resolve_dtype
+from siso.editing import composite, edit_subject, prepare_scene
+from siso.lora import check_lora_file, load_lora, read_subject_info
+from siso.losses import SimilarityLoss
+from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
+from siso.optimize import IterationCallback, optimize_subject
+from siso.runs.folder import RunFolder
+from siso.runs.jobs import EditJob, GenerationJob, resolve_edit
+from siso.runs.memory import PeakMemory
+
+
+def _versions() -> dict[str, str]:
+    return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
+
+
+def run_generate(
+    out: RunFolder,
+    config: SisoConfig,
+    subject: Image.Image,
+    job: GenerationJob | None,
+    command: list[str] | None = None,
+    subject_path: str | None = None,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    loss_fn: SimilarityLoss | None = None,
+    callback: IterationCallback | None = None,
+) -> dict:
+    """Optimize a subject, save it, then generate every prompt x seed of ``job`` (if any) with the learned LoRA.
+
+    On Ctrl-C / SIGTERM (as KeyboardInterrupt) during optimization, the best-so-far image, LoRA, config and
+    metrics are still written, with ``"complete": false`` in metrics.json.
+
+    Args:
+        backbone: An already loaded backbone without LoRA, instead of loading ``config.model`` (the app's); it
+            carries the best LoRA after.
+        loss_fn: The similarity loss, already set to ``subject`` (instead of loading its networks).
+        callback: Also called after every iteration, as `optimize_subject`'s (returning True stops the run, which
+            keeps the best so far).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    start = time.perf_counter()
+    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
+    if backbone is None:
+        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
+    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    loss_vae = None
+    if config.fast.enabled:  # config.json records the tiny VAE used
+        fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
+        config = dataclasses.replace(config, fast=fast)
+        loss_vae = load_tiny_vae(fast.tiny_vae, backbone)
+    out.timings["load_seconds"] = time.perf_counter() - start
+    out.write_json(
+        "config.json",
+        {
+            "command": command,
+            "subject": subject_path,
+            "job": job.__dict__ if job else None,
+            "siso": config.to_dict(),
+            "versions": _versions(),
+        },
+    )
+
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
+        out.save_iteration(iteration, image)
+        return callback(iteration, image, terms) if callback else None
+
+    start = time.perf_counter()
+    with PeakMemory(backbone.device) as peak:
+        result = optimize_subject(
+            backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress, loss_vae=loss_vae
+        )
+    out.timings["optimize_seconds"] = time.perf_counter() - start
+    metrics = {
+        "complete": False,
+        **result.record(),
+        **peak.record(),
+        "timings": out.timings,
+        "ir_model_note": _ir_note(config),
+    }
+    out.save_optimization(result, backbone, {"model": config.model, "train_prompt": config.train_prompt})
+    if not result.complete:
+        out.write_json("metrics.json", metrics)
+        raise KeyboardInterrupt
+    try:
+        if job is not None:
+            start = time.perf_counter()
+            metrics["images"] = out.generate_images(backbone, job, progress)
+            out.timings["generate_seconds"] = time.perf_counter() - start
+        metrics["complete"] = True
+    finally:
+        out.write_json("metrics.json", metrics)
+    return metrics
+
+
+def run_edit(
+    out: RunFolder,
+    config: EditConfig,
+    job: EditJob,
+    subject: Image.Image,
+    command: list[str] | None = None,
+    paths: dict | None = None,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    loss_fn: SimilarityLoss | None = None,
+    callback: IterationCallback | None = None,
+) -> dict:
+    """Edit a photo: find the object mask, invert the photo, optimize the subject LoRA, write the run folder.
+
+    ``config.train_prompt`` is replaced by the job's prompt (given, or "a photo of a {subject class}").
+    Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`. ``backbone``,
+    ``loss_fn`` and ``callback`` as `run_generate`'s (the callback sees the crop of each edit).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        MaskError: no usable mask (nothing detected, or a mask that vanishes at the model resolution).
+    """
+    start = time.perf_counter()
+    mask, prompt, names = resolve_edit(job, subject, config.device)
+    config = dataclasses.replace(config, train_prompt=prompt, dtype=resolve_dtype(config.dtype, config.device))
+    if backbone is None:
+        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
+    scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
+    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    out.timings["load_seconds"] = time.perf_counter() - start
+    out.write_json(
+        "config.json",
+        {
+            "command": command,
+            **(paths or {}),
+            "mask": job.mask_source,
+            **names,
+            "prompt": prompt,
+            "siso": config.to_dict(),
+            "versions": _versions(),
+        },
+    )
+    out.save_image("input.png", scene.input_image)
+    out.save_image("mask.png", scene.mask_image)
+
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
+        out.save_iteration(iteration, image)
+        return callback(iteration, image, terms) if callback else None
+
+    start = time.perf_counter()
+    with PeakMemory(backbone.device) as peak:
+        result = edit_subject(
+            backbone, scene, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress
+        )
+    out.timings["edit_seconds"] = time.perf_counter() - start
+    out.save_image("inversion.png", result.reconstruction)
+    out.save_optimization(result, backbone, {"model": config.model, "train_prompt": prompt})
+    if config.edit.composite:
+        out.save_image("best_uncomposited.png", result.best_image)
+        blended = composite(result.best_image, scene.input_image, scene.mask_image, config.edit.feather)
+        out.save_image("best.png", blended)
+    metrics = {
+        "complete": result.complete,
+        **result.record(),
+        **peak.record(),
+        "inversion_method": config.inversion.method,
+        "timings": out.timings,
+        "ir_model_note": _ir_note(config),
+    }
+    out.write_json("metrics.json", metrics)
+    if not result.complete:
+        raise KeyboardInterrupt
+    return metrics
+
+
+def _ir_note(config: SisoConfig) -> str:
+    return (
+        f"IR term: CLIP image embedding of {config.similarity.ir_model}, a substitute for the paper's GUIE model "
+        "unless that checkpoint was passed"
+    )
+
+
+def run_reuse(
+    out: RunFolder,
+    lora_dir: str | Path,
+    job: GenerationJob,
+    model: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    command: list[str] | None = None,
+    progress: bool = True,
+    quantize: str | None = None,
+) -> dict:
+    """Generate every prompt x seed from a saved subject (stage two of prompt simplification), no optimization.
+
+    Args:
+        lora_dir: A folder written by `siso.lora.save_lora` (or any diffusers LoRA folder, with ``model`` given).
+        model: Backbone to load; defaults to the one named in the folder's ``siso_subject.json``.
+        quantize: Quantize the base model's denoiser (`siso.backbones.quantize`); the LoRA is loaded in full precision.
+
+    Raises:
+        FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
+        LoraError: the folder's files are damaged (checked before the model loads), or its weights do not fit the
+            model.
+        ValueError: no model given and none recorded in the folder.
+    """
+    lora_dir = Path(lora_dir)
+    check_lora_file(lora_dir)
+    info = read_subject_info(lora_dir)
+    model = model or info.get("model")
+    if model is None:
+        raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
+    dtype = resolve_dtype(dtype, device)
+    backbone = load_backbone(model, dtype, device, info.get("resolution"), quantize)
+    load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
+    out.write_json(
+        "config.json",
+        {
+            "command": command,
+            "lora": str(lora_dir),
+            "model": model,
+            "dtype": dtype,
+            "quantize": quantize,
+            "job": job.__dict__,
+            "versions": _versions(),
+        },
+    )
+    metrics: dict = {"complete": False}
+    try:
+        metrics["images"] = out.generate_images(backbone, job, progress)
+        metrics["complete"] = True
+    finally:
+        out.write_json("metrics.json", metrics)
+    return metrics

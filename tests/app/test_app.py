@@ -1,0 +1,313 @@
+"""`siso.app`: the app's work without a browser (`Studio`), its upload checks, and ``siso app`` itself."""
+
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from console import run_siso
+from PIL import Image
+
+from siso.app.studio import AppSettings, Studio, UploadError, check_upload, train_prompt_for
+from siso.cli.app import is_loopback
+from siso.config import SimilaritySettings
+
+
+@pytest.fixture(scope="module")
+def studio(model_dirs, tmp_path_factory):
+    settings = AppSettings(
+        model=str(model_dirs["sd"]),
+        root=tmp_path_factory.mktemp("app-runs"),
+        device="cpu",
+        similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
+        optim={"patience": 1000, "min_improvement": 0.0},  # runs end when the test says (or at max iterations)
+    )
+    return Studio(settings)
+
+
+def _learn(studio, session, subject_path, **kwargs):
+    return list(studio.learn(session, subject_path, "a photo of a dog", **{"max_iters": 3, **kwargs}))
+
+
+def test_check_upload_gives_readable_messages(tmp_path, subject_path):
+    settings = AppSettings(root=tmp_path)
+    assert check_upload(subject_path, settings, "subject photo").size == (96, 72)
+    with pytest.raises(UploadError, match="upload a subject photo first"):
+        check_upload(None, settings, "subject photo")
+    with pytest.raises(UploadError, match=r"is 0\.0 MB; the limit is 1e-06 MB"):
+        check_upload(subject_path, AppSettings(root=tmp_path, max_upload_mb=1e-6), "subject photo")
+    with pytest.raises(UploadError, match="has 0.0 megapixels; the limit is 0.005"):
+        check_upload(subject_path, AppSettings(root=tmp_path, max_pixels=5000), "subject photo")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(UploadError, match="notes.png is not an image") as err:
+        check_upload(text, settings, "subject photo")
+    assert str(tmp_path) not in str(err.value)  # the page does not show server paths
+
+
+def test_train_prompt_from_the_class():
+    assert train_prompt_for(" a photo of sks ", "dog") == "a photo of sks"
+    assert train_prompt_for("", " dog ") == "a photo of a dog"
+    with pytest.raises(UploadError, match="type a train prompt"):
+        train_prompt_for(" ", "")
+
+
+def test_session_folders_stay_under_the_root(studio):
+    for session in ("../../etc", "/abs/path", "", "a b\\c", "x" * 500):
+        folder = studio.session_folder(session)
+        assert folder.parent == studio.root and folder.name and ".." not in folder.name
+
+
+def test_learn_streams_every_iteration_then_the_subject(studio, subject_path):
+    progress = _learn(studio, "learner", subject_path, max_iters=4)
+    running, final = progress[:-1], progress[-1]
+    assert len(running) == 4 and all(p.running for p in running)
+    assert [len(p.losses) for p in running] == [1, 2, 3, 4]
+    assert not final.running and final.message.startswith("Done: max iterations reached after 4 iterations")
+    assert len(final.frames) == 4 and sum("(best)" in caption for _, caption in final.frames) == 1
+    # Each image with its iteration and loss.
+    captions = [caption.split(" (")[0] for _, caption in final.frames]
+    assert captions == [f"{i}: {loss:.4f}" for i, loss in enumerate(final.losses)]
+    run = studio.root / "learner"
+    (folder,) = run.glob("learn-*")
+    assert final.best_image == str(folder / "best.png")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["best_iteration"] == final.best_iteration
+    with zipfile.ZipFile(final.lora_zip) as archive:
+        assert "pytorch_lora_weights.safetensors" in archive.namelist()
+    with zipfile.ZipFile(final.run_zip) as archive:
+        assert {"best.png", "config.json", "metrics.json"} <= set(archive.namelist())
+    assert str(studio.root) in final.lora_zip  # everything under the root
+
+
+def test_stop_ends_the_run_at_once_and_keeps_the_best(studio, subject_path):
+    seen = []
+    for progress in studio.learn("stopper", subject_path, "a photo of a dog", max_iters=200):
+        seen.append(progress)
+        if len(seen) == 2:
+            assert studio.stop("stopper")
+    assert len(seen) <= 5  # a stop takes effect at the next iteration
+    final = seen[-1]
+    assert not final.running and final.message.startswith("Done: stopped after")
+    assert final.best_image and final.lora_zip
+    (folder,) = (studio.root / "stopper").glob("learn-*")
+    assert json.loads((folder / "metrics.json").read_text())["stop_reason"] == "callback"
+    assert not studio.stop("stopper")  # nothing runs any more
+
+
+def test_a_page_that_goes_away_ends_its_run_and_frees_the_model(studio, subject_path):
+    run = studio.learn("leaver", subject_path, "a photo of a dog", max_iters=200)
+    next(run)
+    run.close()  # what Gradio does when the browser goes away
+    # The model is free again once the run has ended (at its next iteration), with no one waiting for it.
+    assert studio._busy.acquire(timeout=60)
+    studio._busy.release()
+    with pytest.raises(UploadError, match="learn a subject first"):  # a run the page left is not its subject
+        studio.generate("leaver", "a photo of a dog")
+    (folder,) = (studio.root / "leaver").glob("learn-*")
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "callback" and (folder / "best.png").is_file()
+
+
+def test_generate_with_the_learned_or_an_uploaded_subject(studio, subject_path, tmp_path):
+    final = _learn(studio, "maker", subject_path)[-1]
+    images = studio.generate("maker", "a photo of a dog\n\na dog on a beach", num_images=2, steps=1)
+    side = studio.backbone.resolution
+    assert len(images) == 4 and all(Image.open(p).size == (side, side) for p in images)
+    assert all(str(studio.root / "maker") in p for p in images)
+    # Another session has no subject of its own, until it uploads one.
+    with pytest.raises(UploadError, match="learn a subject first"):
+        studio.generate("visitor", "a photo of a dog")
+    uploaded = studio.generate("visitor", "a photo of a dog", steps=1, subject_zip=final.lora_zip)
+    assert Image.open(uploaded[0]).tobytes() == Image.open(images[0]).tobytes()  # the same subject, seed, prompt
+    with pytest.raises(UploadError, match="at least one prompt"):
+        studio.generate("maker", " \n ")
+    with pytest.raises(UploadError, match="number of images must be 1 to 16"):
+        studio.generate("maker", "a dog", num_images=0)
+    # A subject learned on another model.
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(final.lora_zip) as source, zipfile.ZipFile(other, "w") as archive:
+        for name in source.namelist():
+            data = source.read(name)
+            if name.endswith("siso_subject.json"):
+                data = json.dumps({**json.loads(data), "model": "sdxl-turbo"})
+            archive.writestr(name, data)
+    with pytest.raises(UploadError, match="this subject was learned on sdxl-turbo; the app runs"):
+        studio.generate("visitor", "a dog", subject_zip=other)
+
+
+def test_bad_subject_zips_are_refused(studio, tmp_path):
+    not_zip = tmp_path / "subject.zip"
+    not_zip.write_text("no")
+    with pytest.raises(UploadError, match="subject.zip is not a zip file"):
+        studio.subject_from_zip("zips", not_zip)
+    escape = tmp_path / "escape.zip"
+    with zipfile.ZipFile(escape, "w") as archive:
+        archive.writestr("../outside.txt", "x")
+    with pytest.raises(UploadError, match="a path outside its folder"):
+        studio.subject_from_zip("zips", escape)
+    assert not (studio.root / "zips" / "outside.txt").exists()
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("readme.txt", "x")
+    with pytest.raises(UploadError, match="must hold one LoRA folder"):
+        studio.subject_from_zip("zips", empty)
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(damaged, "w") as archive:
+        archive.writestr("lora/pytorch_lora_weights.safetensors", b"")
+    with pytest.raises(UploadError, match="damaged.zip"):
+        studio.subject_from_zip("zips", damaged)
+
+
+def test_bad_fields_are_refused_before_any_work(studio, subject_path):
+    with pytest.raises(UploadError, match="max iterations must be 1 to 1000"):
+        next(studio.learn("fields", subject_path, "a dog", max_iters=0))
+    with pytest.raises(UploadError, match="lr"):
+        next(studio.learn("fields", subject_path, "a dog", lr=-1.0))
+    with pytest.raises(UploadError, match="max iterations is empty"):  # a field the page left empty
+        next(studio.learn("fields", subject_path, "a dog", max_iters=None))
+    with pytest.raises(UploadError, match="seed must be a whole number, got 1.5"):
+        next(studio.learn("fields", subject_path, "a dog", seed=1.5))
+    with pytest.raises(UploadError, match="number of images is empty"):
+        studio.generate("fields", "a dog", num_images=None)
+    assert not (studio.root / "fields").exists()
+
+
+def test_loopback_hosts():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+def test_siso_app_without_gradio_says_what_to_install(monkeypatch, capsys):
+    from siso import cli
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    monkeypatch.delitem(sys.modules, "siso.app.ui", raising=False)
+    assert cli.main(["app", "--model", "sd-turbo"]) == 2
+    assert "siso app needs Gradio, which is not installed: pip install 'siso[app]'" in capsys.readouterr().err
+
+
+def test_siso_app_refuses_a_bad_port():
+    result = run_siso(["app", "--port", "70000"])
+    assert result.returncode == 2 and "--port must be 1 to 65535" in result.stderr
+
+
+def _scene(painted: bool):
+    """A photo to edit as Gradio's image editor gives it: the photo, and an RGBA paint layer."""
+    yy, xx = np.mgrid[0:96, 0:128]
+    photo = np.stack([xx * 2, yy * 2, 255 - xx], axis=-1).astype(np.uint8)
+    layer = np.zeros((96, 128, 4), dtype=np.uint8)
+    if painted:
+        layer[30:70, 40:90] = (255, 59, 48, 255)
+    return {"background": photo, "layers": [layer], "composite": photo}
+
+
+def test_edit_with_a_painted_mask_streams_like_learning(studio, subject_path):
+    progress = list(studio.edit("editor", _scene(True), "", subject_path, subject_class="dog", max_iters=3))
+    assert [p.running for p in progress] == [True, True, True, False]
+    final = progress[-1]
+    assert final.message.startswith("Done: max iterations reached after 3 iterations") and final.lora_zip
+    (folder,) = (studio.root / "editor").glob("edit-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["mask"] == "painted in the app" and config["prompt"] == "a photo of a dog"
+    width, height = Image.open(final.best_image).size
+    assert width / height == 128 / 96  # the edit, cropped to the photo (at the model's resolution)
+
+
+def test_edit_with_a_box_and_its_refusals(studio, subject_path):
+    final = list(studio.edit("boxer", _scene(False), "40,30,90,70", subject_path, prompt="a photo of sks", max_iters=2))
+    (folder,) = (studio.root / "boxer").glob("edit-*")
+    assert json.loads((folder / "config.json").read_text())["mask"] == "box 40,30,90,70" and not final[-1].running
+    with pytest.raises(UploadError, match="upload the photo to edit first"):
+        next(studio.edit("boxer", None, "", subject_path, "dog"))
+    with pytest.raises(UploadError, match="paint over the object to replace, or give a box"):
+        next(studio.edit("boxer", _scene(False), " ", subject_path, "dog"))
+    with pytest.raises(UploadError, match="box"):
+        next(studio.edit("boxer", _scene(False), "1,2,3", subject_path, "dog"))
+    with pytest.raises(UploadError, match="upload a subject photo first"):
+        next(studio.edit("boxer", _scene(True), "", None, "dog"))
+
+
+def test_siso_app_serves_the_page_on_localhost(model_dirs, tmp_path):
+    """The console script loads the model, prints its URL, binds 127.0.0.1 and serves the page until stopped."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from console import OFFLINE, SISO
+    from test_app_browser import _free_port
+
+    port = _free_port()
+    args = [SISO, "app", "--model", str(model_dirs["sd"]), "--port", str(port), "--root", str(tmp_path / "runs")]
+    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--device", "cpu"]
+
+    # Ctrl-C as in a terminal, even where this test runs in a background job (which ignores SIGINT, and children
+    # inherit that).
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    server = subprocess.Popen(args, env=OFFLINE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        lines = []
+        while not any("siso: app at" in line for line in lines):
+            line = server.stderr.readline()
+            assert line, f"siso app ended: {''.join(lines)}"
+            lines.append(line)
+        assert f"siso: app at http://127.0.0.1:{port}" in "".join(lines)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                    assert page.status == 200 and "siso" in page.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the page did not come up"
+                time.sleep(0.5)
+        # Listening on 127.0.0.1 only (Linux's table: local address in hex, state 0A = listening).
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        listening = {line.split()[1] for line in table if line.split()[3] == "0A"}
+        assert {a for a in listening if a.endswith(f":{port:04X}")} == {f"0100007F:{port:04X}"}
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: the server closes and the process ends
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise AssertionError(f"siso app did not end on Ctrl-C: {server.stderr.read()[-2000:]}") from None
+
+
+def test_page_errors_are_one_line(caplog):
+    """What the page shows for a failure: the reason, no stack trace (an unexpected one is logged in full)."""
+    pytest.importorskip("gradio")
+    from siso.app.ui import _page_error
+
+    assert _page_error(UploadError("upload a subject photo first")).message == "upload a subject photo first"
+    out_of_memory = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+    assert _page_error(out_of_memory).message.startswith("out of memory on the CPU; to use less, try")
+    with caplog.at_level("ERROR"):
+        assert _page_error(KeyError("x")).message == "the run failed: KeyError: 'x'"
+    assert "a run failed" in caplog.text
+
+
+def test_ctrl_c_while_the_app_loads_is_one_line(monkeypatch, capsys):
+    from siso import cli
+    from siso.app import studio
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(studio, "load_backbone", interrupted)
+    assert cli.main(["app", "--model", "sd-turbo"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "siso: interrupted before the app started"
+
+
+def test_the_default_root_is_the_users_data_folder(monkeypatch, tmp_path):
+    from siso.app.settings import default_root
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert AppSettings().root == default_root() == tmp_path / "siso" / "app"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_root() == Path.home() / ".local" / "share" / "siso" / "app"

@@ -1,0 +1,40 @@
+"""``benchmarks/gpu.sh --tiny``: the prepared GPU run, end to end, with tiny random models on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = {
+    "sd-turbo": ["reference", "default", "fast", "edit"],
+    "sdxl-turbo": ["reference", "default", "fast", "edit"],
+    "flux-schnell": ["reference", "default", "fast"],
+    "sana": ["reference", "default"],
+}
+
+
+def test_the_gpu_script_runs_every_backbone_and_the_edit_on_tiny_models(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "SISO_TCMALLOC": "0"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--tiny", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # At most 8 files: what the GPU machine's tool brings back.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"bench-{model}.{kind}" for model in EXPECTED for kind in ("md", "json")
+    )
+    for model, configs in EXPECTED.items():
+        result = json.loads((tmp_path / f"bench-{model}.json").read_text())
+        rows = {row["config"]: row for row in result["rows"]}
+        assert list(rows) == configs
+        assert all(row["seconds_per_iteration"] > 0 and row["flops_per_iteration"] > 0 for row in rows.values())
+        assert rows["default"]["speedup"] > 0 and rows["reference"]["dtype"] == "fp32"
+        report = (tmp_path / f"bench-{model}.md").read_text()
+        assert report.startswith("siso bench: ") and "| reference | fp32 |" in report
+        if "edit" in rows:
+            assert rows["edit"]["inversion"]["model_evaluations"] > 0 and "speedup" not in rows["edit"]
+            assert "`edit`: the photo was inverted first" in report
+    assert "gpu.sh: reports in" in proc.stdout
