@@ -101,6 +101,7 @@ def test_learn_watch_stop_download_and_generate_in_chromium(served, subject_path
         page.get_by_text("upload a subject photo first").first.wait_for(timeout=30_000)
         assert "Traceback" not in page.content()
         screenshot(page, "app-error")
+        page.get_by_text("upload a subject photo first").first.wait_for(state="hidden", timeout=30_000)  # it goes
 
         _start_learning(page, subject_path, "300")
         iterations = page.locator("#iterations img")
