@@ -1,4 +1,4 @@
-"""`siso.lean.lean_graph`: the same images and gradients from a smaller autograd graph, and the stock modules after."""
+"""`siso.accel.lean.lean_graph`: the same images and gradients from a smaller autograd graph, stock modules after."""
 
 import pytest
 import torch

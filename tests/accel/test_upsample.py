@@ -1,4 +1,4 @@
-"""`siso.upsample`: nearest 2x upsampling + 3x3 convolution as one transposed convolution: the same numbers up to
+"""`siso.accel.upsample`: nearest 2x upsampling + 3x3 convolution as one transposed convolution: the same numbers up to
 float rounding, less kept for backward, and the stock modules after."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""The opt-in fast loss (`siso.fast`, ``--fast``): a tiny VAE decodes for the loss, labelled as a different loss."""
+"""The opt-in fast loss (`siso.losses.tiny_vae`, ``--fast``): a tiny VAE decodes for the loss, labelled as such."""
 
 import json
 

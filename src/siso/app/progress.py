@@ -38,3 +38,17 @@ def frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, 
         caption = f"{iteration}: {losses[iteration]:.4f}" if iteration < len(losses) else f"{iteration}"
         frames.append((str(path), caption + (" (best)" if iteration == best else "")))
     return frames
+
+
+def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str) -> Progress:
+    """What the page shows of a run that ended: why, its best iteration, and the downloads."""
+    best = metrics["best_iteration"]
+    reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
+        metrics["stop_reason"], "stopped"
+    )
+    message = (
+        f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
+        f"(loss {metrics['best_loss']:.4f}), {metrics['seconds_per_iteration']:.2f} s/iteration"
+    )
+    losses = [h["loss"] for h in metrics["iterations"]]
+    return Progress(frames(run, losses, best), losses, best, False, message, str(run / "best.png"), lora_zip, run_zip)

@@ -13,24 +13,28 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from siso.app.progress import Progress, frames
+from siso.app.progress import Progress, finished, frames
 from siso.app.sessions import Sessions
 from siso.app.settings import MAX_IMAGES, MAX_ITERS_LIMIT, MAX_PIXELS, MAX_UPLOAD_MB, AppSettings
-from siso.app.uploads import UploadError, check_upload, train_prompt_for, unpack_subject_zip, whole_number
+from siso.app.uploads import (
+    UploadError,
+    check_upload,
+    scene_and_mask,
+    train_prompt_for,
+    unpack_subject_zip,
+    whole_number,
+)
 from siso.backbones import Backbone, check_can_edit, load_backbone
 from siso.config import EditConfig, OptimSettings, SisoConfig
 from siso.devices import resolve_dtype
-from siso.images import MIN_SUBJECT_SIDE
 from siso.lora import LoraError, load_lora
 from siso.losses import SubjectLosses
 from siso.optimize import EarlyStopping
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob
 from siso.runs.run import run_edit, run_generate
-from siso.vision.masks import MaskError, box_mask
 
 __all__ = [
     "MAX_IMAGES",
@@ -170,7 +174,7 @@ class Studio:
             check_can_edit(self.settings.model)
         except ValueError as err:
             raise UploadError(str(err)) from None
-        photo, mask, source = self._scene_and_mask(scene, box)
+        photo, mask, source = scene_and_mask(scene, box, self.settings)
         subject = check_upload(subject_path, self.settings, "subject photo")
         edit_prompt = train_prompt_for(prompt, subject_class)
         try:
@@ -189,33 +193,6 @@ class Studio:
             )  # fmt: skip
 
         yield from self._stream(session, "edit", config.optim, run)
-
-    def _scene_and_mask(self, scene: dict | None, box: str) -> tuple[Image.Image, np.ndarray, str]:
-        """The photo to edit and the object's mask: the painted pixels, else the box."""
-        background = (scene or {}).get("background")
-        if background is None:
-            raise UploadError("upload the photo to edit first")
-        height, width = background.shape[:2]
-        if height * width > self.settings.max_pixels:
-            raise UploadError(
-                f"the photo to edit has {height * width / 1e6:.1f} megapixels; the limit is "
-                f"{self.settings.max_pixels / 1e6:g}"
-            )
-        if min(height, width) < MIN_SUBJECT_SIDE:
-            raise UploadError(f"the photo to edit is {width}x{height} px; at least {MIN_SUBJECT_SIDE} px per side")
-        photo = Image.fromarray(np.asarray(background)[..., :3].astype(np.uint8))
-        painted = np.zeros((height, width), dtype=bool)
-        for layer in (scene or {}).get("layers") or []:
-            if layer is not None and layer.ndim == 3 and layer.shape[:2] == (height, width) and layer.shape[2] == 4:
-                painted |= layer[..., 3] > 0
-        try:
-            if painted.any():
-                return photo, painted, "painted in the app"
-            if box and box.strip():
-                return photo, box_mask(box, photo.size), f"box {box.strip()}"
-        except MaskError as err:
-            raise UploadError(str(err)) from None
-        raise UploadError("paint over the object to replace, or give a box around it (x0,y0,x1,y1)")
 
     def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
         """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
@@ -270,26 +247,7 @@ class Studio:
             raise outcome["error"]
         metrics = outcome["metrics"]
         self._subjects[session] = out.path / "lora"
-        best = metrics["best_iteration"]
-        reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
-            metrics["stop_reason"], "stopped"
-        )
-        lora_zip, run_zip = self.sessions.downloads(session, out.path)
-        message = (
-            f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
-            f"(loss {metrics['best_loss']:.4f}), {metrics['seconds_per_iteration']:.2f} s/iteration"
-        )
-        losses = [h["loss"] for h in metrics["iterations"]]
-        yield Progress(
-            frames(out.path, losses, best),
-            losses,
-            best,
-            False,
-            message,
-            str(out.path / "best.png"),
-            lora_zip,
-            run_zip,
-        )
+        yield finished(out.path, metrics, *self.sessions.downloads(session, out.path))
 
     def stop(self, session: str) -> bool:
         """End the session's run at its next iteration (it keeps the best so far); False if none is running."""

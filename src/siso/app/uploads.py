@@ -7,11 +7,13 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from siso.app.settings import AppSettings
-from siso.images import ImageError, load_subject
+from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
 from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
+from siso.vision.masks import MaskError, box_mask
 
 
 class UploadError(ValueError):
@@ -107,3 +109,34 @@ def whole_number(value, name: str) -> int:
     if not number.is_integer():
         raise UploadError(f"{name} must be a whole number, got {value}")
     return int(number)
+
+
+def scene_and_mask(scene: dict | None, box: str, settings: AppSettings) -> tuple[Image.Image, np.ndarray, str]:
+    """The photo to edit and the object's mask from the page: the painted pixels, else the box; and how it was made.
+
+    Raises:
+        UploadError: no photo, one over the pixel limit or too small, no mask, or a bad box.
+    """
+    background = (scene or {}).get("background")
+    if background is None:
+        raise UploadError("upload the photo to edit first")
+    height, width = background.shape[:2]
+    if height * width > settings.max_pixels:
+        raise UploadError(
+            f"the photo to edit has {height * width / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}"
+        )
+    if min(height, width) < MIN_SUBJECT_SIDE:
+        raise UploadError(f"the photo to edit is {width}x{height} px; at least {MIN_SUBJECT_SIDE} px per side")
+    photo = Image.fromarray(np.asarray(background)[..., :3].astype(np.uint8))
+    painted = np.zeros((height, width), dtype=bool)
+    for layer in (scene or {}).get("layers") or []:
+        if layer is not None and layer.ndim == 3 and layer.shape[:2] == (height, width) and layer.shape[2] == 4:
+            painted |= layer[..., 3] > 0
+    try:
+        if painted.any():
+            return photo, painted, "painted in the app"
+        if box and box.strip():
+            return photo, box_mask(box, photo.size), f"box {box.strip()}"
+    except MaskError as err:
+        raise UploadError(str(err)) from None
+    raise UploadError("paint over the object to replace, or give a box around it (x0,y0,x1,y1)")

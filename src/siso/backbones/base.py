@@ -31,7 +31,8 @@ class Backbone:
         text_encoder_names: Pipeline attributes of the text encoders (optional LoRA).
         text_encoder_lora_targets: Module names in the text encoders that get LoRA.
         supports_editing: Whether the family implements `edit_sampler` (checked before any model loads).
-        tiny_vae: Hub id of the family's ``AutoencoderTiny`` (the fast loss's decoder, `siso.fast`); ``None``: none.
+        tiny_vae: Hub id of the family's ``AutoencoderTiny`` (the fast loss's decoder, `siso.losses.tiny_vae`);
+            ``None``: none.
         defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
             ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
             records what was used.

@@ -9,19 +9,27 @@ of the dependencies are silenced.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import warnings
 
 from siso.cli import startup
 
+COMMANDS = ("generate", "edit", "eval", "bench", "app")
+
+
+def command_modules(argv: list[str]) -> dict:
+    """Name -> module of the commands the parser needs: only the one ``argv`` runs (a command imports only what it
+    uses), or all of them (``siso --help``, a typo)."""
+    names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
+    return {name: importlib.import_module(f"siso.cli.{name}") for name in names}
+
 
 def build_parser(commands: dict | None = None) -> argparse.ArgumentParser:
-    """The parser of ``siso``, with a subcommand per module of ``commands`` (name -> module with ``add_parser``)."""
-    if commands is None:
-        from siso.cli import app, bench, edit, eval, generate
-
-        commands = {"generate": generate, "edit": edit, "eval": eval, "bench": bench, "app": app}
+    """The parser of ``siso``, with a subcommand per module of ``commands`` (name -> module with ``add_parser``;
+    default: every command)."""
+    commands = command_modules([]) if commands is None else commands
     parser = argparse.ArgumentParser(prog="siso", description="Single-image subject-driven generation (SISO).")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in commands.values():
@@ -47,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     import huggingface_hub
     import transformers
 
-    from siso.bench import BenchError
-    from siso.cli import app, bench, edit, eval, generate
     from siso.cli.errors import EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, EXIT_USAGE
     from siso.cli.options import check_args
     from siso.devices import resolve_dtype
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from siso.runs.folder import OutputExistsError
     from siso.runs.memory import is_out_of_memory, out_of_memory_message
 
-    commands = {"generate": generate, "edit": edit, "eval": eval, "bench": bench, "app": app}
+    commands = command_modules(argv)
     args = build_parser(commands).parse_args(argv)
     # Per-component "Loading ..." bars would bury our own; keep the Hub's download bars (first run).
     diffusers.utils.logging.disable_progress_bar()
@@ -101,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         ValueError,
         FloatingPointError,
-        BenchError,
     ) as err:
         print(f"siso: error: {err}", file=sys.stderr)
         return EXIT_USAGE

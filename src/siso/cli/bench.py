@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> str:
 
     Raises:
         ValueError: a model it cannot build, a ``--json`` file it could not write, a bad setting (all before any
-            model is built).
+            model is built), or a configuration that failed in its worker process (its last error line).
     """
-    from siso.bench import BenchSettings, report, run_bench
+    from siso.bench import BenchError, BenchSettings, report, run_bench
     from siso.io import write_json
 
     similarity = None
@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> str:
         similarity=similarity,
         tiny_vae=args.tiny_vae,
     )
-    result = run_bench(settings)
+    try:
+        result = run_bench(settings)
+    except BenchError as err:  # a worker's failure: one line, as bad input is
+        raise ValueError(str(err)) from None
     if args.json:
         write_json(args.json, result)
     return report(result)

@@ -13,6 +13,7 @@ from siso.config.editing import (
     EditSettings,
     InversionSettings,
 )
+from siso.config.run import SisoConfig
 from siso.config.settings import (
     DTYPES,
     FAST_DINO_RESOLUTION,
@@ -24,7 +25,6 @@ from siso.config.settings import (
     MemorySettings,
     OptimSettings,
     SimilaritySettings,
-    SisoConfig,
     check_seed,
     with_defaults,
 )

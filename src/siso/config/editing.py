@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from siso.config.settings import OptimSettings, SisoConfig
+from siso.config.run import SisoConfig
+from siso.config.settings import OptimSettings
 
 INVERSION_METHODS = ("renoise", "ddim")
 BACKGROUND_TARGETS = ("input", "reconstruction")

@@ -1,1 +1,3 @@
-"""Evaluation: distribution distances now; metrics, suites and commands follow (issue 4)."""
+"""Evaluation: benchmark suites (`siso.eval.suites`), per-item metrics (`siso.eval.metrics`) and set metrics
+(`siso.eval.setmetrics`, `siso.eval.distances`), resumable sharded scoring (`siso.eval.score`), and siso's own images
+for a suite (`siso.eval.generate`, `siso.eval.edit`); ``siso eval`` is `siso.cli.eval`."""

@@ -142,8 +142,8 @@ class BackgroundLPIPS:
     the input's background (outside the subject mask), both resized to 512 x 512 as ImagenHub does.
 
     The mask is the item's mask file when the suite has one, else the paper's: SAM's segmentation of the Grounding
-    DINO box of the subject class in the input (`siso.masks.ObjectSegmenter.segment`: largest region, holes filled,
-    not dilated). An input where nothing is detected is compared over the whole image.
+    DINO box of the subject class in the input (`siso.vision.segmenter.ObjectSegmenter.segment`: largest region, holes
+    filled, not dilated). An input where nothing is detected is compared over the whole image.
     """
 
     SIZE = 512
