@@ -17,6 +17,12 @@ import warnings
 from siso.cli import startup
 
 COMMANDS = ("generate", "edit", "eval", "bench", "app")
+# What a command that writes no run folder says on Ctrl-C (generate and edit say what they kept themselves).
+INTERRUPTED = {
+    "eval": "; finished items are kept, rerun the same command to resume",
+    "app": " before the app started",  # (once serving, Gradio ends on Ctrl-C by itself)
+    "bench": "; nothing of the benchmark is kept",
+}
 
 
 def command_modules(argv: list[str]) -> dict:
@@ -78,26 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             commands[args.command].check(args)
         if getattr(args, "dtype", None) == "auto":  # config.json records the dtype used
             args.dtype = resolve_dtype("auto", args.device)
-        if args.command == "eval":
+        if args.command in INTERRUPTED:  # commands that print a report (or serve a page) rather than write a run
             try:
-                print(commands["eval"].run(args), end="")
+                report = commands[args.command].run(args)
             except KeyboardInterrupt:
-                print("siso: interrupted; finished items are kept, rerun the same command to resume", file=sys.stderr)
+                print(f"siso: interrupted{INTERRUPTED[args.command]}", file=sys.stderr)
                 return EXIT_INTERRUPTED
-            return 0
-        if args.command == "app":
-            try:
-                commands["app"].run(args)
-            except KeyboardInterrupt:  # while loading (once serving, Gradio ends on Ctrl-C by itself)
-                print("siso: interrupted before the app started", file=sys.stderr)
-                return EXIT_INTERRUPTED
-            return 0
-        if args.command == "bench":
-            try:
-                print(commands["bench"].run(args), end="")
-            except KeyboardInterrupt:
-                print("siso: interrupted; nothing of the benchmark is kept", file=sys.stderr)
-                return EXIT_INTERRUPTED
+            print(report or "", end="")
             return 0
         return commands[args.command].run(args, ["siso", *argv])
     except (
