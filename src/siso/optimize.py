@@ -136,16 +136,38 @@ def optimize_subject(
         A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) ends the run with ``stop_reason =
         "interrupted"`` and the best result so far; if it comes before the first image, it propagates.
     """
-    opt = config.optim
     loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    return optimize_generation(backbone, loss_fn, config, callback, progress, loss_vae)
+
+
+def generation_render(backbone: Backbone, config: SisoConfig) -> Render:
+    """Generation's render: ``config.optim``'s steps from the fixed noise of its seed, the last ``grad_steps`` with
+    gradients."""
+    opt = config.optim
 
     def render(cond: dict) -> torch.Tensor:
         generator = torch.Generator().manual_seed(opt.seed)
         return backbone.sample(cond, generator, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale)
 
+    return render
+
+
+def optimize_generation(
+    backbone: Backbone,
+    objective: Objective,
+    config: SisoConfig,
+    callback: IterationCallback | None = None,
+    progress: bool = True,
+    loss_vae: torch.nn.Module | None = None,
+) -> SisoResult:
+    """The SISO loop on images generated from fixed noise (`generation_render`), scored by ``objective``: one subject's
+    `SimilarityLoss` (`optimize_subject`) or several subjects' `siso.losses.CompositionLoss`.
+
+    Args and returns as `optimize_subject`'s; ``loss_vae`` is loaded when ``config.fast.enabled`` and it is omitted.
+    """
     if config.fast.enabled and loss_vae is None:
         loss_vae = load_tiny_vae(tiny_vae_name(config.fast, type(backbone)), backbone)
-    return optimize_lora(backbone, render, loss_fn, config, callback, progress, loss_vae=loss_vae)
+    return optimize_lora(backbone, generation_render(backbone, config), objective, config, callback, progress, loss_vae)
 
 
 def optimize_lora(

@@ -12,8 +12,11 @@ from console import run_siso
 from PIL import Image
 
 from siso.app.studio import AppSettings, Studio, UploadError, check_upload, train_prompt_for
+from siso.app.uploads import learn_subjects
 from siso.cli.app import is_loopback
-from siso.config import SimilaritySettings
+from siso.config import SimilaritySettings, SisoConfig
+from siso.runs.folder import RunFolder
+from siso.runs.run import run_generate
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,61 @@ def test_train_prompt_from_the_class():
     assert train_prompt_for("", " dog ") == "a photo of a dog"
     with pytest.raises(UploadError, match="type a train prompt"):
         train_prompt_for(" ", "")
+
+
+def test_two_subjects_need_a_class_and_boxes(studio, subject_path):
+    """Bad input for a composed run: one line each, and no run folder."""
+    side = studio.backbone.resolution
+    cat = {"second_path": subject_path, "second_class": "cat"}
+    refusals = {
+        "the subject's box: box '1,2,3' is not 4 numbers": {"box": "1,2,3"},
+        "the subject's box: box 0,0,0,1 is empty": {"box": "0,0,0,1"},
+        f"the subject's box: box 0,0,{side},{side + 1} reaches outside the {side}x{side} image": {
+            "box": f"0,0,{side},{side + 1}"
+        },
+        "upload the second subject's photo, or clear its class and box": {"second_box": "0.5,0,1,1"},
+        "type the second subject's class": {"box": "0,0,0.5,1", "second_path": subject_path},
+        "give the second subject its box": cat,
+        "with two subjects, give each its box": {**cat, "second_box": "0.5,0,1,1"},
+        "the second subject's box: box '1' is not 4 numbers": {"box": "0,0,1,1", **cat, "second_box": "1"},
+    }
+    for message, fields in refusals.items():
+        with pytest.raises(UploadError, match=message):
+            next(studio.learn("composer", subject_path, "a photo", **fields))
+    two = {"box": "0,0,0.5,1", "second_path": subject_path, "second_class": "cat", "second_box": "0.5,0,1,1"}
+    with pytest.raises(UploadError, match="type a train prompt, or each subject's class"):
+        next(studio.learn("composer", subject_path, "", "", **two))
+    assert not (studio.root / "composer").exists()
+    assert train_prompt_for("", "dog", " cat ") == "a photo of a dog and a cat"
+
+
+def test_learn_two_subjects_in_their_boxes(studio, subject_path, subject, tmp_path):
+    side = studio.backbone.resolution
+    second = tmp_path / "cat.png"
+    subject.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+    half = side // 2
+    fields = {"box": "0,0,0.5,1", "second_path": second, "second_class": "cat", "second_box": f"{half},0,{side},{side}"}
+    progress = list(studio.learn("pair", subject_path, "", "dog", max_iters=2, **fields))
+    # Each subject's identity term, streamed and at the end.
+    assert "; identity: dog " in progress[0].message and ", cat " in progress[0].message
+    assert "; identity: dog " in progress[-1].message and progress[-1].lora_zip
+    (folder,) = (studio.root / "pair").glob("learn-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["siso"]["train_prompt"] == "a photo of a dog and a cat"
+    boxes = [(s["photo"], s["class"], s["box_pixels"], s["term"]) for s in config["subjects"]]
+    assert boxes == [
+        ("subject.png", "dog", [0, 0, half, side], "dog"),
+        ("cat.png", "cat", [half, 0, side, side], "cat"),
+    ]
+    iterations = json.loads((folder / "metrics.json").read_text())["iterations"]
+    assert {"identity/dog", "identity/cat", "leakage"} <= set(iterations[0])
+    # The app's loss (on the networks it loaded once) is the one `run_generate` builds for these subjects.
+    studio._unload()
+    config = studio._config(SisoConfig, "a photo of a dog and a cat", 1, None, 0)
+    subjects = learn_subjects(subject_path, "dog", *fields.values(), studio.settings, side)
+    own = run_generate(RunFolder(tmp_path / "own"), config, subjects, None, progress=False, backbone=studio.backbone)
+    terms = {key: value for key, value in iterations[0].items() if key != "seconds"}
+    assert {key: own["iterations"][0][key] for key in terms} == pytest.approx(terms, rel=1e-6)
 
 
 def test_session_folders_stay_under_the_root(studio):
@@ -229,6 +287,32 @@ def test_edit_with_a_box_and_its_refusals(studio, subject_path):
         next(studio.edit("boxer", _scene(False), "1,2,3", subject_path, "dog"))
     with pytest.raises(UploadError, match="upload a subject photo first"):
         next(studio.edit("boxer", _scene(True), "", None, "dog"))
+
+
+def test_edit_two_subjects_each_in_its_region(studio, subject_path):
+    two = {"second_path": subject_path, "second_class": "cat", "second_box": "70,20,120,80"}
+    progress = list(studio.edit("pair-editor", _scene(True), "", subject_path, "dog", max_iters=2, **two))
+    assert "; identity: dog " in progress[0].message and ", cat " in progress[0].message
+    assert not progress[-1].running and progress[-1].lora_zip
+    (folder,) = (studio.root / "pair-editor").glob("edit-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["prompt"] == "a photo of a dog and a cat"
+    assert config["mask"] == "painted in the app; box 70,20,120,80"
+    assert [(s["photo"], s["class"], s["term"]) for s in config["subjects"]] == [
+        ("subject.png", "dog", "dog"),
+        ("subject.png", "cat", "cat"),
+    ]
+    for message, fields in {
+        "upload the second subject's photo, or clear its class and box": {"second_box": "1,2,3,4"},
+        "type the second subject's class": {**two, "second_class": " "},
+        "the second subject's box: box '70,20,200,80' reaches outside the 128x96 photo": {
+            **two,
+            "second_box": "70,20,200,80",
+        },
+    }.items():
+        with pytest.raises(UploadError, match=message):
+            next(studio.edit("pair-refusals", _scene(True), "", subject_path, "dog", **fields))
+    assert not (studio.root / "pair-refusals").exists()
 
 
 def test_siso_app_serves_the_page_on_localhost(model_dirs, tmp_path):

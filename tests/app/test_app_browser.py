@@ -1,8 +1,8 @@
 """`siso app` in a real browser: headless Chromium (Debian's, through Playwright) drives the page on a tiny model.
 
 Learn: upload a photo, Start, see iteration images arrive while the run goes on, Stop, get the best image and the
-subject's LoRA; then Generate one image with it. A screenshot of every stage goes to the test's folder (and to
-``$SISO_SCREENSHOTS`` when set: the README's screenshot is made so).
+subject's LoRA; then Generate one image with it; then learn two subjects in one image, each in its box. A screenshot
+of every stage goes to the test's folder (and to ``$SISO_SCREENSHOTS`` when set: the README's screenshot is made so).
 """
 
 import json
@@ -72,15 +72,15 @@ def _wait(condition, timeout: float, what: str):
 def _start_learning(page, subject_path, iterations: str):
     page.locator("#subject-photo input[type=file]").set_input_files(str(subject_path))
     page.locator("#subject-photo img").first.wait_for(timeout=30_000)
-    page.get_by_label("Subject class").press_sequentially("dog")  # typed, as a person does
+    page.get_by_label("Subject class", exact=True).press_sequentially("dog")  # typed, as a person does
     _wait(lambda: page.get_by_label("Train prompt").input_value() == "a photo of a dog", 10, "the prefilled prompt")
     page.get_by_text("Advanced").click()
     page.get_by_label("Max iterations").fill(iterations)
     page.get_by_role("button", name="Start").click()
 
 
-def test_learn_watch_stop_download_and_generate_in_chromium(served, subject_path, tmp_path):
-    app_url, _ = served
+def test_learn_watch_stop_download_and_generate_in_chromium(served, subject, subject_path, tmp_path):
+    app_url, studio = served
     shots = [tmp_path]
     if os.environ.get("SISO_SCREENSHOTS"):
         shots.append(Path(os.environ["SISO_SCREENSHOTS"]))
@@ -128,7 +128,31 @@ def test_learn_watch_stop_download_and_generate_in_chromium(served, subject_path
         page.get_by_role("button", name="Generate").click()
         page.locator("#images img").first.wait_for(timeout=60_000)
         screenshot(page, "app-generated")
+
+        # A second subject with its class and box: without a box for the first, one line; with it, a run to its end.
+        second = tmp_path / "cat.png"
+        subject.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(second)
+        page.get_by_role("tab", name="Learn a subject").click()
+        page.locator("#second").get_by_text("Second subject (optional)").click()
+        page.locator("#subject2-photo input[type=file]").set_input_files(str(second))
+        page.locator("#subject2-photo img").first.wait_for(timeout=30_000)
+        page.get_by_label("Second subject class", exact=True).press_sequentially("cat")
+        prompt = page.get_by_label("Train prompt")
+        _wait(lambda: prompt.input_value() == "a photo of a dog and a cat", 10, "the prompt of both subjects")
+        page.locator("#box2").get_by_role("textbox").fill("0.5,0,1,1")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("with two subjects, give each its box").first.wait_for(timeout=30_000)
+        page.locator("#box").get_by_role("textbox").fill("0,0,0.5,1")
+        page.locator("#advanced").get_by_label("Max iterations").fill("2")
+        page.get_by_role("button", name="Start").click()
+        status = page.locator("#status")
+        _wait(lambda: "Done: max iterations reached" in status.inner_text(), 60, "the two subjects' run to end")
+        assert "identity: dog" in status.inner_text() and ", cat" in status.inner_text()
+        screenshot(page, "app-two-subjects")
         browser.close()
+    (folder,) = [f for f in studio.root.glob("*/learn-*") if "subjects" in json.loads((f / "config.json").read_text())]
+    classes = [(s["class"], s["box"]) for s in json.loads((folder / "config.json").read_text())["subjects"]]
+    assert classes == [("dog", "0,0,0.5,1"), ("cat", "0.5,0,1,1")]
 
 
 def test_closing_the_page_mid_run_ends_the_run_and_frees_the_model(served, subject_path):
@@ -178,6 +202,9 @@ def test_edit_a_photo_with_a_box_in_chromium(served, subject_path, tmp_path):
         page.locator("#edit-subject img").first.wait_for(timeout=30_000)
         page.get_by_label("Or a box around the object: x0,y0,x1,y1 (pixels)").fill("40,30,90,70")
         page.get_by_label("Edit prompt").fill("a photo of a dog")
+        advanced = page.locator("#edit-advanced")
+        advanced.get_by_text("Advanced").click()
+        advanced.get_by_label("Max iterations").fill("3")
         page.locator("#edit-start").click()
         try:
             page.get_by_text("Done: ").first.wait_for(timeout=60_000)
@@ -185,6 +212,22 @@ def test_edit_a_photo_with_a_box_in_chromium(served, subject_path, tmp_path):
             raise AssertionError(f"no result; the page says: {page.inner_text('body')[-1500:]}") from None
         assert page.locator("#edit-iterations img").count() >= 1
         page.screenshot(path=str(tmp_path / "app-edit.png"), full_page=True)
+
+        # Then a second subject with its class and its box in the photo: each subject's identity in the status.
+        page.locator("#edit-second").get_by_text("Second subject (optional)").click()
+        page.locator("#edit-subject2 input[type=file]").set_input_files(str(subject_path))
+        page.locator("#edit-subject2 img").first.wait_for(timeout=30_000)
+        page.locator("#edit-class").get_by_role("textbox").press_sequentially("dog")
+        page.locator("#edit-class2").get_by_role("textbox").press_sequentially("cat")
+        prompt = page.get_by_label("Edit prompt")
+        _wait(lambda: prompt.input_value() == "a photo of a dog and a cat", 10, "the prompt of both subjects")
+        page.locator("#edit-box2").get_by_role("textbox").fill("95,30,125,70")
+        page.locator("#edit-start").click()
+        status = page.locator("#edit-status")
+        _wait(lambda: "Done: " in status.inner_text() and "identity: " in status.inner_text(), 60, "the second edit")
+        page.screenshot(path=str(tmp_path / "app-edit-two.png"), full_page=True)
         browser.close()
-    (folder,) = studio.root.glob("*/edit-*")
-    assert json.loads((folder / "config.json").read_text())["mask"] == "box 40,30,90,70"
+    first, second = sorted(studio.root.glob("*/edit-*"))
+    assert json.loads((first / "config.json").read_text())["mask"] == "box 40,30,90,70"
+    config = json.loads((second / "config.json").read_text())
+    assert config["mask"] == "box 40,30,90,70; box 95,30,125,70" and config["prompt"] == "a photo of a dog and a cat"

@@ -83,11 +83,11 @@ def test_a_failing_worker_is_one_line(monkeypatch, capsys):
 
     monkeypatch.setattr(subprocess, "run", failed)
     with pytest.raises(BenchError, match=r"configuration 'default' failed: KeyError: 'x'$"):
-        _run_isolated(BenchSettings(), "default")
+        _run_isolated(BenchSettings(), "default", 1)
     # Killed (the out-of-memory killer sends SIGKILL, and the worker writes nothing): the message says what to try.
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -9, "", ""))
-    with pytest.raises(BenchError, match=r"was killed \(signal 9\).*try --gradient-checkpointing"):
-        _run_isolated(BenchSettings(), "default")
+    with pytest.raises(BenchError, match=r"'default \(2 subjects\)' was killed \(signal 9\).*--gradient-checkpointing"):
+        _run_isolated(BenchSettings(subjects=(1, 2)), "default", 2)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -110,7 +110,7 @@ def test_similarity_networks_are_dinov2_large_and_clip_vit_h():
 
 def test_report_of_a_cpu_run_says_unknown_peak():
     parts = dict.fromkeys(["denoiser", "vae decode", "dino", "ir", "optimizer step", "other"], 0.1)
-    row = {"config": "default", "dtype": "fp32", "seconds_per_iteration": 2.0, "seconds_min": 1.0,
+    row = {"config": "default", "subjects": 1, "dtype": "fp32", "seconds_per_iteration": 2.0, "seconds_min": 1.0,
            "seconds_max": 3.0, "cpu_seconds_per_iteration": 3.5, "peak_memory_gb": None, "peak_memory_kind": None,
            "flops_per_iteration": 4e12, "achieved_tflops": 2.0, "share_of_peak": None, "first_image_seconds": 9.0,
            "parts_seconds": parts}  # fmt: skip
@@ -118,6 +118,59 @@ def test_report_of_a_cpu_run_says_unknown_peak():
               "threads": 2, "torch": "2.13", "rows": [row]}  # fmt: skip
     text = report(result)
     assert "| default | fp32 | 2.000 (1.000-3.000) | 3.500 | n/a | 4000.0 | 2.000 | unknown | 9.0 s |  |" in text
+
+
+def test_bench_two_subjects_against_one(model_dirs):
+    # Several subjects score the composition loss; each count's row is compared with the same configuration's one.
+    from siso.bench import run_bench
+    from siso.config import SimilaritySettings
+
+    similarity = SimilaritySettings(
+        dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]), dino_resolution=28
+    )
+    settings = BenchSettings(
+        model=str(model_dirs["sd"]), configs=("default",), resolution=64, iters=1, warmup=0, device="cpu",
+        similarity=similarity, isolate=False, subjects=(1, 2),
+    )  # fmt: skip
+    result = run_bench(settings)
+    one, two = result["rows"]
+    assert (one["config"], one["subjects"], one["objective"]) == ("default", 1, "SimilarityLoss")
+    assert (two["config"], two["subjects"], two["objective"]) == ("default", 2, "CompositionLoss")
+    assert one["loss_terms"] == ["dino", "ir", "loss"]
+    assert {"identity/subject1", "identity/subject2", "leakage", "presence"} <= set(two["loss_terms"])
+    assert "vs_one_subject" not in one
+    ratios = two["vs_one_subject"]
+    assert ratios["flops_per_iteration"] > 1  # two crops per network, and the whole image through DINOv2
+    assert ratios["seconds_per_iteration"] == two["seconds_per_iteration"] / one["seconds_per_iteration"]
+    assert ratios["peak_memory_gb"] > 0 and ratios["cpu_seconds_per_iteration"] > 0
+    text = report(result)
+    assert "| default | fp32 |" in text and "| default (2 subjects) | fp32 |" in text
+    assert "Several subjects against one (the same configuration's one-subject row, as ratios):" in text
+    assert f"- default (2 subjects): {ratios['seconds_per_iteration']:.2f}x the time per iteration, " in text
+    assert f"{ratios['flops_per_iteration']:.2f}x the FLOPs" in text
+    assert result["settings"]["subjects"] == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("subjects", "message"),
+    [
+        ("two", "--subjects takes subject counts, e.g. 2 or 1,2; got 'two'"),
+        ("1,", "--subjects takes subject counts, e.g. 2 or 1,2; got '1,'"),
+        ("5", "subjects must be between 1 and 4, got [5]"),
+        ("0,2", "subjects must be between 1 and 4, got [0, 2]"),
+        ("2,2", "subjects must name each subject count once, got [2, 2]"),
+    ],
+)
+def test_bench_refuses_bad_subject_counts_in_one_line(subjects, message, capsys):
+    assert main(["bench", "--subjects", subjects, "--iters", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"siso: error: {message}\n"
+
+
+def test_bench_edits_one_subject_only():
+    with pytest.raises(ValueError, match="the edit configuration measures one subject: give --subjects 1"):
+        BenchSettings(configs=("default", "edit"), subjects=(1, 2))
+    assert BenchSettings(configs=("edit",), subjects=(1,)).subjects == (1,)
 
 
 def test_bench_measures_a_lever_alone_in_process(model_dirs):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tiny
 import torch
+from console import accelerate_launch
 from PIL import Image
 
 from siso.backbones import load_backbone
@@ -93,19 +94,7 @@ def eval_models(tmp_path_factory) -> dict[str, str]:
 def _on_two_processes(args: list[str]) -> subprocess.CompletedProcess:
     """Run ``siso ARGS`` under ``accelerate launch`` with 2 processes; on a CPU-only machine they use gloo."""
     bin_dir = Path(sys.executable).parent
-    launcher = [
-        str(bin_dir / "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
+    launcher = accelerate_launch(2)
     return subprocess.run(
         [*launcher, str(bin_dir / "siso"), *args],
         capture_output=True,

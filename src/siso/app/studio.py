@@ -13,24 +13,29 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from siso.app.progress import Progress, finished, frames
+from siso.app.progress import Progress, finished, frames, identities
 from siso.app.sessions import Sessions
 from siso.app.settings import MAX_IMAGES, MAX_ITERS_LIMIT, MAX_PIXELS, MAX_UPLOAD_MB, AppSettings
 from siso.app.uploads import (
     UploadError,
     check_upload,
+    edit_subjects,
+    learn_subjects,
     scene_and_mask,
     train_prompt_for,
     unpack_subject_zip,
     whole_number,
 )
 from siso.backbones import Backbone, check_can_edit, load_backbone
+from siso.compose import Subject, subject_names
 from siso.config import EditConfig, OptimSettings, SisoConfig
 from siso.devices import resolve_dtype
+from siso.editing import prepare_scene
 from siso.lora import LoraError, load_lora
-from siso.losses import SubjectLosses
+from siso.losses import CompositionLoss, SubjectLosses
 from siso.optimize import EarlyStopping
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob
@@ -121,30 +126,46 @@ class Studio:
         max_iters: int = OptimSettings.max_iters,
         lr: float | None = None,
         seed: int = 0,
+        box: str = "",
+        second_path: str | Path | None = None,
+        second_class: str = "",
+        second_box: str = "",
     ) -> Iterator[Progress]:
-        """Learn a subject, yielding the run's progress after every iteration and once at its end.
+        """Learn a subject (or two in one image, each in its box), yielding the run's progress after every iteration
+        and once at its end.
 
         The run writes ``root/<session>/learn-<time>/`` (as `siso generate` writes its folder). `stop` (or closing
         this generator: a browser that went away) ends it when the iteration in progress ends, keeping the best so
         far.
 
+        Args:
+            box: Where the subject goes in the generated image, ``x0,y0,x1,y1`` in its pixels or in fractions of its
+                sides (all four at most 1); empty: anywhere (one subject).
+            second_path, second_class, second_box: A second subject's photo, class and box (all three needed, and
+                then ``box`` too); the train prompt from the classes is "a photo of a {class} and a {class}".
+
         Raises:
             UploadError: a bad upload or field (before any work).
         """
-        subject = check_upload(subject_path, self.settings, "subject photo")
-        prompt = train_prompt_for(train_prompt, subject_class)
+        side = self.backbone.resolution
+        subjects = learn_subjects(
+            subject_path, subject_class, box, second_path, second_class, second_box, self.settings, side
+        )
+        prompt = train_prompt_for(train_prompt, *(subject.class_name or "" for subject in subjects))
         try:
             config = self._config(SisoConfig, prompt, max_iters, lr, seed)
         except ValueError as err:
             raise UploadError(str(err)) from None
+        composed = len(subjects) > 1 or subjects[0].box is not None
 
         def run(out: RunFolder, callback) -> dict:
-            loss = self._losses(subject)
-            name = Path(subject_path).name
+            if composed:
+                loss = self._composition(subjects, [subject.box.pixels(side, side) for subject in subjects], config)
+            else:
+                loss = self._losses(subjects[0].image)
             return run_generate(
-                out, config, subject, None, subject_path=name, progress=False, backbone=self.backbone, loss_fn=loss,
-                callback=callback,
-            )  # fmt: skip
+                out, config, subjects, None, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback
+            )
 
         yield from self._stream(session, "learn", config.optim, run)
 
@@ -159,40 +180,74 @@ class Studio:
         max_iters: int = OptimSettings.max_iters,
         lr: float | None = None,
         seed: int = 0,
+        second_path: str | Path | None = None,
+        second_class: str = "",
+        second_box: str = "",
     ) -> Iterator[Progress]:
-        """Put the subject into a photo in place of an object, with the progress of `learn`.
+        """Put the subject (or two) into a photo in place of an object, with the progress of `learn`.
 
         Args:
             scene: The photo and what was painted on it, as Gradio's image editor gives them (``background``: the
                 photo, ``layers``: RGBA paint; painted pixels are the object), in numpy arrays.
             box: Instead of paint: ``x0,y0,x1,y1`` around the object, in the photo's pixels.
+            second_path, second_class, second_box: A second subject's photo, class and region (a box
+                ``x0,y0,x1,y1`` in the photo's pixels), all three needed; the first subject goes where the paint (or
+                ``box``) is, and the photo is kept outside both regions.
 
         Raises:
-            UploadError: no photo, no mask (nothing painted, no box), a bad box, or a model that cannot edit.
+            UploadError: no photo, no mask (nothing painted, no box), a bad box, a second subject without its class
+                or box, or a model that cannot edit.
         """
         try:
             check_can_edit(self.settings.model)
         except ValueError as err:
             raise UploadError(str(err)) from None
         photo, mask, source = scene_and_mask(scene, box, self.settings)
-        subject = check_upload(subject_path, self.settings, "subject photo")
-        edit_prompt = train_prompt_for(prompt, subject_class)
+        subjects = edit_subjects(
+            subject_path, subject_class, mask, second_path, second_class, second_box, self.settings, photo
+        )
+        edit_prompt = train_prompt_for(prompt, *(subject.class_name or "" for subject in subjects))
         try:
             # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
             config = self._config(EditConfig, edit_prompt, max_iters, lr, seed)
         except ValueError as err:
             raise UploadError(str(err)) from None
-        job = EditJob(photo, mask, source, subject_class=subject_class.strip() or None, prompt=edit_prompt)
+        if len(subjects) == 1:
+            job = EditJob(photo, mask, source, subject_class=subjects[0].class_name, prompt=edit_prompt)
+        else:
+            job = EditJob(photo, None, f"{source}; box {second_box.strip()}", prompt=edit_prompt)
 
         def run(out: RunFolder, callback) -> dict:
-            loss = self._losses(subject)
-            paths = {"subject": Path(subject_path).name}
+            if len(subjects) == 1:
+                subject = subjects[0]
+                return run_edit(
+                    out, config, job, subject.image, paths={"subject": subject.path}, progress=False,
+                    backbone=self.backbone, loss_fn=self._losses(subject.image), callback=callback,
+                )  # fmt: skip
+            # The boxes `run_edit` learns the subjects on: around each region in the photo as the model sees it.
+            union = np.logical_or.reduce([subject.region for subject in subjects])
+            scene = prepare_scene(photo, union, self.backbone.resolution, config.edit.mask_dilation)
+            loss = self._composition(subjects, [scene.locate(subject.region) for subject in subjects], config)
             return run_edit(
-                out, config, job, subject, paths=paths, progress=False, backbone=self.backbone, loss_fn=loss,
-                callback=callback,
-            )  # fmt: skip
+                out, config, job, subjects, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback
+            )
 
         yield from self._stream(session, "edit", config.optim, run)
+
+    def _composition(
+        self, subjects: list[Subject], boxes: list[tuple[int, int, int, int]], config: SisoConfig
+    ) -> CompositionLoss:
+        """The loss of several subjects (or one in a box), each judged on its box in whole pixels of the model's image,
+        as `run_generate` and `run_edit` build it but on the networks the app loaded once."""
+        similarity = self._losses(subjects[0].image)
+        return CompositionLoss(
+            dict(similarity.nets),
+            [subject.image for subject in subjects],
+            boxes,
+            subject_names([subject.class_name for subject in subjects]),
+            similarity.weights,
+            config.compose,
+        )
 
     def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
         """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
@@ -201,7 +256,7 @@ class Studio:
         iterations: queue.Queue = queue.Queue()
 
         def callback(iteration: int, image: Image.Image, terms: dict) -> bool:
-            iterations.put(terms["loss"])
+            iterations.put(terms)
             return stop.is_set()
 
         self._busy.acquire()  # released by the run's thread when it ends (a closed page does not wait for it)
@@ -230,13 +285,17 @@ class Studio:
         try:
             while thread.is_alive() or not iterations.empty():
                 try:
-                    loss = iterations.get(timeout=0.2)
+                    terms = iterations.get(timeout=0.2)
                 except queue.Empty:
                     continue
+                loss = terms["loss"]
                 if stopper.update(loss):
                     best = len(losses)
                 losses.append(loss)
-                message = f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
+                message = (
+                    f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
+                    + identities(terms)
+                )
                 yield Progress(frames(out.path, losses, best), list(losses), best, True, message)
             thread.join()
         finally:

@@ -1,10 +1,11 @@
 """The web page of `siso app`: Gradio tabs over a `siso.app.studio.Studio`.
 
 Learn a subject: upload a photo, Start, and every iteration's image arrives in the "Iterations" gallery with its
-loss while the run goes on; Stop ends it when the iteration in progress ends and keeps the best so far. Generate:
-prompts with the learned (or an uploaded) subject, no optimization. Edit a photo: paint over (or box) an object and
-watch the subject take its place, the same way. One run at a time for everyone (the queue shows each visitor their
-place).
+loss while the run goes on; Stop ends it when the iteration in progress ends and keeps the best so far. A box puts the
+subject in its place in the image; a second subject, with its class and box, joins it there. Generate: prompts with
+the learned (or an uploaded) subject, no optimization. Edit a photo: paint over (or box) an object and watch the
+subject take its place, the same way (a second subject too, in its own box). One run at a time for everyone (the
+queue shows each visitor their place).
 """
 
 from __future__ import annotations
@@ -20,7 +21,20 @@ from siso.runs.memory import is_out_of_memory, out_of_memory_message
 
 LOG = logging.getLogger(__name__)
 QUEUE = "model"  # every event that uses the models shares one queue slot
-PREFILL = "(subject) => subject.trim() ? `a photo of a ${subject.trim()}` : ''"  # the train prompt from the class
+# The train prompt from the class ("a photo of a dog"), and a second subject's ("a photo of a dog and a cat"). A field
+# in a closed accordion may not have sent its value yet.
+PREFILL = """(...classes) => {
+    const [first, ...others] = classes.map((name) => (name || "").trim());
+    return first ? [`a photo of a ${first}`, ...others.filter(Boolean).map((name) => `a ${name}`)].join(" and ") : "";
+}"""
+
+
+def _box_help(side: int) -> str:
+    return (
+        f"Where the subject goes in the {side}x{side} px image: x0,y0,x1,y1 in pixels, or in fractions of its "
+        "sides when all four are at most 1 (0,0,0.5,1: the left half). Empty: anywhere; with a second subject, "
+        "each needs its box."
+    )
 
 
 def _plot(losses: list[float]) -> pd.DataFrame:
@@ -37,9 +51,9 @@ def _page_error(err: BaseException) -> gr.Error:
     return gr.Error(f"the run failed: {type(err).__name__}: {err}")
 
 
-def _advanced(optim: OptimSettings) -> list[gr.Number]:
+def _advanced(optim: OptimSettings, prefix: str) -> list[gr.Number]:
     """The run's settings under "Advanced", with the CLI's defaults: max iterations, learning rate, seed."""
-    with gr.Accordion("Advanced", open=False):
+    with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}advanced"):
         return [
             gr.Number(label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT),
             gr.Number(label="Learning rate", value=optim.lr, minimum=0),
@@ -93,8 +107,27 @@ def build_app(studio: Studio) -> gr.Blocks:
                     label="Subject photo", type="filepath", sources=["upload"], height=280, elem_id="subject-photo"
                 )
                 subject_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
+                side = studio.backbone.resolution
+                subject_box = gr.Textbox(
+                    label="Subject box (optional)", placeholder="0,0.1,0.5,0.9", info=_box_help(side), elem_id="box"
+                )
+                with gr.Accordion("Second subject (optional)", open=False, elem_id="second"):
+                    photo2 = gr.Image(
+                        label="Second subject photo",
+                        type="filepath",
+                        sources=["upload"],
+                        height=200,
+                        elem_id="subject2-photo",
+                    )
+                    class2 = gr.Textbox(label="Second subject class", placeholder="e.g. cat")
+                    box2 = gr.Textbox(
+                        label="Second subject box",
+                        placeholder="0.5,0.1,1,0.9",
+                        info="As the first subject's box (0.5,0,1,1: the right half).",
+                        elem_id="box2",
+                    )
                 prompt = gr.Textbox(label="Train prompt", placeholder="a photo of a dog")
-                settings = _advanced(optim)
+                settings = _advanced(optim, "")
                 start, stop = _start_stop("")
                 status = gr.Markdown("Upload a subject photo, then press Start.", elem_id="status")
             with gr.Column(scale=2):
@@ -129,9 +162,27 @@ def build_app(studio: Studio) -> gr.Blocks:
                 edit_photo = gr.Image(
                     label="Subject photo", type="filepath", sources=["upload"], height=200, elem_id="edit-subject"
                 )
-                edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
+                edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog", elem_id="edit-class")
+                with gr.Accordion("Second subject (optional)", open=False, elem_id="edit-second"):
+                    edit_photo2 = gr.Image(
+                        label="Second subject photo",
+                        type="filepath",
+                        sources=["upload"],
+                        height=200,
+                        elem_id="edit-subject2",
+                    )
+                    edit_class2 = gr.Textbox(
+                        label="Second subject class", placeholder="e.g. cat", elem_id="edit-class2"
+                    )
+                    edit_box2 = gr.Textbox(
+                        label="Second subject box",
+                        placeholder="300,60,560,380",
+                        info="Where the second subject goes: x0,y0,x1,y1 in pixels of the photo to edit. The first "
+                        "goes where you painted (or in its box); the photo is kept outside both.",
+                        elem_id="edit-box2",
+                    )
                 edit_prompt = gr.Textbox(label="Edit prompt", placeholder="a photo of a dog")
-                edit_settings = _advanced(optim)
+                edit_settings = _advanced(optim, "edit-")
                 edit_start, edit_stop = _start_stop("edit-")
                 edit_status = gr.Markdown(
                     "Upload the photo and the subject, mark the object, press Start.", elem_id="edit-status"
@@ -139,20 +190,27 @@ def build_app(studio: Studio) -> gr.Blocks:
             with gr.Column(scale=2):
                 edit_view = _live_view("edit-", "Best edit")
 
-        def learn(photo, subject, train_prompt, iters, rate, run_seed, request: gr.Request):
+        def learn(
+            photo, subject, box, second, second_class, second_box, train_prompt, iters, rate, run_seed,
+            request: gr.Request,
+        ):  # fmt: skip
             try:
                 for progress in studio.learn(
-                    request.session_hash, photo, train_prompt or "", subject or "", iters, rate, run_seed
-                ):
+                    request.session_hash, photo, train_prompt or "", subject or "", iters, rate, run_seed, box or "",
+                    second, second_class or "", second_box or "",
+                ):  # fmt: skip
                     yield _show(progress)
             except Exception as err:  # every failure: one line in the page
                 raise _page_error(err) from None
 
-        def edit(scene, box, photo, subject, edit_prompt, iters, rate, run_seed, request: gr.Request):
+        def edit(
+            scene, box, photo, subject, second, second_class, second_box, edit_prompt, iters, rate, run_seed,
+            request: gr.Request,
+        ):  # fmt: skip
             try:
                 for progress in studio.edit(
                     request.session_hash, scene, box or "", photo, subject or "", edit_prompt or "", iters, rate,
-                    run_seed,
+                    run_seed, second, second_class or "", second_box or "",
                 ):  # fmt: skip
                     yield _show(progress)
             except Exception as err:
@@ -173,19 +231,21 @@ def build_app(studio: Studio) -> gr.Blocks:
             studio.stop(request.session_hash)
 
         # In the browser, keystroke by keystroke (server round trips could arrive out of order).
-        subject_class.input(None, subject_class, prompt, js=PREFILL)
+        for typed in (subject_class, class2):
+            typed.input(None, [subject_class, class2], prompt, js=PREFILL)
         start.click(
             learn,
-            [photo, subject_class, prompt, *settings],
+            [photo, subject_class, subject_box, photo2, class2, box2, prompt, *settings],
             [*view, status],
             concurrency_limit=1,
             concurrency_id=QUEUE,
         )
         stop.click(halt, None, status, queue=False)
-        edit_class.input(None, edit_class, edit_prompt, js=PREFILL)
+        for typed in (edit_class, edit_class2):
+            typed.input(None, [edit_class, edit_class2], edit_prompt, js=PREFILL)
         edit_start.click(
             edit,
-            [scene, box, edit_photo, edit_class, edit_prompt, *edit_settings],
+            [scene, box, edit_photo, edit_class, edit_photo2, edit_class2, edit_box2, edit_prompt, *edit_settings],
             [*edit_view, edit_status],
             concurrency_limit=1,
             concurrency_id=QUEUE,

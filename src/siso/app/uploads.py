@@ -1,5 +1,6 @@
-"""What the app takes from a page before any work: uploaded photos and subject zips within limits, the train
-prompt, number fields; every refusal is an `UploadError` whose message is for the page."""
+"""What the app takes from a page before any work: uploaded photos and subject zips within limits, the subjects of a
+run with their classes and boxes, the train prompt, number fields; every refusal is an `UploadError` whose message is
+for the page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from siso.app.settings import AppSettings
+from siso.compose import Box, BoxError, Subject
 from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
 from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
 from siso.vision.masks import MaskError, box_mask
@@ -45,17 +47,123 @@ def check_upload(path: str | Path | None, settings: AppSettings, what: str) -> I
         raise UploadError(str(err).replace(str(path), Path(path).name)) from None
 
 
-def train_prompt_for(prompt: str, subject_class: str) -> str:
-    """The train prompt: as typed, else "a photo of a {class}" from the subject's class.
+def train_prompt_for(prompt: str, *classes: str) -> str:
+    """The train prompt: as typed, else "a photo of a {class}" from the subject's class ("a photo of a {class} and a
+    {class}" for two subjects).
 
     Raises:
-        UploadError: neither given.
+        UploadError: no prompt, and a subject without its class.
     """
     if prompt.strip():
         return prompt.strip()
-    if subject_class.strip():
-        return f"a photo of a {subject_class.strip()}"
-    raise UploadError("type a train prompt, or the subject's class (e.g. dog)")
+    named = [name.strip() for name in classes]
+    if all(named):
+        return "a photo of " + " and ".join(f"a {name}" for name in named)
+    raise UploadError(f"type a train prompt, or {'each' if len(named) > 1 else 'the'} subject's class (e.g. dog)")
+
+
+def read_box(text: str, side: int, what: str) -> Box | None:
+    """A typed box ``x0,y0,x1,y1`` in the generated image (``side`` px square): pixels, or fractions of its sides when
+    all four are at most 1 (`siso.compose.Box`); ``None`` when left empty.
+
+    Raises:
+        UploadError: not four numbers, an empty box, or one reaching outside the image (the message names ``what``).
+    """
+    if not (text or "").strip():
+        return None
+    try:
+        box = Box.parse(text.strip())
+        box.pixels(side, side)
+    except BoxError as err:
+        raise UploadError(f"{what}: {err}") from None
+    return box
+
+
+def second_subject(path: str | Path | None, subject_class: str, box: str, settings: AppSettings) -> Subject | None:
+    """A second subject's photo and class when its photo is given (``None`` when not), checked with its box.
+
+    Raises:
+        UploadError: its class or box without its photo, its photo without its class or box, or a bad photo.
+    """
+    if not path:
+        if subject_class.strip() or box.strip():
+            raise UploadError("upload the second subject's photo, or clear its class and box")
+        return None
+    image = check_upload(path, settings, "second subject photo")
+    if not subject_class.strip():
+        raise UploadError("type the second subject's class (e.g. cat)")
+    if not box.strip():
+        raise UploadError("give the second subject its box (x0,y0,x1,y1): where it goes")
+    return Subject(image, subject_class.strip(), path=Path(path).name)
+
+
+def learn_subjects(
+    subject_path: str | Path | None,
+    subject_class: str,
+    box: str,
+    second_path: str | Path | None,
+    second_class: str,
+    second_box: str,
+    settings: AppSettings,
+    side: int,
+) -> list[Subject]:
+    """The Learn tab's subjects: the first (its box optional), and a second when its photo is given, which needs its
+    class and a box for each subject (the app places no subject by detection).
+
+    Args:
+        box, second_box: ``x0,y0,x1,y1`` in the generated image (`read_box`), or empty.
+        side: The generated image's side in pixels.
+
+    Raises:
+        UploadError: a bad photo or box, a second subject's class or box without its photo, or a second subject
+            without its class or without boxes.
+    """
+    first = Subject(
+        check_upload(subject_path, settings, "subject photo"),
+        subject_class.strip() or None,
+        read_box(box, side, "the subject's box"),
+        Path(subject_path).name,
+    )
+    second = second_subject(second_path, second_class, second_box, settings)
+    if second is None:
+        return [first]
+    second.box = read_box(second_box, side, "the second subject's box")
+    if first.box is None:
+        raise UploadError("with two subjects, give each its box (x0,y0,x1,y1): where it goes in the image")
+    return [first, second]
+
+
+def edit_subjects(
+    subject_path: str | Path | None,
+    subject_class: str,
+    region: np.ndarray,
+    second_path: str | Path | None,
+    second_class: str,
+    second_box: str,
+    settings: AppSettings,
+    photo: Image.Image,
+) -> list[Subject]:
+    """The Edit tab's subjects: the first, whose region is ``region`` (what was painted, or its box), and a second
+    when its photo is given, with its class and its box in the photo's pixels.
+
+    Raises:
+        UploadError: a bad photo or box, a second subject's class or box without its photo, or a second subject
+            without its class or box.
+    """
+    first = Subject(
+        check_upload(subject_path, settings, "subject photo"),
+        subject_class.strip() or None,
+        path=Path(subject_path).name,
+        region=region,
+    )
+    second = second_subject(second_path, second_class, second_box, settings)
+    if second is None:
+        return [first]
+    try:
+        second.region = box_mask(second_box.strip(), photo.size)
+    except MaskError as err:
+        raise UploadError(f"the second subject's box: {err}") from None
+    return [first, second]
 
 
 def unpack_subject_zip(zip_path: str | Path, target: Path, max_upload_mb: float, model: str) -> Path:

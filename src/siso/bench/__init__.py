@@ -6,6 +6,8 @@ iteration (torch's ``FlopCounterMode``), the achieved TFLOP/s and its share of t
 only), the time from start to the first image, and by part, seconds and CPU seconds in the kernel. ``reference`` does
 what the SISO reference code does (fp32, the prompt re-encoded every iteration, every model resident on the device,
 the system's malloc); siso's ``default`` is reported as a ratio to it, so the comparison holds on a noisy machine.
+With several subjects (``subjects``) each configuration also scores that many in side-by-side boxes
+(`siso.losses.CompositionLoss`), reported as ratios to its one-subject row.
 
 Modules: `siso.bench.run` (settings, one process per configuration), `siso.bench.measure` (one configuration),
 `siso.bench.timing` (by part, FLOPs), `siso.bench.architectures` (the real-size models), `siso.bench.report`.

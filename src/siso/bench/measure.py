@@ -3,7 +3,8 @@
 The loop is `siso.optimize.optimize_lora`, the one `siso generate` and `siso edit` run. The configurations differ
 only in what a user can choose (dtype, memory options, the fast loss, editing) and in how the iterations run
 (`siso.config.ACCEL_PRESETS` of the same names), plus, for ``reference``, what the SISO reference code does that siso
-does not (the prompt re-encoded every iteration).
+does not (the prompt re-encoded every iteration). Any of them but ``edit`` can score several subjects, each in its
+box (`siso.losses.CompositionLoss`), as ``siso generate`` does with several ``--subject``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 from siso.backbones import load_backbone
 from siso.bench.timing import _RUSAGE, PARTS, PartTimer, count_flops, device_peak_tflops
+from siso.compose import default_slots, subject_names
 from siso.config import (
     AccelSettings,
     EditConfig,
@@ -31,7 +33,7 @@ from siso.config import (
 )
 from siso.devices import TORCH_DTYPES, resolve_dtype
 from siso.editing import BackgroundLoss, EditObjective, Scene, invert_scene, prepare_scene
-from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
+from siso.losses import ClipImageEmbedding, CompositionLoss, DinoEmbedding, SimilarityLoss, load_nets
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import optimize_lora
 from siso.runs.memory import PeakMemory, allocator
@@ -84,8 +86,16 @@ CONFIGURATIONS = {
 }
 
 
-def _loss_and_backbone(model: str, settings, configuration: Configuration, subject: Image.Image):
-    """The backbone, the loss, the dtype used and (for the fast loss) the tiny VAE decoder."""
+def subject_photos(count: int) -> list[Image.Image]:
+    """``count`` different 512 px photos of random pixels (what the loss costs does not depend on what they show)."""
+    return [
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (512, 512, 3), dtype=np.uint8)) for k in range(count)
+    ]
+
+
+def _loss_and_backbone(model: str, settings, configuration: Configuration, subjects: int):
+    """The backbone, the loss of ``subjects`` subjects (`SimilarityLoss` for one; `CompositionLoss` for several, in
+    side-by-side boxes: `siso.compose.default_slots`), the dtype used and (for the fast loss) the tiny VAE decoder."""
     device = settings.device
     dtype = resolve_dtype(configuration.dtype, device)
     loss_vae = None
@@ -93,19 +103,24 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
         from siso.bench.architectures import build_backbone, build_similarity, build_tiny_vae
 
         backbone = build_backbone(model, device, TORCH_DTYPES[dtype], settings.resolution)
-        nets = build_similarity(device, TORCH_DTYPES[dtype])
+        built = build_similarity(device, TORCH_DTYPES[dtype])
         side = FastSettings(configuration.fast).similarity_for(SimilaritySettings()).dino_resolution
-        loss_fn = SimilarityLoss(
-            {"dino": DinoEmbedding(nets["dino"], side), "ir": ClipImageEmbedding(nets["ir"])}, subject
-        )
+        nets, weights = {"dino": DinoEmbedding(built["dino"], side), "ir": ClipImageEmbedding(built["ir"])}, None
         if configuration.fast:
             loss_vae = build_tiny_vae(model, device, TORCH_DTYPES[dtype])
     else:  # a model folder and similarity networks on disk (the tests' tiny ones)
         backbone = load_backbone(model, dtype, device, settings.resolution, configuration.memory.quantize)
         similarity = FastSettings(configuration.fast).similarity_for(settings.similarity)
-        loss_fn = SimilarityLoss.from_pretrained(similarity, subject, backbone.device, backbone.dtype)
+        nets, weights = load_nets(similarity, backbone.device, backbone.dtype)
         if configuration.fast:
             loss_vae = load_tiny_vae(tiny_vae_name(FastSettings(True, settings.tiny_vae), model), backbone)
+    photos = subject_photos(subjects)
+    if subjects == 1:
+        loss_fn = SimilarityLoss(nets, photos[0], weights)
+    else:
+        side = backbone.resolution
+        boxes = [slot.pixels(side, side) for slot in default_slots(subjects)]
+        loss_fn = CompositionLoss(nets, photos, boxes, subject_names([None] * subjects), weights)
     return backbone, loss_fn, dtype, loss_vae
 
 
@@ -140,17 +155,17 @@ def _scene(resolution: int) -> Scene:
     return prepare_scene(photo, mask, resolution, EditSettings.mask_dilation)
 
 
-def run_configuration(model: str, settings, name: str, configuration: Configuration) -> dict:
+def run_configuration(model: str, settings, name: str, configuration: Configuration, subjects: int = 1) -> dict:
     """Build ``model`` under ``configuration`` (called ``name``) and run ``settings.warmup + settings.iters``
-    iterations (``settings``: a `siso.bench.BenchSettings`); an edit inverts its photo first.
+    iterations (``settings``: a `siso.bench.BenchSettings`) scoring ``subjects`` subjects; an edit (one subject)
+    inverts its photo first.
 
     Returns:
         The figures of one row of the report (seconds are wall time; ``cpu_seconds`` is the process's CPU time).
     """
     start = time.perf_counter()
-    subject = Image.new("RGB", (512, 512), (200, 120, 40))
     with PeakMemory(settings.device) as peak:
-        backbone, loss_fn, dtype, loss_vae = _loss_and_backbone(model, settings, configuration, subject)
+        backbone, loss_fn, dtype, loss_vae = _loss_and_backbone(model, settings, configuration, subjects)
         optim = optim_settings(model, settings, configuration.edit)
         kind = EditConfig if configuration.edit else SisoConfig
         config = kind(
@@ -217,6 +232,9 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     achieved = flops / seconds / 1e12
     return {
         "config": name,
+        "subjects": subjects,
+        "objective": type(objective).__name__,
+        "loss_terms": sorted(key for key in result.history[0] if key not in ("iteration", "seconds")),
         "dtype": dtype,
         "seconds_per_iteration": seconds,
         "seconds_min": min(measured),

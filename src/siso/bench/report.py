@@ -1,4 +1,4 @@
-"""The ``siso bench`` report: one Markdown row per configuration, then seconds by part."""
+"""The ``siso bench`` report: one Markdown row per configuration (and subject count), then seconds by part."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
+def label(row: dict) -> str:
+    """A row's name in the report: its configuration, with its subject count when several."""
+    return row["config"] if row["subjects"] == 1 else f"{row['config']} ({row['subjects']} subjects)"
+
+
 def report(result: dict) -> str:
-    """The benchmark as Markdown: one row per configuration, then seconds by part."""
+    """The benchmark as Markdown: one row per configuration and subject count, then several subjects against one,
+    then seconds by part."""
     s = result["settings"]
     lines = [
         f"siso bench: {s['model']}, {s['resolution']} px, {result['device']} ({result['threads']} threads), "
@@ -26,7 +32,7 @@ def report(result: dict) -> str:
         kernel = r.get("kernel_cpu_seconds_per_iteration")
         cpu = f"{r['cpu_seconds_per_iteration']:.3f}" + ("" if kernel is None else f" ({kernel:.1f})")
         lines.append(
-            f"| {r['config']} | {r['dtype']} | {r['seconds_per_iteration']:.3f} ({r['seconds_min']:.3f}-"
+            f"| {label(r)} | {r['dtype']} | {r['seconds_per_iteration']:.3f} ({r['seconds_min']:.3f}-"
             f"{r['seconds_max']:.3f}) | {cpu} | {memory} | "
             f"{r['flops_per_iteration'] / 1e9:.1f} | {r['achieved_tflops']:.3f} | "
             f"{_fmt(r['share_of_peak'], '.0%') if r['share_of_peak'] is not None else 'unknown'} | "
@@ -37,32 +43,44 @@ def report(result: dict) -> str:
         if inversion is not None:
             lines += [
                 "",
-                f"`{r['config']}`: the photo was inverted first ({inversion['model_evaluations']} denoiser passes, "
+                f"`{label(r)}`: the photo was inverted first ({inversion['model_evaluations']} denoiser passes, "
                 f"{inversion['seconds']:.1f} s from the start, building the models included); its iterations "
                 "denoise the inverted latent and add the background term, so it has no ratio to the reference.",
             ]
     for r in result["rows"]:
         if r.get("compile_seconds") is not None:
-            lines += ["", f"`{r['config']}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling)."]
+            lines += ["", f"`{label(r)}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling)."]
     if any(r.get("loss", "paper") != "paper" for r in result["rows"]):
         lines += [
             "",
             "`fast` is a different loss from the paper's: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees "
             "224 px (final images still use the full VAE). Its effect on quality is not measured here.",
         ]
+    several = [r for r in result["rows"] if r["subjects"] > 1]
+    if several:
+        lines += [
+            "",
+            "Several subjects: each subject's box (side by side, `siso.compose.default_slots`) is cropped from the "
+            "image and scored by DINOv2 and CLIP against its photo, and DINOv2 also sees the whole image for the "
+            "presence term (`siso.losses.CompositionLoss`), as `siso generate` with several `--subject`.",
+        ]
+    compared = [r for r in several if "vs_one_subject" in r]
+    if compared:
+        lines += ["", "Several subjects against one (the same configuration's one-subject row, as ratios):", ""]
+        lines += [f"- {label(r)}: {_against_one(r['vs_one_subject'])}" for r in compared]
     counted = [r for r in result["rows"] if r.get("page_faults_per_iteration") is not None]
     if counted:
         lines += [
             "",
             "Page faults per iteration (each maps in a page of fresh memory; the kernel CPU "
             "seconds above are mostly these): "
-            + ", ".join(f"{r['config']} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in counted)
+            + ", ".join(f"{label(r)} {r['page_faults_per_iteration'] / 1e6:.2f} M" for r in counted)
             + ".",
         ]
     lines += [
         "",
         "C allocator (`siso.cli.startup`: tcmalloc where installed; the reference runs on the system's malloc): "
-        + ", ".join(f"{r['config']} {r.get('allocator', 'unknown')}" for r in result["rows"])
+        + ", ".join(f"{label(r)} {r.get('allocator', 'unknown')}" for r in result["rows"])
         + ".",
     ]
     lines += _parts_table(
@@ -77,10 +95,20 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _against_one(ratios: dict) -> str:
+    """``vs_one_subject``'s ratios (`siso.bench.run_bench`) in words."""
+    return (
+        f"{_fmt(ratios['seconds_per_iteration'], '.2f', 'x')} the time per iteration, "
+        f"{_fmt(ratios['cpu_seconds_per_iteration'], '.2f', 'x')} the CPU time, "
+        f"{_fmt(ratios['peak_memory_gb'], '.2f', 'x')} the peak memory, "
+        f"{_fmt(ratios['flops_per_iteration'], '.2f', 'x')} the FLOPs"
+    )
+
+
 def _parts_table(title: str, rows: list[dict], key: str, spec: str) -> list[str]:
     """A Markdown table of each row's ``key`` (seconds by part), or nothing if no row has it."""
     counted = [r for r in rows if r.get(key)]
     if not counted:
         return []
     lines = ["", title, "", "| config | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
-    return lines + [f"| {r['config']} | " + " | ".join(f"{r[key][p]:{spec}}" for p in PARTS) + " |" for r in counted]
+    return lines + [f"| {label(r)} | " + " | ".join(f"{r[key][p]:{spec}}" for p in PARTS) + " |" for r in counted]

@@ -1,4 +1,5 @@
-"""``siso bench``'s run: its settings (`BenchSettings`) and every configuration in a process of its own."""
+"""``siso bench``'s run: its settings (`BenchSettings`) and every configuration (at every subject count) in a process of
+its own."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from siso.backbones import check_can_edit
 from siso.bench.architectures import check_tiny_vae
 from siso.bench.measure import CONFIGURATIONS, Configuration, optim_settings, run_configuration
-from siso.config import DTYPES, SimilaritySettings
+from siso.config import DTYPES, MAX_SUBJECTS, SimilaritySettings
 from siso.devices import default_device, resolve_dtype
 
 
@@ -38,6 +39,9 @@ class BenchSettings:
         similarity: For a model folder: where the similarity networks are; ``None`` for a named backbone.
         tiny_vae: For a model folder: the fast loss's ``AutoencoderTiny`` (``None``: the family's Hub id).
         isolate: Run each configuration in a fresh process (so each peak memory is its own).
+        subjects: Subject counts: each configuration is measured scoring each count of subjects, in this order (one:
+            `siso.losses.SimilarityLoss`, the paper's loss; several: `siso.losses.CompositionLoss`, in side-by-side
+            boxes, as ``siso generate`` with several ``--subject``). ``edit`` takes one.
     """
 
     model: str = "sd-turbo"
@@ -53,6 +57,7 @@ class BenchSettings:
     similarity: SimilaritySettings | None = None
     tiny_vae: str | None = None
     isolate: bool = True
+    subjects: tuple[int, ...] = (1,)
 
     def __post_init__(self):
         self.device = self.device or default_device()
@@ -67,8 +72,14 @@ class BenchSettings:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if "fast" in self.configs and self.similarity is None:
             check_tiny_vae(self.model)
+        if not self.subjects or len(set(self.subjects)) < len(self.subjects):
+            raise ValueError(f"subjects must name each subject count once, got {list(self.subjects)}")
+        if any(not 1 <= count <= MAX_SUBJECTS for count in self.subjects):
+            raise ValueError(f"subjects must be between 1 and {MAX_SUBJECTS}, got {list(self.subjects)}")
         if "edit" in self.configs:
             check_can_edit(self.model)
+            if max(self.subjects) > 1:
+                raise ValueError("the edit configuration measures one subject: give --subjects 1 for it")
         optim_settings(self.model, self, edit="edit" in self.configs)  # checked now, not in a worker process
 
 
@@ -77,15 +88,27 @@ class BenchError(RuntimeError):
 
 
 def run_bench(settings: BenchSettings) -> dict:
-    """Run every configuration of ``settings``; returns the settings, the device and one row per configuration (with
-    ``speedup`` and ``memory_ratio`` against ``reference`` when it ran)."""
-    rows = [_run_isolated(settings, name) if settings.isolate else _run(settings, name) for name in settings.configs]
-    reference = next((r for r in rows if r["config"] == "reference"), None)
+    """Run every configuration of ``settings`` at every subject count (each configuration's counts one after the
+    other, so that they meet the same load on the machine); returns the settings, the device and one row per
+    configuration and count: with ``speedup`` and ``memory_ratio`` against ``reference`` at the same count when it
+    ran, and with ``vs_one_subject`` (time, CPU time, peak memory and FLOPs as ratios to the same configuration's
+    one-subject row) for several subjects when one subject ran too."""
+    rows = [
+        _run_isolated(settings, name, count) if settings.isolate else _run(settings, name, count)
+        for name in settings.configs
+        for count in settings.subjects
+    ]
+    references = {r["subjects"]: r for r in rows if r["config"] == "reference"}
+    singles = {r["config"]: r for r in rows if r["subjects"] == 1}
+    compared = ("seconds_per_iteration", "cpu_seconds_per_iteration", "peak_memory_gb", "flops_per_iteration")
     for row in rows:
+        reference = references.get(row["subjects"])
         if reference is not None and row["inversion"] is None:  # (an edit does other work: no ratio)
             row["speedup"] = reference["seconds_per_iteration"] / row["seconds_per_iteration"]
-            peak, ref_peak = row["peak_memory_gb"], reference["peak_memory_gb"]
-            row["memory_ratio"] = peak / ref_peak if peak and ref_peak else None
+            row["memory_ratio"] = _ratio(row["peak_memory_gb"], reference["peak_memory_gb"])
+        single = singles.get(row["config"])
+        if single is not None and row["subjects"] > 1:
+            row["vs_one_subject"] = {key: _ratio(row[key], single[key]) for key in compared}
     device = torch.device(settings.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return {
@@ -97,7 +120,12 @@ def run_bench(settings: BenchSettings) -> dict:
     }
 
 
-def _run(settings: BenchSettings, name: str) -> dict:
+def _ratio(value: float | None, base: float | None) -> float | None:
+    """``value / base``, or ``None`` where either is unknown (no peak memory on this device)."""
+    return value / base if value and base else None
+
+
+def _run(settings: BenchSettings, name: str, subjects: int) -> dict:
     configuration = CONFIGURATIONS[name]
     if name != "reference":  # siso's configurations take the chosen dtype and lever
         memory = dataclasses.replace(configuration.memory, gradient_checkpointing=settings.gradient_checkpointing)
@@ -105,25 +133,26 @@ def _run(settings: BenchSettings, name: str) -> dict:
         configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory, accel=accel)
         name += " + checkpointing" if settings.gradient_checkpointing else ""
         name += " + compile" if settings.compile else ""
-    row = run_configuration(settings.model, settings, name, configuration)
+    row = run_configuration(settings.model, settings, name, configuration, subjects)
     if settings.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return row
 
 
-def _run_isolated(settings: BenchSettings, name: str) -> dict:
+def _run_isolated(settings: BenchSettings, name: str, subjects: int) -> dict:
     """`_run` in a fresh process: its peak memory is its own, not what an earlier configuration left allocated."""
-    spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name})
+    spec = json.dumps({"settings": dataclasses.asdict(settings), "config": name, "subjects": subjects})
     env = worker_environment(CONFIGURATIONS[name])
     proc = subprocess.run([sys.executable, "-m", "siso.bench", spec], capture_output=True, text=True, env=env)
+    what = name if subjects == 1 else f"{name} ({subjects} subjects)"
     if proc.returncode < 0:  # killed: on Linux, SIGKILL is most often the out-of-memory killer
         raise BenchError(
-            f"benchmark configuration {name!r} was killed (signal {-proc.returncode}); if by the system for memory, "
+            f"benchmark configuration {what!r} was killed (signal {-proc.returncode}); if by the system for memory, "
             "try --gradient-checkpointing or a smaller --resolution"
         )
     if proc.returncode:
         lines = proc.stderr.strip().splitlines() or ["no output"]
-        raise BenchError(f"benchmark configuration {name!r} failed: {lines[-1]}")
+        raise BenchError(f"benchmark configuration {what!r} failed: {lines[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -141,5 +170,5 @@ def _worker(spec: str) -> None:
     values = data["settings"]
     if values["similarity"] is not None:
         values["similarity"] = SimilaritySettings(**values["similarity"])
-    values["configs"] = tuple(values["configs"])
-    print(json.dumps(_run(BenchSettings(**{**values, "isolate": False}), data["config"])))
+    values["configs"], values["subjects"] = tuple(values["configs"]), tuple(values["subjects"])
+    print(json.dumps(_run(BenchSettings(**{**values, "isolate": False}), data["config"], data["subjects"])))

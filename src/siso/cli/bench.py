@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from siso.backbones import BACKBONES
-from siso.config import DTYPES, SimilaritySettings
+from siso.config import DTYPES, MAX_SUBJECTS, SimilaritySettings
 
 
 def add_parser(sub) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
         description="Run the SISO loop on a backbone built at its published architecture with random weights (no "
         "download) and report seconds per iteration, peak memory, FLOPs and seconds by part, for the reference "
         "code's configuration (fp32, prompt re-encoded every iteration, everything on the device) and siso's default, "
-        "as a ratio to it. Each configuration runs in a fresh process.",
+        "as a ratio to it. Each configuration runs in a fresh process, once per --subjects count.",
     )
     bench.add_argument("--model", default="sd-turbo", metavar="NAME", help=f"backbone: {', '.join(BACKBONES)}")
     bench.add_argument(
@@ -27,6 +27,14 @@ def add_parser(sub) -> None:
         help="configuration(s) to run, in order: reference, default, fast (the opt-in fast loss, which is not the "
         "paper's loss), edit (invert a photo, then edit it: sd-turbo and sdxl-turbo), or all = reference, default "
         "and (where the backbone has a tiny VAE) fast",
+    )
+    bench.add_argument(
+        "--subjects",
+        default="1",
+        metavar="N[,N...]",
+        help=f"subjects scored per image, 1 to {MAX_SUBJECTS}; several are each in a box, side by side, as with "
+        "several --subject in siso generate; a list (1,2) measures each configuration at each count and prints "
+        "their ratio to one subject (1)",
     )
     bench.add_argument("--resolution", type=int, default=512, metavar="PX", help="image side (512)")
     bench.add_argument(
@@ -56,6 +64,18 @@ def _configs(args: argparse.Namespace) -> tuple[str, ...]:
 
     has_tiny_vae = args.tiny_vae is not None or args.model in tiny_vae_models()
     return ("reference", "default", "fast") if has_tiny_vae else ("reference", "default")
+
+
+def _subjects(text: str) -> tuple[int, ...]:
+    """The subject counts ``--subjects`` names (`siso.bench.BenchSettings` checks their range).
+
+    Raises:
+        ValueError: not whole numbers separated by commas.
+    """
+    try:
+        return tuple(int(count) for count in text.split(","))
+    except ValueError:
+        raise ValueError(f"--subjects takes subject counts, e.g. 2 or 1,2; got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> str:
@@ -90,6 +110,7 @@ def run(args: argparse.Namespace) -> str:
         device=args.device,
         similarity=similarity,
         tiny_vae=args.tiny_vae,
+        subjects=_subjects(args.subjects),
     )
     try:
         result = run_bench(settings)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from siso.backbones import check_can_edit
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
-from siso.config import BACKGROUND_TARGETS, INVERSION_METHODS, EditConfig, EditSettings, InversionSettings
+from siso.cli.subjects import add_subject_option, subject_specs
+from siso.compose import Subject
+from siso.config import BACKGROUND_TARGETS, INVERSION_METHODS, MAX_SUBJECTS, EditConfig, EditSettings, InversionSettings
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob
@@ -26,13 +30,33 @@ def add_parser(sub) -> None:
         "from --mask, --box, or detection of --object (default: the subject's class) with Grounding DINO + SAM.",
     )
     edit.add_argument("--image", required=True, metavar="SCENE", help="the photo to edit")
-    edit.add_argument("--subject", required=True, metavar="PHOTO", help="the subject photo")
-    where = edit.add_mutually_exclusive_group()
-    where.add_argument("--mask", metavar="PNG", help="object mask, white = object (any size of the photo's aspect)")
-    where.add_argument("--box", metavar="x0,y0,x1,y1", help="object box in pixels of the photo to edit")
-    where.add_argument("--object", metavar="NAME", help="object to detect and replace (default: the subject class)")
+    add_subject_option(
+        edit,
+        "--subject",
+        metavar="PHOTO",
+        help=f"the subject photo; repeat to put several subjects into the photo (at most {MAX_SUBJECTS}), each "
+        "followed by its own --box or --mask (its region) and --subject-class",
+    )
+    add_subject_option(
+        edit,
+        "--mask",
+        metavar="PNG",
+        help="region of the --subject before it: object mask, white = object (any size of the photo's aspect)",
+    )
+    add_subject_option(
+        edit, "--box", metavar="x0,y0,x1,y1", help="region of the --subject before it: a box in pixels of the photo"
+    )
     edit.add_argument(
-        "--subject-class", metavar="NAME", help="the subject's class, e.g. dog (default: detected in the subject photo)"
+        "--object",
+        metavar="NAME",
+        help="one subject: the object to detect and replace when no --box or --mask is given (default: the subject "
+        "class)",
+    )
+    add_subject_option(
+        edit,
+        "--subject-class",
+        metavar="NAME",
+        help="the class of the --subject before it, e.g. dog (default: detected in the subject photo)",
     )
     edit.add_argument("--prompt", metavar="TEXT", help="edit prompt (default: 'a photo of a <subject class>')")
     edit.add_argument(
@@ -96,16 +120,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         **shared_settings(args, args.model, args.steps),
     )
     scene = load_subject(args.image, what="photo to edit")
-    if args.mask:
-        mask, source = load_mask(args.mask, scene.size), f"file {args.mask}"
-    elif args.box:
-        mask, source = box_mask(args.box, scene.size), f"box {args.box}"
+    specs = subject_specs(args)
+    regions = [_region(spec, scene.size) for spec in specs]
+    if len(specs) == 1:
+        spec, (mask, source) = specs[0], regions[0]
+        job = EditJob(scene, mask, source, args.object, spec.get("class"), args.prompt, args.detector, args.segmenter)
+        subject = load_subject(spec["photo"])
     else:
-        mask, source = None, "detected"
-    job = EditJob(scene, mask, source, args.object, args.subject_class, args.prompt, args.detector, args.segmenter)
-    subject = load_subject(args.subject)
+        for k, (mask, _) in enumerate(regions, 1):
+            if mask is None:
+                raise ValueError(f"subject {k} has no region: give --box or --mask after its --subject")
+        sources = "; ".join(source for _, source in regions)
+        job = EditJob(scene, None, sources, None, None, args.prompt, args.detector, args.segmenter)
+        subject = [
+            Subject(load_subject(spec["photo"]), spec.get("class"), path=str(spec["photo"]), region=mask)
+            for spec, (mask, _) in zip(specs, regions, strict=True)
+        ]
     out = RunFolder(args.out, args.overwrite)
-    paths = {"image": str(args.image), "subject": str(args.subject)}
+    paths = {"image": str(args.image), "subject": str(specs[0]["photo"]) if len(specs) == 1 else None}
     metrics = interruptible(
         lambda: run_edit(out, config, job, subject, command=argv, paths=paths, progress=not args.quiet), out
     )
@@ -117,3 +149,30 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     print(f"siso: {cost(metrics)}")
     return 0
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse subject options that do not go together, before anything loads.
+
+    Raises:
+        ValueError: naming the options.
+    """
+    specs = subject_specs(args)
+    if not specs:
+        raise ValueError("give the subject: --subject PHOTO")
+    for k, spec in enumerate(specs, 1):
+        if "box" in spec and "mask" in spec:
+            raise ValueError(f"subject {k} has both --box and --mask: give one region per subject")
+    if args.object is not None and (len(specs) > 1 or "box" in specs[0] or "mask" in specs[0]):
+        raise ValueError("--object names what to detect for one subject without --box or --mask; drop it")
+    if "class" in specs[0] and not specs[0]["class"].strip():
+        raise ValueError("subject class must not be empty")
+
+
+def _region(spec: dict, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """A subject's region in the photo to edit (from its --mask or --box) and how it was given."""
+    if "mask" in spec:
+        return load_mask(spec["mask"], size), f"file {spec['mask']}"
+    if "box" in spec:
+        return box_mask(spec["box"], size), f"box {spec['box']}"
+    return None, "detected"

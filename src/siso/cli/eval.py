@@ -21,7 +21,10 @@ from siso.eval.setmetrics import SET_METRICS
 from siso.eval.suites import EDITING_SUITES, SUITES
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
-ITEM_IDS = "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24) or <subject>/<uid>."
+ITEM_IDS = (
+    "Items are <subject>/<prompt index> (DreamBench: backpack/00 .. wolf_plushie/24), <subject>/<uid> (ImagenHub) or "
+    "<subject A>+<subject B>/<prompt index> (dreambench-multi: dog+dog2/00 .. robot_toy+candle/04)."
+)
 
 
 def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +50,8 @@ def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const=DEFAULT_DETECTOR,
         metavar="ID|DIR",
-        help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics",
+        help=f"crop generated images to the subject (Grounding DINO, {DEFAULT_DETECTOR}) for identity metrics; "
+        "dreambench-multi: detect each subject and score its IoU with its box (identity stays on the boxes)",
     )
     parser.add_argument(
         "--detector",
@@ -103,8 +107,9 @@ def add_parser(sub) -> None:
     ru.add_argument(
         "--protocol",
         choices=PROTOCOLS,
-        help="generation suites: two-stage (default): one LoRA per subject from 'a photo of a <class>'; per-prompt: "
-        "one per item (editing suites always learn one per item, and refuse this option)",
+        help="generation suites: two-stage (default): one LoRA per subject from 'a photo of a <class>' "
+        "(dreambench-multi: per subject pair); per-prompt (dreambench-multi's default): one per item, with its "
+        "prompt (editing suites always learn one per item, and refuse this option)",
     )
     ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1; editing: only 1)")
     ru.add_argument(
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace) -> str:
                 config,
                 args.num_images,
                 args.steps,
-                args.protocol or "two-stage",
+                args.protocol,
                 progress=not args.quiet,
             )
         scores = Path(args.out) / "scores"

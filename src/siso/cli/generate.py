@@ -7,13 +7,16 @@ import argparse
 from siso.backbones import BACKBONES
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.options import add_shared_options, shared_settings
-from siso.config import FastSettings, SisoConfig
+from siso.cli.subjects import add_subject_option, subject_specs
+from siso.compose import Box, Subject
+from siso.config import MAX_SUBJECTS, FastSettings, SisoConfig
 from siso.images import load_subject
 from siso.lora import check_lora_file, read_subject_info
 from siso.losses.tiny_vae import tiny_vae_name
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import GenerationJob
 from siso.runs.run import run_generate, run_reuse
+from siso.vision.grounding import DEFAULT_DETECTOR
 
 
 def add_parser(sub) -> None:
@@ -24,9 +27,29 @@ def add_parser(sub) -> None:
         description="Learn a subject from one photo (--subject) and generate every --prompt with it, or reuse a "
         "saved subject (--lora) without optimizing.",
     )
-    src = gen.add_mutually_exclusive_group(required=True)
-    src.add_argument("--subject", metavar="PHOTO", help="the subject photo (non-square photos are centre-cropped)")
-    src.add_argument("--lora", metavar="DIR", help="a saved subject: the lora/ folder of an earlier run")
+    add_subject_option(
+        gen,
+        "--subject",
+        metavar="PHOTO",
+        help=f"the subject photo (non-square photos are centre-cropped); repeat for several subjects in one image "
+        f"(at most {MAX_SUBJECTS}), each followed by its own --subject-class and --box",
+    )
+    add_subject_option(
+        gen,
+        "--subject-class",
+        metavar="NAME",
+        help="the class of the --subject before it (e.g. dog): what siso looks for to place subjects given no --box "
+        "(default: detected in the photo)",
+    )
+    add_subject_option(
+        gen,
+        "--box",
+        metavar="x0,y0,x1,y1",
+        help="where the --subject before it goes: pixels of the generated image, or fractions of its sides when all "
+        "four are at most 1 (0.5,0,1,1: the right half); several subjects without boxes are placed where the "
+        "frozen model draws them",
+    )
+    gen.add_argument("--lora", metavar="DIR", help="a saved subject: the lora/ folder of an earlier run")
     gen.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt to generate; repeat")
     gen.add_argument(
         "--train-prompt",
@@ -58,6 +81,12 @@ def add_parser(sub) -> None:
     gen.add_argument(
         "--tiny-vae", metavar="ID|DIR", help="with --fast: the AutoencoderTiny to use (default: the backbone's)"
     )
+    gen.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        metavar="ID|DIR",
+        help=f"Grounding DINO, to place several subjects given no --box ({DEFAULT_DETECTOR})",
+    )
     add_shared_options(gen)
 
 
@@ -73,6 +102,19 @@ def check(args: argparse.Namespace) -> None:
         )
     if args.tiny_vae and not args.fast:
         raise ValueError("--tiny-vae needs --fast")
+    specs = subject_specs(args)
+    if bool(specs) == bool(args.lora):
+        raise ValueError("give the subject: --subject PHOTO (to learn it) or --lora DIR (a saved one), not both")
+    if args.lora and args.subject_options:
+        raise ValueError("--subject-class and --box are for learning subjects (--subject); with --lora pass none")
+    side = args.resolution or (BACKBONES[args.model][2] if args.model in BACKBONES else None)
+    for spec in specs:
+        if "box" in spec:
+            box = Box.parse(spec["box"])
+            if side is not None:
+                box.pixels(side, side)
+        if "class" in spec and not spec["class"].strip():
+            raise ValueError("a subject class must not be empty")
     # With --lora nothing is optimized, but the optimization options must be valid too (before the folder is read).
     model = None if args.lora else args.model or "sdxl-turbo"
     SisoConfig.for_model(model or "sdxl-turbo", **shared_settings(args, model, args.train_steps))
@@ -117,12 +159,27 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         if fast.enabled:
             tiny_vae_name(fast, model)  # a family without a tiny VAE is refused before anything loads
-        subject = load_subject(args.subject)
+        subjects = [
+            Subject(
+                load_subject(spec["photo"]),
+                spec.get("class"),
+                Box.parse(spec["box"]) if "box" in spec else None,
+                str(spec["photo"]),
+            )
+            for spec in subject_specs(args)
+        ]
         out = RunFolder(args.out, args.overwrite)
 
         def work():
             return run_generate(
-                out, config, subject, job, command=argv, subject_path=str(args.subject), progress=not args.quiet
+                out,
+                config,
+                subjects,
+                job,
+                command=argv,
+                progress=not args.quiet,
+                notify=lambda line: print(f"siso: {line}"),
+                detector=args.detector,
             )
 
     metrics = interruptible(work, out)

@@ -8,6 +8,7 @@ import math
 
 from siso.backbones import family
 from siso.backbones.quantize import check_quantize
+from siso.cli.subjects import add_compose_options, compose_settings
 from siso.config import (
     DTYPES,
     QUANTIZE_METHODS,
@@ -72,6 +73,7 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_options(parser)
+    add_compose_options(parser)
 
 
 def add_memory_options(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +139,7 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
         },
         "memory": memory_settings(args),
         "accel": {"compile": args.compile},
+        "compose": compose_settings(args),
     }
 
 

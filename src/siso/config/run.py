@@ -13,6 +13,7 @@ from typing import Self
 from siso.config.accel import AccelSettings
 from siso.config.settings import (
     DTYPES,
+    ComposeSettings,
     FastSettings,
     LoraSettings,
     MemorySettings,
@@ -38,6 +39,8 @@ class SisoConfig:
         fast: The opt-in fast loss (`FastSettings`): a different loss, recorded as such.
         accel: How an iteration runs (`AccelSettings`: layout, lean graph, fused upsampling, ``torch.compile``):
             speed and memory only, images equal up to float rounding.
+        compose: The loss terms of several subjects, or of one in a box (`ComposeSettings`); unused for one subject
+            anywhere in the image.
     """
 
     model: str = "sdxl-turbo"
@@ -51,6 +54,7 @@ class SisoConfig:
     memory: MemorySettings = field(default_factory=MemorySettings)
     fast: FastSettings = field(default_factory=FastSettings)
     accel: AccelSettings = field(default_factory=AccelSettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
 
     def __post_init__(self):
         self.similarity = self.fast.similarity_for(self.similarity)

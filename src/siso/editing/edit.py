@@ -22,7 +22,7 @@ from siso.editing.inversion import Inversion, invert
 from siso.editing.scene import Scene
 from siso.images import pil_to_tensor, tensor_to_pil
 from siso.losses import SimilarityLoss
-from siso.optimize import IterationCallback, SisoResult, optimize_lora
+from siso.optimize import IterationCallback, Objective, SisoResult, optimize_lora
 
 
 class BackgroundLoss(torch.nn.Module):
@@ -54,12 +54,12 @@ class EditObjective(torch.nn.Module):
     (their weighted sum), ``background`` and ``loss``.
 
     Args:
-        similarity: The similarity loss, set to the subject.
+        similarity: The similarity loss, set to the subject (or `siso.losses.CompositionLoss`, set to several).
         background: The background term.
         bg_weight: c.
     """
 
-    def __init__(self, similarity: SimilarityLoss, background: BackgroundLoss, bg_weight: float):
+    def __init__(self, similarity: Objective, background: BackgroundLoss, bg_weight: float):
         super().__init__()
         self.similarity, self.background, self.bg_weight = similarity, background, bg_weight
 
@@ -167,7 +167,7 @@ def edit_subject(
     subject: Image.Image,
     config: EditConfig,
     callback: IterationCallback | None = None,
-    loss_fn: SimilarityLoss | None = None,
+    loss_fn: Objective | None = None,
     progress: bool = True,
     inverted: InvertedScene | None = None,
 ) -> EditResult:
@@ -179,7 +179,8 @@ def edit_subject(
         subject: The subject photo.
         config: ``train_prompt`` is the edit prompt ("a photo of a dog").
         callback: Called after every iteration with (iteration, image cropped to the photo, loss terms).
-        loss_fn: A prebuilt `SimilarityLoss` (loaded from ``config.similarity`` when omitted).
+        loss_fn: A prebuilt `SimilarityLoss` (loaded from ``config.similarity`` when omitted), or the
+            `siso.losses.CompositionLoss` of several subjects (``subject`` is then unused).
         progress: Show progress bars.
         inverted: ``scene`` already inverted (`invert_scene`); inverted here when omitted.
 

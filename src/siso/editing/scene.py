@@ -3,6 +3,7 @@ edit back into the photo."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,20 @@ class Scene:
     def background(self) -> torch.Tensor:
         """(1, 1, R, R) weights of the background term: the photo's pixels outside the mask."""
         return self.valid * (1 - self.mask)
+
+    def locate(self, region: np.ndarray) -> tuple[int, int, int, int]:
+        """The box (x0, y0, x1, y1) in whole pixels of the square around a region of the photo.
+
+        Args:
+            region: (H, W) bool in the photo's pixels, not empty.
+        """
+        height, width = region.shape
+        rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+        left, top, right, bottom = self.box
+        sx, sy = (right - left) / width, (bottom - top) / height
+        x0, x1 = left + math.floor(cols[0] * sx), left + math.ceil((cols[-1] + 1) * sx)
+        y0, y1 = top + math.floor(rows[0] * sy), top + math.ceil((rows[-1] + 1) * sy)
+        return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
     def crop(self, image: Image.Image) -> Image.Image:
         """A square model-resolution image cropped to the photo's pixels."""

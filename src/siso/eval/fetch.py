@@ -17,7 +17,8 @@ IMAGENHUB = {
 def fetch(suite: str, out: str | Path) -> Path:
     """Fetch ``suite`` into ``out``.
 
-    DreamBench is a ``git clone`` of the google/dreambooth repository; ImagenHub is read with the ``datasets``
+    DreamBench (and dreambench-multi, built from the same folder) is a ``git clone`` of the google/dreambooth
+    repository; ImagenHub is read with the ``datasets``
     package (``pip install datasets``) and exported to image files and a JSONL.
 
     Raises:
@@ -27,7 +28,7 @@ def fetch(suite: str, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty folder; pass a new folder to fetch {suite} into")
-    if suite == "dreambench":
+    if suite in ("dreambench", "dreambench-multi"):
         git = subprocess.run(
             ["git", "clone", "--depth", "1", DREAMBENCH_REPO, str(out)], capture_output=True, text=True
         )
@@ -44,5 +45,5 @@ def fetch(suite: str, out: str | Path) -> Path:
         concepts = load_dataset("ImagenHub/DreamBooth_Concepts", split="train")
         export(rows, concepts, out)
     else:
-        raise ValueError(f"unknown suite {suite!r}; fetchable: dreambench, {', '.join(IMAGENHUB)}")
+        raise ValueError(f"unknown suite {suite!r}; fetchable: dreambench, dreambench-multi, {', '.join(IMAGENHUB)}")
     return out

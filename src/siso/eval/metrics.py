@@ -22,6 +22,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer, ViTModel
 from siso.devices import own_cpu_memory
 from siso.eval.inception import load_fid_inception
 from siso.eval.lpips import ALEXNET_URL, LPIPS_ALEX_URL, load_lpips, masked_lpips
+from siso.eval.multi import BoxedSubject
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
@@ -95,13 +96,18 @@ class IdentityMetric:
         self._references: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def _features(self, images: list[Image.Image]) -> torch.Tensor:
+    def features(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, D) unit-length embeddings of ``images``."""
         return F.normalize(self.embed(to_batch(images, self.embed.resolution).to(self.device)), dim=-1)
 
-    def __call__(self, generated: list[Image.Image], item: EvalItem) -> float:
+    def references(self, item: EvalItem | BoxedSubject) -> torch.Tensor:
+        """(R, D) unit-length embeddings of the real photos of ``item``'s subject, computed once per subject."""
         if item.subject not in self._references:
-            self._references[item.subject] = self._features([read_rgb(p) for p in item.references])
-        return float((self._features(generated) @ self._references[item.subject].T).mean())
+            self._references[item.subject] = self.features([read_rgb(p) for p in item.references])
+        return self._references[item.subject]
+
+    def __call__(self, generated: list[Image.Image], item: EvalItem | BoxedSubject) -> float:
+        return float((self.features(generated) @ self.references(item).T).mean())
 
 
 class ClipTextMetric:
@@ -195,11 +201,13 @@ class BackgroundLPIPS:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A registry entry: what the metric measures, its default model, and how to build it."""
+    """A registry entry: what the metric measures, its default model, how to build it, and whether it is an
+    identity metric (an `IdentityMetric`: multi-subject items score it per subject, on the subject's box)."""
 
     description: str
     default_model: str | None
     build: Callable[[str | None, str], Callable[[list[Image.Image], EvalItem], float]]
+    identity: bool = False
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -207,21 +215,25 @@ METRICS: dict[str, MetricSpec] = {
         "identity, DINO ViT-S/16 (DreamBench)",
         "facebook/dino-vits16",
         lambda model, device: IdentityMetric("dino", model, device),
+        identity=True,
     ),
     "dinov2": MetricSpec(
         "identity, DINOv2 (the SISO loss network)",
         "facebook/dinov2-large",
         lambda model, device: IdentityMetric("dinov2", model, device),
+        identity=True,
     ),
     "clip_i": MetricSpec(
         "identity, CLIP image embedding",
         "openai/clip-vit-base-patch32",
         lambda model, device: IdentityMetric("clip", model, device),
+        identity=True,
     ),
     "ir": MetricSpec(
         "identity, the IR embedding of the SISO loss (substitute, see README)",
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         lambda model, device: IdentityMetric("clip", model, device),
+        identity=True,
     ),
     "clip_t": MetricSpec(
         "prompt adherence, CLIP image-text cosine",

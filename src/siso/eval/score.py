@@ -28,6 +28,8 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from siso.eval.metrics import METRICS, BackgroundLPIPS, IdentityMetric, build_metrics, read_rgb
+from siso.eval.multi import MultiItem
+from siso.eval.multiscore import WHOLE_IMAGE_METRICS, score_multi_item, summary_names
 from siso.eval.plots import histogram
 from siso.eval.setmetrics import SET_METRICS, image_files
 from siso.eval.suites import EvalItem, SuiteError, generated_images
@@ -109,7 +111,7 @@ def write_summary(out: Path, rows: list[dict], missing: list[str]) -> None:
 
 
 def score(
-    items: list[EvalItem],
+    items: list[EvalItem | MultiItem],
     generated: str | Path,
     out: str | Path,
     metric_names: list[str],
@@ -123,6 +125,10 @@ def score(
     box_threshold: float = 0.3,
 ) -> list[dict]:
     """Score the generated images of every item and write the per-item records and the summary.
+
+    Multi-subject items (`siso.eval.multi.MultiItem`) are scored by `siso.eval.multiscore`: identity metrics per
+    subject on its box, ``success``, whole-image ``clip_t``, and with ``crop`` each subject's detected box and its IoU
+    with the requested one (identity stays on the requested boxes).
 
     Args:
         items: The suite's items (`siso.eval.suites.SUITES`).
@@ -159,6 +165,12 @@ def score(
         raise ValueError(f"{', '.join(set_names)} compare against a reference set: pass a reference folder")
     reference_files = image_files(reference) if set_names else []
     item_names = [n for n in metric_names if n in METRICS]
+    multi = any(isinstance(item, MultiItem) for item in items)
+    identity = [n for n in item_names if METRICS[n].identity]
+    unfit = [n for n in item_names if multi and n not in identity and n not in WHOLE_IMAGE_METRICS]
+    if unfit:
+        fit = [*(n for n in METRICS if METRICS[n].identity), *WHOLE_IMAGE_METRICS]
+        raise ValueError(f"{', '.join(unfit)} do not apply to multi-subject items; they take {', '.join(fit)}")
     state = PartialState(cpu=not torch.cuda.is_available())
     device = device or str(state.device)
     registry = {
@@ -194,25 +206,30 @@ def score(
                 "prompt": item.prompt,
                 "images": [str(p.relative_to(generated)) for p in paths],
             }
-            subjects = images
-            if cropper is not None:
-                subjects, record["crop_boxes"] = zip(*(cropper(img, item.class_name) for img in images), strict=True)
-            record["metrics"] = {
-                name: metric(list(subjects) if isinstance(metric, IdentityMetric) else images, item)
-                for name, metric in metrics.items()
-            }
+            if isinstance(item, MultiItem):
+                record.update(score_multi_item(images, item, metrics, identity, cropper))
+            else:
+                subjects = images
+                if cropper is not None:
+                    crops = (cropper(img, item.class_name) for img in images)
+                    subjects, record["crop_boxes"] = zip(*crops, strict=True)
+                record["metrics"] = {
+                    name: metric(list(subjects) if isinstance(metric, IdentityMetric) else images, item)
+                    for name, metric in metrics.items()
+                }
             _append(shard, record)
     state.wait_for_everyone()
     if state.is_main_process:
         records = _merge(out, items)
-        rows = summarize(records, item_names)
+        summarized = summary_names(item_names, identity, cropper is not None) if multi else item_names
+        rows = summarize(records, summarized)
         generated_files = [generated / path for r in records for path in r["images"]]
         for name, metric in set_metrics.items():
             value = metric(generated_files, reference_files)
             rows.append({"metric": name, "mean": value, "sem": math.nan, "n": len(generated_files)})
         write_summary(out, rows, missing)
         (out / "plots").mkdir(exist_ok=True)
-        for name in item_names:
+        for name in summarized:
             values = [r["metrics"][name] for r in records if name in r["metrics"]]
             histogram(values, name).save(out / "plots" / f"{name}.png")
     state.wait_for_everyone()

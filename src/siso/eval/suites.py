@@ -12,6 +12,9 @@ DreamBench (Ruiz et al. 2023, the ``google/dreambooth`` repository layout)::
 
 30 subjects x 25 prompts = 750 items; item id ``<subject>/<prompt index, 2 digits>``. Prompts are written without
 the unique token by default (``a dog in the jungle``): SISO needs none; pass ``unique_token`` for methods that do.
+
+DreamBench-multi (`siso.eval.multi`) reads the same folder: 12 subject pairs x 5 prompts naming both = 60 items, id
+``<subject A>+<subject B>/<prompt index>``, each subject in a fixed box.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from siso.eval.multi import PAIRS, MultiItem, pair_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 LIVE_CLASSES = ("cat", "dog")  # DreamBench's 9 live subjects get the "Live Subject Prompts"
@@ -58,12 +63,11 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
-    """Read DreamBench from a local copy of the ``google/dreambooth`` repository (or its ``dataset`` folder).
+def _read_dreambench(data: str | Path) -> tuple[Path, dict[str, str], dict[str, list[str]]]:
+    """The ``dataset`` folder of a DreamBench copy, its subject -> class table and its prompt templates by kind.
 
     Raises:
-        SuiteError: the folder is missing, has no ``prompts_and_classes.txt``, the file cannot be parsed, or a
-            listed subject has no folder or no images.
+        SuiteError: the folder is missing, has no ``prompts_and_classes.txt``, or the file cannot be parsed.
     """
     root = Path(data)
     dataset = root / "dataset" if (root / "dataset").is_dir() else root
@@ -83,16 +87,47 @@ def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
     }
     if not classes or set(templates) != {"Object Prompts", "Live Subject Prompts"} or not all(templates.values()):
         raise SuiteError(f"cannot parse {spec}: expected a 'Classes' table and 'Object'/'Live Subject Prompts' lists")
+    return dataset, classes, templates
+
+
+def _dreambench_photos(dataset: Path, subject: str) -> list[Path]:
+    folder = dataset / subject
+    if not folder.is_dir() or not (photos := _images_in(folder)):
+        raise SuiteError(f"DreamBench subject {subject!r} has no images in {folder}")
+    return photos
+
+
+def load_dreambench(data: str | Path, unique_token: str = "") -> list[EvalItem]:
+    """Read DreamBench from a local copy of the ``google/dreambooth`` repository (or its ``dataset`` folder).
+
+    Raises:
+        SuiteError: the folder is missing, has no ``prompts_and_classes.txt``, the file cannot be parsed, or a
+            listed subject has no folder or no images.
+    """
+    dataset, classes, templates = _read_dreambench(data)
     items = []
     for subject, class_name in classes.items():
-        folder = dataset / subject
-        if not folder.is_dir() or not (photos := _images_in(folder)):
-            raise SuiteError(f"DreamBench subject {subject!r} has no images in {folder}")
+        photos = _dreambench_photos(dataset, subject)
         kind = "Live Subject Prompts" if class_name in LIVE_CLASSES else "Object Prompts"
         for index, template in enumerate(templates[kind]):
             prompt = " ".join(template.format(unique_token, class_name).split())
             items.append(EvalItem(f"{subject}/{index:02d}", subject, class_name, prompt, photos[0], tuple(photos)))
     return items
+
+
+def load_dreambench_multi(data: str | Path, unique_token: str = "") -> list[MultiItem]:
+    """The ``dreambench-multi`` suite (`siso.eval.multi`): DreamBench subject pairs in one image, each subject in a
+    fixed box, from the same local DreamBench copy as `load_dreambench`.
+
+    Raises:
+        SuiteError: as `load_dreambench`'s, or a subject of `siso.eval.multi.PAIRS` is not in the class table.
+    """
+    dataset, classes, _ = _read_dreambench(data)
+    names = sorted({name for pair in PAIRS for name in pair[:2]})
+    unknown = [name for name in names if name not in classes]
+    if unknown:
+        raise SuiteError(f"DreamBench's class table lacks the dreambench-multi subject(s) {', '.join(unknown)}")
+    return pair_items(classes, {name: _dreambench_photos(dataset, name) for name in names}, unique_token)
 
 
 IMAGENHUB_ROWS = "imagenhub_generation.jsonl"
@@ -232,13 +267,14 @@ def export_imagenhub_editing(eval_rows, concept_rows, out: str | Path) -> Path:
 # Suite name -> loader(data folder, unique token) -> items.
 SUITES = {
     "dreambench": load_dreambench,
+    "dreambench-multi": load_dreambench_multi,
     "imagenhub-generation": load_imagenhub_generation,
     "imagenhub-editing": load_imagenhub_editing,
 }
 EDITING_SUITES = ("imagenhub-editing",)
 
 
-def generated_images(root: str | Path, item: EvalItem) -> list[Path]:
+def generated_images(root: str | Path, item: EvalItem | MultiItem) -> list[Path]:
     """The generated images of ``item`` under ``root``; empty when the item has none yet."""
     folder = Path(root) / item.id
     return _images_in(folder) if folder.is_dir() else []

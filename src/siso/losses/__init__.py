@@ -1,6 +1,8 @@
 """SISO's losses: the similarity networks (`siso.losses.embeddings`), the similarity loss built from them
-(`siso.losses.similarity`) and the fast loss's tiny VAE decoder (`siso.losses.tiny_vae`)."""
+(`siso.losses.similarity`), the loss of several subjects in their boxes (`siso.losses.composition`) and the fast
+loss's tiny VAE decoder (`siso.losses.tiny_vae`)."""
 
+from siso.losses.composition import CompositionLoss, presence_term
 from siso.losses.embeddings import (
     CLIP_MEAN,
     CLIP_STD,
@@ -12,7 +14,7 @@ from siso.losses.embeddings import (
     clip_vision_config,
     preprocess,
 )
-from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, SubjectLosses
+from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, SubjectLosses, load_nets
 
 __all__ = [
     "CLIP_MEAN",
@@ -21,10 +23,13 @@ __all__ = [
     "IMAGENET_STD",
     "SIMILARITY_NETS",
     "ClipImageEmbedding",
+    "CompositionLoss",
     "DinoEmbedding",
     "Embedding",
     "SimilarityLoss",
     "SubjectLosses",
     "clip_vision_config",
+    "load_nets",
     "preprocess",
+    "presence_term",
 ]

@@ -7,6 +7,8 @@ centre-cropping and normalising in torch so that gradients reach the image. A ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Model
@@ -41,19 +43,36 @@ def preprocess(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torc
 class Embedding(torch.nn.Module):
     """A frozen vision network and the input side it sees.
 
+    Called with a tensor (B, 3, H, W) or a list of them (of any sizes: a composition's crops), it preprocesses each
+    and runs the network once on them all.
+
     Args:
         net: The network (frozen here).
         resolution: Input side in pixels; ``None``: the network config's ``image_size``.
     """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     def __init__(self, net: torch.nn.Module, resolution: int | None = None):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
         self.resolution = resolution or net.config.image_size
 
+    def prepare(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """`preprocess` each tensor of ``images`` (B_i, 3, H_i, W_i) in [0, 1] -> (sum B_i, 3, side, side), in the
+        network's dtype."""
+        if isinstance(images, torch.Tensor):
+            pixels = preprocess(images, self.resolution, self.mean, self.std)
+        else:
+            pixels = torch.cat([preprocess(image, self.resolution, self.mean, self.std) for image in images])
+        return pixels.to(self.net.dtype)
+
 
 class DinoEmbedding(Embedding):
     """DINOv2 CLS token after the final layer norm (the SISO reference code feeds 518 px, ImageNet statistics)."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     @classmethod
     def from_pretrained(
@@ -69,9 +88,15 @@ class DinoEmbedding(Embedding):
         own_cpu_memory(net)
         return cls(net, resolution)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = preprocess(images, self.resolution, IMAGENET_MEAN, IMAGENET_STD).to(self.net.dtype)
-        return self.net(pixel_values=pixels).pooler_output.float()
+    def forward(
+        self, images: torch.Tensor | Sequence[torch.Tensor], patches: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Images -> CLS embeddings (B, D); with ``patches``, also the patch tokens after the final layer norm
+        (B, N, D), row by row over the (side / patch size)^2 grid."""
+        output = self.net(pixel_values=self.prepare(images))
+        if patches:
+            return output.pooler_output.float(), output.last_hidden_state[:, 1:].float()
+        return output.pooler_output.float()
 
 
 def clip_vision_config(model: str, what: str = "IR similarity model") -> CLIPVisionConfig:
@@ -98,6 +123,8 @@ def clip_vision_config(model: str, what: str = "IR similarity model") -> CLIPVis
 class ClipImageEmbedding(Embedding):
     """Projected CLIP image embedding: the default stand-in for the paper's IR (GUIE) model."""
 
+    mean, std = CLIP_MEAN, CLIP_STD
+
     @classmethod
     def from_pretrained(
         cls, model: str, resolution: int | None = None, device: str | torch.device = "cpu", dtype=torch.float32
@@ -118,6 +145,5 @@ class ClipImageEmbedding(Embedding):
         own_cpu_memory(net)
         return cls(net, resolution)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = preprocess(images, self.resolution, CLIP_MEAN, CLIP_STD).to(self.net.dtype)
-        return self.net(pixel_values=pixels).image_embeds.float()
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.net(pixel_values=self.prepare(images)).image_embeds.float()

@@ -17,6 +17,27 @@ from siso.losses.embeddings import ClipImageEmbedding, DinoEmbedding, Embedding
 SIMILARITY_NETS: dict[str, type[Embedding]] = {"dino": DinoEmbedding, "ir": ClipImageEmbedding}
 
 
+def load_nets(
+    settings: SimilaritySettings, device: str | torch.device, dtype: torch.dtype
+) -> tuple[dict[str, Embedding], dict[str, float]]:
+    """The networks of ``settings`` with a non-zero weight, loaded onto ``device`` in ``dtype``, and their weights.
+
+    Raises:
+        siso.hub.ModelLoadError: a network cannot be loaded.
+    """
+    specs = {
+        "dino": (settings.dino_model, settings.dino_resolution, settings.dino_weight),
+        "ir": (settings.ir_model, settings.ir_resolution, settings.ir_weight),
+    }
+    weights = {name: weight for name, (_, _, weight) in specs.items() if weight > 0}
+    nets = {
+        name: SIMILARITY_NETS[name].from_pretrained(model, resolution, device, dtype)
+        for name, (model, resolution, _) in specs.items()
+        if name in weights
+    }
+    return nets, weights
+
+
 class SimilarityLoss(torch.nn.Module):
     """``sum_k w_k * (1 - cos(f_k(x), f_k(x_s)))`` over the similarity networks.
 
@@ -44,16 +65,7 @@ class SimilarityLoss(torch.nn.Module):
         Raises:
             siso.hub.ModelLoadError: a network cannot be loaded.
         """
-        specs = {
-            "dino": (settings.dino_model, settings.dino_resolution, settings.dino_weight),
-            "ir": (settings.ir_model, settings.ir_resolution, settings.ir_weight),
-        }
-        weights = {name: weight for name, (_, _, weight) in specs.items() if weight > 0}
-        nets = {
-            name: SIMILARITY_NETS[name].from_pretrained(model, resolution, device, dtype)
-            for name, (model, resolution, _) in specs.items()
-            if name in weights
-        }
+        nets, weights = load_nets(settings, device, dtype)
         return cls(nets, subject, weights)
 
     @torch.no_grad()

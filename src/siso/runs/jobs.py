@@ -4,11 +4,13 @@ edit (`EditJob`, resolved by `resolve_edit`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from siso.compose import Subject, name_subjects
 from siso.config import check_seed
 from siso.devices import default_device
 from siso.hub import ModelLoadError
@@ -113,3 +115,27 @@ def resolve_edit(job: EditJob, subject: Image.Image, device: str | None) -> tupl
                 "--box x0,y0,x1,y1 or --mask PNG"
             )
     return mask, job.prompt or f"a photo of a {names['subject_class']}", names
+
+
+def resolve_edit_subjects(
+    job: EditJob, subjects: Sequence[Subject], device: str | None
+) -> tuple[np.ndarray, str, list]:
+    """For several subjects, each with its region: the union of the regions (the part of the photo redone), the edit
+    prompt (given, or "a photo of a {class 1} and a {class 2}") and each subject's class (given, or named by Grounding
+    DINO in its photo, which then loads).
+
+    Raises:
+        MaskError: a subject without a region, a region of another size than the photo, or a class that could not be
+            told.
+        ModelLoadError: the detector is needed and cannot be loaded.
+    """
+    for k, subject in enumerate(subjects, 1):
+        if subject.region is None:
+            raise MaskError(f"subject {k} has no region: give --box or --mask after its --subject")
+        if subject.region.shape != (job.scene.height, job.scene.width):
+            raise MaskError(f"the region of subject {k} is not the size of the photo to edit")
+    classes = [subject.class_name for subject in subjects]
+    if job.prompt is None and None in classes:
+        classes = name_subjects(subjects, SubjectCropper(job.detector, device or default_device(), job.box_threshold))
+    union = np.logical_or.reduce([subject.region for subject in subjects])
+    return union, job.prompt or "a photo of a " + " and a ".join(classes), classes

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
 from PIL import Image
 
 from siso.backbones import Backbone, load_backbone
+from siso.compose import Subject, check_subjects, place_subjects, subject_names
 from siso.config import EditConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.editing import composite, edit_subject, prepare_scene
 from siso.lora import check_lora_file, load_lora, read_subject_info
-from siso.losses import SimilarityLoss
+from siso.losses import CompositionLoss, SimilarityLoss
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
-from siso.optimize import IterationCallback, optimize_subject
+from siso.optimize import IterationCallback, Objective, optimize_generation
 from siso.runs.folder import RunFolder
-from siso.runs.jobs import EditJob, GenerationJob, resolve_edit
+from siso.runs.jobs import EditJob, GenerationJob, resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
+from siso.vision.grounding import DEFAULT_DETECTOR
 
 
 def _versions() -> dict[str, str]:
@@ -31,46 +34,86 @@ def _versions() -> dict[str, str]:
 def run_generate(
     out: RunFolder,
     config: SisoConfig,
-    subject: Image.Image,
+    subject: Image.Image | Sequence[Subject],
     job: GenerationJob | None,
     command: list[str] | None = None,
     subject_path: str | None = None,
     progress: bool = True,
     backbone: Backbone | None = None,
-    loss_fn: SimilarityLoss | None = None,
+    loss_fn: Objective | None = None,
     callback: IterationCallback | None = None,
+    notify: Callable[[str], None] | None = None,
+    detector: str = DEFAULT_DETECTOR,
 ) -> dict:
-    """Optimize a subject, save it, then generate every prompt x seed of ``job`` (if any) with the learned LoRA.
+    """Optimize a subject (or several, each in its box), save it, then generate every prompt x seed of ``job`` (if
+    any) with the learned LoRA.
 
     On Ctrl-C / SIGTERM (as KeyboardInterrupt) during optimization, the best-so-far image, LoRA, config and
     metrics are still written, with ``"complete": false`` in metrics.json.
 
     Args:
+        subject: The subject photo, or the subjects (`siso.compose.Subject`: photo, class, box). Several subjects,
+            or one with a box, are learned with `siso.losses.CompositionLoss`; without boxes, several are placed as
+            the frozen model's first image has them (`siso.compose.place_subjects`).
+        subject_path: The photo's file (one photo given), for config.json.
         backbone: An already loaded backbone without LoRA, instead of loading ``config.model`` (the app's); it
             carries the best LoRA after.
-        loss_fn: The similarity loss, already set to ``subject`` (instead of loading its networks).
+        loss_fn: The loss, already set to the subject(s) (instead of loading its networks).
         callback: Also called after every iteration, as `optimize_subject`'s (returning True stops the run, which
             keeps the best so far).
+        notify: Told each line worth a user's eye before the optimization (a subject put in a default slot).
+        detector: Grounding DINO, to find the layout of several subjects without boxes.
 
     Returns:
         The metrics written to ``metrics.json``.
+
+    Raises:
+        BoxError: a box reaches outside the image (before anything is written).
     """
     start = time.perf_counter()
+    subjects = [Subject(subject, path=subject_path)] if isinstance(subject, Image.Image) else list(subject)
+    check_subjects(subjects)
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
     if backbone is None:
         backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
-    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    composed = len(subjects) > 1 or subjects[0].box is not None
+    records = layout_notes = None
+    if composed:
+        placements, classes, layout_notes = place_subjects(backbone, subjects, config, detector)
+        for note in layout_notes:
+            (notify or print)(note)
+        side = backbone.resolution
+        boxes = [placement.box.pixels(side, side) for placement in placements]
+        names = subject_names(classes)
+        records = [
+            {**s.record(), "class": name, "box": str(p.box), "box_pixels": box, "placed": p.source, "term": term}
+            for s, name, p, box, term in zip(subjects, classes, placements, boxes, names, strict=True)
+        ]
+        loss_fn = loss_fn or CompositionLoss.from_pretrained(
+            config.similarity,
+            [s.image for s in subjects],
+            boxes,
+            names,
+            config.compose,
+            backbone.device,
+            backbone.dtype,
+        )
+    else:
+        loss_fn = loss_fn or SimilarityLoss.from_pretrained(
+            config.similarity, subjects[0].image, backbone.device, backbone.dtype
+        )
     loss_vae = None
     if config.fast.enabled:  # config.json records the tiny VAE used
         fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
         config = dataclasses.replace(config, fast=fast)
         loss_vae = load_tiny_vae(fast.tiny_vae, backbone)
     out.timings["load_seconds"] = time.perf_counter() - start
+    placed = {"subjects": records} if composed else {"subject": subjects[0].path}
     out.write_json(
         "config.json",
         {
             "command": command,
-            "subject": subject_path,
+            **placed,
             "job": job.__dict__ if job else None,
             "siso": config.to_dict(),
             "versions": _versions(),
@@ -83,9 +126,7 @@ def run_generate(
 
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
-        result = optimize_subject(
-            backbone, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress, loss_vae=loss_vae
-        )
+        result = optimize_generation(backbone, loss_fn, config, on_iteration, progress, loss_vae)
     out.timings["optimize_seconds"] = time.perf_counter() - start
     metrics = {
         "complete": False,
@@ -94,7 +135,12 @@ def run_generate(
         "timings": out.timings,
         "ir_model_note": _ir_note(config),
     }
-    out.save_optimization(result, backbone, {"model": config.model, "train_prompt": config.train_prompt})
+    if composed:
+        metrics["layout_notes"] = layout_notes
+    info = {"model": config.model, "train_prompt": config.train_prompt}
+    if composed:
+        info["subjects"] = [{k: r[k] for k in ("class", "box", "term")} for r in records]
+    out.save_optimization(result, backbone, info)
     if not result.complete:
         out.write_json("metrics.json", metrics)
         raise KeyboardInterrupt
@@ -113,12 +159,12 @@ def run_edit(
     out: RunFolder,
     config: EditConfig,
     job: EditJob,
-    subject: Image.Image,
+    subject: Image.Image | Sequence[Subject],
     command: list[str] | None = None,
     paths: dict | None = None,
     progress: bool = True,
     backbone: Backbone | None = None,
-    loss_fn: SimilarityLoss | None = None,
+    loss_fn: Objective | None = None,
     callback: IterationCallback | None = None,
 ) -> dict:
     """Edit a photo: find the object mask, invert the photo, optimize the subject LoRA, write the run folder.
@@ -127,19 +173,50 @@ def run_edit(
     Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`. ``backbone``,
     ``loss_fn`` and ``callback`` as `run_generate`'s (the callback sees the crop of each edit).
 
+    Args:
+        subject: The subject photo, or several subjects (`siso.compose.Subject`), each with its ``region`` of the
+            photo: each is learned on the box around its region (`siso.losses.CompositionLoss`), and the background
+            term keeps the photo outside their union (``job.mask`` and ``job.object_name`` are then unused).
+
     Returns:
         The metrics written to ``metrics.json``.
 
     Raises:
-        MaskError: no usable mask (nothing detected, or a mask that vanishes at the model resolution).
+        MaskError: no usable mask (nothing detected, a region missing, or a mask that vanishes at the model
+            resolution).
     """
     start = time.perf_counter()
-    mask, prompt, names = resolve_edit(job, subject, config.device)
+    subjects = list(subject) if not isinstance(subject, Image.Image) else None
+    if subjects is None:
+        mask, prompt, names = resolve_edit(job, subject, config.device)
+    else:
+        check_subjects(subjects)
+        mask, prompt, classes = resolve_edit_subjects(job, subjects, config.device)
     config = dataclasses.replace(config, train_prompt=prompt, dtype=resolve_dtype(config.dtype, config.device))
     if backbone is None:
         backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
-    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    if subjects is None:
+        loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    else:
+        boxes = [scene.locate(s.region) for s in subjects]
+        terms = subject_names(classes)
+        names = {
+            "subjects": [
+                {"photo": s.path, "class": name, "box_pixels": box, "term": term}
+                for s, name, box, term in zip(subjects, classes, boxes, terms, strict=True)
+            ]
+        }
+        loss_fn = loss_fn or CompositionLoss.from_pretrained(
+            config.similarity,
+            [s.image for s in subjects],
+            boxes,
+            terms,
+            config.compose,
+            backbone.device,
+            backbone.dtype,
+        )
+        subject = subjects[0].image
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
         "config.json",

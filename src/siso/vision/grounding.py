@@ -109,15 +109,15 @@ class SubjectCropper:
         """The detection text for a class: "a {class}." (Grounding DINO wants lowercase phrases ending in a dot)."""
         return f"a {class_name.strip().lower()}."
 
-    def detect(self, image: Image.Image, class_name: str) -> tuple[list[float], float] | None:
-        """The highest-scoring box for ``class_name`` and its score, or None when no box passes the threshold.
+    def detect_all(self, image: Image.Image, class_name: str) -> list[tuple[list[float], float]]:
+        """Every box for ``class_name`` above the threshold, best first.
 
         Args:
             image: Any PIL image (converted to RGB for the detector).
             class_name: The subject's class, e.g. "dog" or "backpack".
 
         Returns:
-            ``([x0, y0, x1, y1], score)`` with the box in pixels of ``image``, clamped to it; or None.
+            ``[([x0, y0, x1, y1], score), ...]`` with each box in pixels of ``image``, clamped to it.
         """
         rgb = image.convert("RGB")  # the processor's normalisation assumes 3 channels (L, RGBA, P would fail)
         inputs = self.processor(images=rgb, text=self.prompt(class_name), return_tensors="pt").to(self.device)
@@ -131,14 +131,18 @@ class SubjectCropper:
             text_threshold=self.text_threshold,
             target_sizes=[(image.height, image.width)],
         )[0]
-        scores, boxes = result["scores"], result["boxes"]
-        if scores.numel() == 0:
-            return None
-        best = int(scores.argmax())
+        scores, boxes = result["scores"].cpu(), result["boxes"].cpu()
         # Predicted centres/sizes can reach past the border; clamp so the crop never pads with black.
         limits = torch.tensor([image.width, image.height, image.width, image.height], dtype=boxes.dtype)
-        box = torch.minimum(boxes[best].cpu().clamp(min=0), limits)
-        return box.tolist(), float(scores[best])
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        order = scores.argsort(descending=True, stable=True)
+        return [(boxes[i].tolist(), float(scores[i])) for i in order]
+
+    def detect(self, image: Image.Image, class_name: str) -> tuple[list[float], float] | None:
+        """The highest-scoring box for ``class_name`` and its score (`detect_all`'s first), or None when no box passes
+        the threshold."""
+        found = self.detect_all(image, class_name)
+        return found[0] if found else None
 
     def __call__(self, image: Image.Image, class_name: str) -> tuple[Image.Image, list[float] | None]:
         """Crop the subject.

@@ -1,0 +1,100 @@
+"""Per-subject options: ``--subject PHOTO`` starts a subject, and its class, box or region (``--subject-class``,
+``--box``, ``--mask``) follow it. Options given before the first ``--subject`` belong to the first."""
+
+from __future__ import annotations
+
+import argparse
+
+from siso.config import MAX_SUBJECTS, ComposeSettings
+
+# Option dest -> the key of a subject's spec.
+SUBJECT_KEYS = {"subject": "photo", "subject_class": "class", "box": "box", "mask": "mask"}
+
+
+class SubjectOption(argparse.Action):
+    """Records (key, value) in command-line order under ``subject_options``; `subject_specs` groups them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        recorded = list(getattr(namespace, "subject_options", None) or [])  # a copy: never the shared default
+        recorded.append((SUBJECT_KEYS[self.dest], option_string, values))
+        namespace.subject_options = recorded
+
+
+def add_subject_option(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
+    """An option of the subject before it (``dest`` one of `SUBJECT_KEYS`)."""
+    parser.add_argument(*flags, action=SubjectOption, **kwargs)
+    parser.set_defaults(subject_options=[])
+
+
+def subject_specs(args: argparse.Namespace) -> list[dict]:
+    """The subjects of the command line: one dict per ``--subject`` with ``photo`` and any of ``class``, ``box``,
+    ``mask`` (strings as given).
+
+    Raises:
+        ValueError: an option given twice for one subject (more boxes or classes than subjects), options but no
+            ``--subject``, or more than `MAX_SUBJECTS` subjects.
+    """
+    specs: list[dict] = []
+    before: list[tuple[str, str, str]] = []
+    for key, flag, value in args.subject_options:
+        if key == "photo":
+            specs.append({})
+        target = specs[-1] if specs else None
+        if target is None:
+            before.append((key, flag, value))
+            continue
+        if key == "photo" and len(specs) == 1:
+            specs[0].update({k: v for k, _, v in before})  # --box B --subject S: the box is S's
+        if key in target:
+            raise ValueError(
+                f"{flag} given twice for subject {len(specs)}: each {flag} belongs to the --subject before it, so "
+                f"there are more of them than subjects"
+            )
+        target[key] = value
+    if before and not specs:
+        raise ValueError(f"{before[0][1]} belongs to a subject: give --subject PHOTO")
+    if len(specs) > MAX_SUBJECTS:
+        raise ValueError(f"{len(specs)} subjects given; at most {MAX_SUBJECTS} compose one image")
+    return specs
+
+
+def add_compose_options(parser: argparse.ArgumentParser) -> None:
+    """The weights of the composition loss (`siso.config.ComposeSettings`), for several subjects or one in a box."""
+    group = parser.add_argument_group("several subjects, or one in a box")
+    defaults = ComposeSettings()
+    group.add_argument(
+        "--worst-weight",
+        type=float,
+        metavar="W",
+        help=f"weight of the worst subject's excess over the mean identity term, 0..1 ({defaults.worst_weight})",
+    )
+    group.add_argument(
+        "--leak-weight",
+        type=float,
+        metavar="W",
+        help=f"weight of the leakage term: a box looking like another subject ({defaults.leak_weight})",
+    )
+    group.add_argument(
+        "--leak-margin",
+        type=float,
+        metavar="M",
+        help=f"leakage tolerance: how much more alike than the two photos a box may look ({defaults.leak_margin})",
+    )
+    group.add_argument(
+        "--presence-weight",
+        type=float,
+        metavar="W",
+        help="weight of the presence term: the subject likely inside its box, unlikely outside "
+        f"({defaults.presence_weight}; 0: off)",
+    )
+    group.add_argument(
+        "--presence-top-k",
+        type=float,
+        metavar="SHARE",
+        help=f"share of the cells inside and outside a box the presence term averages ({defaults.presence_top_k})",
+    )
+
+
+def compose_settings(args: argparse.Namespace) -> dict:
+    """The composition flags as overrides for `siso.config.SisoConfig.for_model` (``None``: not given)."""
+    return {name: getattr(args, name) for name in ComposeSettings.__dataclass_fields__}
