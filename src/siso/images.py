@@ -102,7 +102,10 @@ def loss_plot(series: dict[str, list[float]], best_iteration: int, size: tuple[i
     """
     width, height = size
     left, right, top, bottom = 60, 120, 20, 30
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    # Ten colours: a run of several subjects plots up to about ten terms (per network, per subject, leakage, ...).
+    colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    ]  # fmt: skip
     plot = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(plot)
     finite = [v for values in series.values() for v in values if math.isfinite(v)]
