@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from siso.app.progress import Progress, finished, frames, identities
@@ -30,12 +29,10 @@ from siso.app.uploads import (
     whole_number,
 )
 from siso.backbones import Backbone, check_can_edit, load_backbone
-from siso.compose import Subject, subject_names
 from siso.config import EditConfig, OptimSettings, SisoConfig
 from siso.devices import resolve_dtype
-from siso.editing import prepare_scene
 from siso.lora import LoraError, load_lora
-from siso.losses import CompositionLoss, SubjectLosses
+from siso.losses import SubjectLosses
 from siso.optimize import EarlyStopping
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob
@@ -159,13 +156,12 @@ class Studio:
         composed = len(subjects) > 1 or subjects[0].box is not None
 
         def run(out: RunFolder, callback) -> dict:
-            if composed:
-                loss = self._composition(subjects, [subject.box.pixels(side, side) for subject in subjects], config)
-            else:
-                loss = self._losses(subjects[0].image)
+            # Either loss on the networks the app loaded once: one subject's set to it, or those networks for several.
+            loss, nets = (None, self._nets(subjects[0].image)) if composed else (self._losses(subjects[0].image), None)
             return run_generate(
-                out, config, subjects, None, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback
-            )
+                out, config, subjects, None, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback,
+                nets=nets,
+            )  # fmt: skip
 
         yield from self._stream(session, "learn", config.optim, run)
 
@@ -224,30 +220,18 @@ class Studio:
                     out, config, job, subject.image, paths={"subject": subject.path}, progress=False,
                     backbone=self.backbone, loss_fn=self._losses(subject.image), callback=callback,
                 )  # fmt: skip
-            # The boxes `run_edit` learns the subjects on: around each region in the photo as the model sees it.
-            union = np.logical_or.reduce([subject.region for subject in subjects])
-            scene = prepare_scene(photo, union, self.backbone.resolution, config.edit.mask_dilation)
-            loss = self._composition(subjects, [scene.locate(subject.region) for subject in subjects], config)
             return run_edit(
-                out, config, job, subjects, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback
-            )
+                out, config, job, subjects, progress=False, backbone=self.backbone, callback=callback,
+                nets=self._nets(subjects[0].image),
+            )  # fmt: skip
 
         yield from self._stream(session, "edit", config.optim, run)
 
-    def _composition(
-        self, subjects: list[Subject], boxes: list[tuple[int, int, int, int]], config: SisoConfig
-    ) -> CompositionLoss:
-        """The loss of several subjects (or one in a box), each judged on its box in whole pixels of the model's image,
-        as `run_generate` and `run_edit` build it but on the networks the app loaded once."""
-        similarity = self._losses(subjects[0].image)
-        return CompositionLoss(
-            dict(similarity.nets),
-            [subject.image for subject in subjects],
-            boxes,
-            subject_names([subject.class_name for subject in subjects]),
-            similarity.weights,
-            config.compose,
-        )
+    def _nets(self, subject: Image.Image) -> tuple[dict, dict]:
+        """The similarity networks the app loaded once (loading them at the first subject) and their weights, for the
+        loss of several subjects that `run_generate` and `run_edit` build on them."""
+        similarity = self._losses(subject)
+        return dict(similarity.nets), similarity.weights
 
     def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
         """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a

@@ -127,9 +127,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         job = EditJob(scene, mask, source, args.object, spec.get("class"), args.prompt, args.detector, args.segmenter)
         subject = load_subject(spec["photo"])
     else:
-        for k, (mask, _) in enumerate(regions, 1):
-            if mask is None:
-                raise ValueError(f"subject {k} has no region: give --box or --mask after its --subject")
         sources = "; ".join(source for _, source in regions)
         job = EditJob(scene, None, sources, None, None, args.prompt, args.detector, args.segmenter)
         subject = [

@@ -44,6 +44,7 @@ def run_generate(
     callback: IterationCallback | None = None,
     notify: Callable[[str], None] | None = None,
     detector: str = DEFAULT_DETECTOR,
+    nets: tuple[dict, dict] | None = None,
 ) -> dict:
     """Optimize a subject (or several, each in its box), save it, then generate every prompt x seed of ``job`` (if
     any) with the learned LoRA.
@@ -63,6 +64,8 @@ def run_generate(
             keeps the best so far).
         notify: Told each line worth a user's eye before the optimization (a subject put in a default slot).
         detector: Grounding DINO, to find the layout of several subjects without boxes.
+        nets: Similarity networks already loaded and their weights (`siso.losses.load_nets`), for the loss of
+            several subjects (or one in a box) when ``loss_fn`` is not given (the app's).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -89,15 +92,7 @@ def run_generate(
             {**s.record(), "class": name, "box": str(p.box), "box_pixels": box, "placed": p.source, "term": term}
             for s, name, p, box, term in zip(subjects, classes, placements, boxes, names, strict=True)
         ]
-        loss_fn = loss_fn or CompositionLoss.from_pretrained(
-            config.similarity,
-            [s.image for s in subjects],
-            boxes,
-            names,
-            config.compose,
-            backbone.device,
-            backbone.dtype,
-        )
+        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, names, nets)
     else:
         loss_fn = loss_fn or SimilarityLoss.from_pretrained(
             config.similarity, subjects[0].image, backbone.device, backbone.dtype
@@ -166,12 +161,13 @@ def run_edit(
     backbone: Backbone | None = None,
     loss_fn: Objective | None = None,
     callback: IterationCallback | None = None,
+    nets: tuple[dict, dict] | None = None,
 ) -> dict:
     """Edit a photo: find the object mask, invert the photo, optimize the subject LoRA, write the run folder.
 
     ``config.train_prompt`` is replaced by the job's prompt (given, or "a photo of a {subject class}").
     Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`. ``backbone``,
-    ``loss_fn`` and ``callback`` as `run_generate`'s (the callback sees the crop of each edit).
+    ``loss_fn``, ``callback`` and ``nets`` as `run_generate`'s (the callback sees the crop of each edit).
 
     Args:
         subject: The subject photo, or several subjects (`siso.compose.Subject`), each with its ``region`` of the
@@ -207,15 +203,7 @@ def run_edit(
                 for s, name, box, term in zip(subjects, classes, boxes, terms, strict=True)
             ]
         }
-        loss_fn = loss_fn or CompositionLoss.from_pretrained(
-            config.similarity,
-            [s.image for s in subjects],
-            boxes,
-            terms,
-            config.compose,
-            backbone.device,
-            backbone.dtype,
-        )
+        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, terms, nets)
         subject = subjects[0].image
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
@@ -261,6 +249,25 @@ def run_edit(
     if not result.complete:
         raise KeyboardInterrupt
     return metrics
+
+
+def _composition_loss(
+    config: SisoConfig,
+    backbone: Backbone,
+    subjects: Sequence[Subject],
+    boxes: list[tuple[int, int, int, int]],
+    terms: list[str],
+    nets: tuple[dict, dict] | None,
+) -> CompositionLoss:
+    """The loss of ``subjects`` in their ``boxes`` (whole pixels of the model's image), on ``nets`` (networks, weights)
+    when given, else on the networks of ``config.similarity``, loaded here."""
+    images = [subject.image for subject in subjects]
+    if nets is None:
+        return CompositionLoss.from_pretrained(
+            config.similarity, images, boxes, terms, config.compose, backbone.device, backbone.dtype
+        )
+    networks, weights = nets
+    return CompositionLoss(networks, images, boxes, terms, weights, config.compose)
 
 
 def _ir_note(config: SisoConfig) -> str:
