@@ -13,6 +13,7 @@ from siso.config.editing import (
     EditSettings,
     InversionSettings,
 )
+from siso.config.fidelity import NEGATIVE_KINDS, IPAdapterSettings, NegativeSettings
 from siso.config.run import SisoConfig
 from siso.config.settings import (
     DTYPES,
@@ -38,6 +39,7 @@ __all__ = [
     "FAST_DINO_RESOLUTION",
     "INVERSION_METHODS",
     "MAX_SUBJECTS",
+    "NEGATIVE_KINDS",
     "QUANTIZE_METHODS",
     "SEED_MAX",
     "SEED_MIN",
@@ -46,9 +48,11 @@ __all__ = [
     "EditConfig",
     "EditSettings",
     "FastSettings",
+    "IPAdapterSettings",
     "InversionSettings",
     "LoraSettings",
     "MemorySettings",
+    "NegativeSettings",
     "OptimSettings",
     "SimilaritySettings",
     "SisoConfig",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Self
 
 from siso.config.accel import AccelSettings
+from siso.config.fidelity import IPAdapterSettings, NegativeSettings
 from siso.config.settings import (
     DTYPES,
     ComposeSettings,
@@ -41,6 +42,8 @@ class SisoConfig:
             speed and memory only, images equal up to float rounding.
         compose: The loss terms of several subjects, or of one in a box (`ComposeSettings`); unused for one subject
             anywhere in the image.
+        negatives: Negative targets added to the loss (`NegativeSettings`); none by default.
+        ip_adapter: A frozen IP-Adapter to start from (`IPAdapterSettings`); none by default.
     """
 
     model: str = "sdxl-turbo"
@@ -55,6 +58,8 @@ class SisoConfig:
     fast: FastSettings = field(default_factory=FastSettings)
     accel: AccelSettings = field(default_factory=AccelSettings)
     compose: ComposeSettings = field(default_factory=ComposeSettings)
+    negatives: NegativeSettings = field(default_factory=NegativeSettings)
+    ip_adapter: IPAdapterSettings = field(default_factory=IPAdapterSettings)
 
     def __post_init__(self):
         self.similarity = self.fast.similarity_for(self.similarity)
