@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siso.images import ImageError, contact_sheet, load_subject, loss_plot, pil_to_tensor, tensor_to_pil
+from siso.images import ImageError, contact_sheet, load_photos, load_subject, loss_plot, pil_to_tensor, tensor_to_pil
 
 
 def _photo(w=96, h=64) -> Image.Image:
@@ -114,3 +114,29 @@ def test_contact_sheet_and_loss_plot():
     assert sheet.size == (8 * 32, 2 * (32 + 14))
     plot = loss_plot({"loss": [1.0, 0.5, float("nan"), 0.4], "dino": [0.5, 0.3, 0.2, 0.1]}, best_iteration=3)
     assert plot.size == (640, 360) and len(set(plot.getdata())) > 3
+
+
+def test_load_photos_of_a_file_and_of_a_folder(tmp_path):
+    _photo().save(tmp_path / "one.png")
+    photos, files = load_photos(tmp_path / "one.png")
+    assert len(photos) == 1 and files == [str(tmp_path / "one.png")]
+    folder = tmp_path / "dog"
+    folder.mkdir()
+    _photo(80, 80).save(folder / "b.JPG")
+    _photo().save(folder / "a.png")
+    (folder / "notes.txt").write_text("not a photo")
+    _photo().save(folder / ".hidden.png")
+    (folder / "sub.png").mkdir()  # a folder named like a photo is not one
+    photos, files = load_photos(folder)
+    assert files == [str(folder / "a.png"), str(folder / "b.JPG")]  # name order; other files left alone
+    assert [p.size for p in photos] == [(96, 64), (80, 80)] and all(p.mode == "RGB" for p in photos)
+
+
+def test_load_photos_of_an_empty_folder_or_a_broken_photo_names_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(ImageError, match=f"subject folder {tmp_path} holds no photo"):
+        load_photos(tmp_path)
+    _photo().save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ImageError, match=f"{tmp_path / 'b.jpg'}"):
+        load_photos(tmp_path)

@@ -11,7 +11,7 @@ from siso.backbones import load_backbone
 from siso.config import LoraSettings
 from siso.lora import add_lora, restore, snapshot
 from siso.losses import SimilarityLoss
-from siso.optimize import EarlyStopping, optimize_lora, optimize_subject
+from siso.optimize import EarlyStopping, generation_render, optimize_lora, optimize_subject
 
 
 def _images_equal(a, b) -> bool:
@@ -285,3 +285,27 @@ def test_channels_last_vae_changes_images_only_by_rounding_and_is_undone(sd_back
         fast = sd_backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1).detach()
     assert sd_backbone.pipe.vae.decoder.conv_in.weight.is_contiguous()  # the stock layout again for `generate`
     assert (fast - plain).abs().max() <= 1e-5  # different convolution kernels, same image up to float rounding
+
+
+def test_several_photos_and_negatives_from_the_config(model_dirs, subject, make_config):
+    config = make_config("sd", max_iters=2)
+    config.negatives.kinds = ("blur",)
+    mirrored = subject.transpose(0)  # PIL's FLIP_LEFT_RIGHT: a second photo of the same subject
+    result = optimize_subject(
+        load_backbone(str(model_dirs["sd"]), "fp32", "cpu"), [subject, mirrored], config, progress=False
+    )
+    first = result.history[0]
+    assert {"dino", "ir", "negative/blur", "loss"} <= set(first)
+    # Iteration 0 is the frozen model's image: its similarity is the mean over both photos'.
+    frozen = load_backbone(str(model_dirs["sd"]), "fp32", "cpu")
+    with torch.no_grad():
+        image = generation_render(frozen, config)(frozen.encode_prompt(config.train_prompt))
+        alone = [
+            SimilarityLoss.from_pretrained(config.similarity, p, "cpu", torch.float32)(image)
+            for p in (subject, mirrored)
+        ]
+    for name in ("dino", "ir"):
+        assert first[name] == pytest.approx((float(alone[0][name]) + float(alone[1][name])) / 2, abs=1e-6)
+    config.negatives.kinds = ("generic",)  # its images come from the run (draw_generic), not from here
+    with pytest.raises(ValueError, match="generic negative needs generic images"):
+        optimize_subject(frozen, subject, config, progress=False)

@@ -35,6 +35,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, trainers
 from transformers import (
     BertConfig,
@@ -586,4 +587,46 @@ def make_sam(path: str | PathLike) -> Path:
         mask_pad_size={"height": 32, "width": 32},
     )
     SamProcessor(image_processor=image_processor).save_pretrained(path)
+    return path
+
+
+def make_ip_adapter(path: str | PathLike, unet: UNet2DConditionModel) -> Path:
+    """A tiny h94/IP-Adapter for ``unet`` in the Hub repo's SDXL layout; returns the folder (``model`` of
+    `siso.config.IPAdapterSettings`, whose default weight file it holds).
+
+    ``sdxl_models/ip-adapter_sdxl.safetensors`` holds the keys ``load_ip_adapter`` reads: ``image_proj.*`` (the
+    ``ImageProjection`` from the image embedding to 4 tokens of the UNet's cross-attention width) and
+    ``ip_adapter.{k}.to_k_ip/to_v_ip.weight`` for each cross-attention layer, numbered 1, 3, 5, ... in the order of
+    ``unet.attn_processors`` as diffusers' own tests build them (``create_ip_adapter_state_dict``).
+    ``sdxl_models/image_encoder`` is a CLIP vision tower with projection (28 px, 16-d embeds); with no feature
+    extractor in the pipeline, ``load_ip_adapter`` makes a ``CLIPImageProcessor`` of the encoder's 28 px.
+    """
+    path = Path(path)
+    cross = unet.config.cross_attention_dim
+    torch.manual_seed(0)
+    state = {}
+    key_id = 1
+    for name in unet.attn_processors:  # diffusers' order: what its loader numbers the same way
+        if name.endswith("attn1.processor"):  # self-attention has no image branch
+            continue
+        block = name.split(".")[0]
+        if block == "mid_block":
+            hidden = unet.config.block_out_channels[-1]
+        else:
+            index = int(name.split(".")[1])
+            channels = unet.config.block_out_channels
+            hidden = (channels if block == "down_blocks" else list(reversed(channels)))[index]
+        for kind in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{key_id}.{kind}.weight"] = torch.nn.Linear(cross, hidden, bias=False).weight.detach()
+        key_id += 2
+    encoder_dir = make_clip_vision(path / "sdxl_models" / "image_encoder")
+    embed_dim = CLIPVisionConfig.from_pretrained(encoder_dir).projection_dim
+    torch.manual_seed(0)
+    projection = torch.nn.Linear(embed_dim, 4 * cross)  # 4 image tokens, as every h94 IP-Adapter (not "plus")
+    norm = torch.nn.LayerNorm(cross)
+    state["image_proj.proj.weight"] = projection.weight.detach()
+    state["image_proj.proj.bias"] = projection.bias.detach()
+    state["image_proj.norm.weight"] = norm.weight.detach()
+    state["image_proj.norm.bias"] = norm.bias.detach()
+    save_file({k: v.contiguous() for k, v in state.items()}, path / "sdxl_models" / "ip-adapter_sdxl.safetensors")
     return path

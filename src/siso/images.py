@@ -46,6 +46,31 @@ def load_subject(path: str | Path, what: str = "subject photo") -> Image.Image:
     return _to_rgb(img)
 
 
+# What a folder of subject photos is read for (other files in it, a notes.txt, are left alone).
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def load_photos(path: str | Path) -> tuple[list[Image.Image], list[str]]:
+    """The subject photos of ``path``: one photo file, or every photo in a folder (`PHOTO_SUFFIXES`, hidden files
+    left out, in name order), each read by `load_subject`.
+
+    Returns:
+        The photos and their files.
+
+    Raises:
+        ImageError: the path is missing, a folder holds no photo, or one of its photos is unusable (naming the file).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [load_subject(path)], [str(path)]
+    files = sorted(
+        p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        raise ImageError(f"subject folder {path} holds no photo ({', '.join(PHOTO_SUFFIXES)})")
+    return [load_subject(file) for file in files], [str(file) for file in files]
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit (or 32-bit int) grayscale: PIL's convert("RGB") clips to 255, so scale explicitly.

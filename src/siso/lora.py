@@ -1,11 +1,15 @@
 """LoRA adapters through peft, saved and loaded with diffusers' own LoRA I/O.
 
 A saved subject is a folder with ``pytorch_lora_weights.safetensors`` (with peft adapter metadata) that a stock
-``pipe.load_lora_weights(folder)`` loads, plus ``siso_subject.json`` naming the backbone it was learned on.
+``pipe.load_lora_weights(folder)`` loads, plus ``siso_subject.json`` naming the backbone it was learned on. A subject
+learned over an IP-Adapter also records the adapter (``"ip_adapter"``: model, weight file, scale, image files) and
+keeps its images as lossless PNGs (``ip_adapter_image.png``, ``ip_adapter_image_1.png``, ...): a stock pipeline
+with ``load_ip_adapter``, ``set_ip_adapter_scale`` and ``ip_adapter_image=[[those images]]`` draws the same images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -16,10 +20,11 @@ from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from siso.backbones import Backbone
-from siso.config import LoraSettings
+from siso.config import IPAdapterSettings, LoraSettings
 from siso.io import atomic_folder, write_json
 
 ADAPTER = "default"
@@ -109,10 +114,45 @@ def save_lora(backbone: Backbone, directory: str | Path, **subject_info) -> Path
     for name, module in modules.items():
         kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
         kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[ADAPTER].to_dict()
+    if backbone.ip_adapter is not None:
+        names = [f"ip_adapter_image{f'_{k}' if k else ''}.png" for k in range(len(backbone.ip_adapter_images))]
+        subject_info = {**subject_info, "ip_adapter": {**dataclasses.asdict(backbone.ip_adapter), "images": names}}
     with atomic_folder(directory) as partial:
         type(backbone.pipe).save_lora_weights(partial, **kwargs)
+        if backbone.ip_adapter is not None:
+            for name, image in zip(names, backbone.ip_adapter_images, strict=True):
+                image.save(partial / name)  # PNG: lossless, so the adapter sees the same pixels when reused
         write_json(partial / SUBJECT_FILE, {"resolution": backbone.resolution, **subject_info})
     return Path(directory)
+
+
+def saved_ip_adapter(directory: str | Path) -> tuple[IPAdapterSettings, list[Image.Image]] | None:
+    """The IP-Adapter a saved subject was learned over and its images (``None``: none), read without loading any
+    model; give them to `siso.backbones.Backbone.load_ip_adapter` before `load_lora`.
+
+    Raises:
+        LoraError: the record or an image is missing or damaged.
+    """
+    record = read_subject_info(directory).get("ip_adapter")
+    if record is None:
+        return None
+    path = Path(directory) / SUBJECT_FILE
+    fix = f"restore it, or delete {directory} and learn the subject again"
+    try:
+        settings = IPAdapterSettings(record["model"], record["weight_name"], record["scale"])
+        names = list(record["images"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise LoraError(f"{path}: its IP-Adapter record is damaged ({err}); {fix}") from None
+    if not names:
+        raise LoraError(f"{path}: its IP-Adapter record names no image; {fix}")
+    images = []
+    for name in names:
+        try:
+            with Image.open(Path(directory) / name) as image:
+                images.append(image.convert("RGB"))
+        except OSError as err:
+            raise LoraError(f"{Path(directory) / name}, the IP-Adapter's image, does not read ({err}); {fix}") from None
+    return settings, images
 
 
 def read_subject_info(directory: str | Path) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -109,7 +109,7 @@ class SisoResult:
 
 def optimize_subject(
     backbone: Backbone,
-    subject: Image.Image,
+    subject: Image.Image | Sequence[Image.Image],
     config: SisoConfig,
     callback: IterationCallback | None = None,
     loss_fn: SimilarityLoss | None = None,
@@ -124,8 +124,10 @@ def optimize_subject(
 
     Args:
         backbone: A frozen backbone without LoRA (`siso.backbones.load_backbone`).
-        subject: The subject photo (RGB).
-        config: Run configuration.
+        subject: The subject photo (RGB), or several photos of it.
+        config: Run configuration. With ``config.ip_adapter`` the adapter is loaded here (with ``subject`` as its
+            image) unless the backbone carries one; ``config.negatives``' generic negative needs ``loss_fn`` (its
+            images come from `siso.runs.negatives.draw_generic`).
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         loss_fn: A prebuilt `SimilarityLoss` (loaded from ``config.similarity`` when omitted).
         progress: Show a tqdm bar.
@@ -136,7 +138,12 @@ def optimize_subject(
         A KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the CLI) ends the run with ``stop_reason =
         "interrupted"`` and the best result so far; if it comes before the first image, it propagates.
     """
-    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    photos = [subject] if isinstance(subject, Image.Image) else list(subject)
+    if config.ip_adapter.enabled and backbone.ip_adapter is None:
+        backbone.load_ip_adapter(config.ip_adapter, photos)
+    loss_fn = loss_fn or SimilarityLoss.from_pretrained(
+        config.similarity, photos, backbone.device, backbone.dtype, negatives=config.negatives
+    )
     return optimize_generation(backbone, loss_fn, config, callback, progress, loss_vae)
 
 
@@ -277,7 +284,11 @@ def optimize_lora(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 history.append({"iteration": iteration, **values, "seconds": time.perf_counter() - start})
-                bar.set_postfix(loss=f"{values['loss']:.4f}", best=f"{stopper.best:.4f}", refresh=False)
+                # The opt-in terms beside the total, so that a user sees what they add.
+                extra = {name: f"{value:.4f}" for name, value in values.items() if name.startswith("negative")}
+                bar.set_postfix(
+                    {"loss": f"{values['loss']:.4f}", "best": f"{stopper.best:.4f}", **extra}, refresh=False
+                )
                 if stop_reason != "max_iters":
                     break
     except KeyboardInterrupt:

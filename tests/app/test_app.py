@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from console import run_siso
 from PIL import Image
 
 from siso.app.studio import AppSettings, Studio, UploadError, check_upload, train_prompt_for
-from siso.app.uploads import learn_subjects
+from siso.app.uploads import learn_subjects, upload_subject
 from siso.cli.app import is_loopback
 from siso.config import SimilaritySettings, SisoConfig
+from siso.losses import SimilarityLoss
 from siso.runs.folder import RunFolder
 from siso.runs.run import run_generate
 
@@ -33,6 +35,25 @@ def studio(model_dirs, tmp_path_factory):
 
 def _learn(studio, session, subject_path, **kwargs):
     return list(studio.learn(session, subject_path, "a photo of a dog", **{"max_iters": 3, **kwargs}))
+
+
+@pytest.fixture
+def album(subject, tmp_path) -> list[Path]:
+    """Two photos of the subject: as it is, and mirrored."""
+    front, side = tmp_path / "front.png", tmp_path / "side.png"
+    subject.save(front)
+    subject.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(side)
+    return [front, side]
+
+
+def _learned_from(studio, photos: list[Path]) -> None:
+    """The app's loss holds one reference per photo, in order, each as the loss of that photo alone holds it."""
+    loss = studio._losses._loss
+    for k, path in enumerate(photos):
+        alone = SimilarityLoss(dict(loss.nets), Image.open(path).convert("RGB"), loss.weights)
+        for name, references in loss.references.items():
+            assert references.shape[0] == len(photos)
+            torch.testing.assert_close(references[k], alone.references[name][0])
 
 
 def test_check_upload_gives_readable_messages(tmp_path, subject_path):
@@ -139,6 +160,44 @@ def test_learn_streams_every_iteration_then_the_subject(studio, subject_path):
     with zipfile.ZipFile(final.run_zip) as archive:
         assert {"best.png", "config.json", "metrics.json"} <= set(archive.namelist())
     assert str(studio.root) in final.lora_zip  # everything under the root
+    assert final.message.endswith("; subject: 1 photo") and running[0].message.endswith("; subject: 1 photo")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["subject"] == "subject.png" and config["photos"] == ["subject.png"]
+
+
+def test_learn_from_several_photos_of_the_subject(studio, album):
+    progress = _learn(studio, "album", album, max_iters=2)
+    assert progress[0].message.endswith("; subject: 2 photos") and progress[-1].message.endswith("; subject: 2 photos")
+    (folder,) = (studio.root / "album").glob("learn-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["subject"] == "front.png" and config["photos"] == ["front.png", "side.png"]
+    _learned_from(studio, album)
+
+
+def test_every_photo_is_checked_and_named(studio, album, tmp_path):
+    """One bad photo among several: one line naming it, and no run folder."""
+    broken = tmp_path / "notes.png"
+    broken.write_text("not an image")
+    with pytest.raises(UploadError, match="subject photo notes.png is not an image") as err:
+        next(studio.learn("album-refusals", [*album, broken], "a photo of a dog"))
+    assert str(tmp_path) not in str(err.value)
+    with pytest.raises(UploadError, match="second subject photo notes.png is not an image"):
+        next(studio.learn("album-refusals", album, "", "dog", box="0,0,0.5,1", second_path=[album[0], broken],
+                          second_class="cat", second_box="0.5,0,1,1"))  # fmt: skip
+    with pytest.raises(UploadError, match="11 photos of one subject; at most 10"):
+        next(studio.learn("album-refusals", album * 5 + [broken], "a photo of a dog"))
+    with pytest.raises(UploadError, match="upload a subject photo first"):
+        next(studio.learn("album-refusals", [], "a photo of a dog"))
+    assert not (studio.root / "album-refusals").exists()
+    # The limits hold for each photo.
+    large = tmp_path / "large.png"
+    Image.new("RGB", (128, 128)).save(large)
+    settings = AppSettings(root=tmp_path, max_pixels=10_000)
+    with pytest.raises(UploadError, match="the subject photo large.png has 0.0 megapixels; the limit is 0.01"):
+        upload_subject([*album, large], settings, "subject photo", "dog")
+    megabyte = AppSettings(root=tmp_path, max_upload_mb=1e-6)
+    with pytest.raises(UploadError, match=r"the subject photo front.png is 0\.0 MB; the limit is 1e-06 MB"):
+        upload_subject(album, megabyte, "subject photo", "dog")
 
 
 def test_stop_ends_the_run_at_once_and_keeps_the_best(studio, subject_path):
@@ -287,6 +346,25 @@ def test_edit_with_a_box_and_its_refusals(studio, subject_path):
         next(studio.edit("boxer", _scene(False), "1,2,3", subject_path, "dog"))
     with pytest.raises(UploadError, match="upload a subject photo first"):
         next(studio.edit("boxer", _scene(True), "", None, "dog"))
+
+
+def test_edit_with_several_photos_of_each_subject(studio, album, subject_path):
+    progress = list(studio.edit("album-editor", _scene(True), "", album, "dog", max_iters=1))
+    assert progress[-1].message.endswith("; subject: 2 photos") and progress[-1].lora_zip
+    (folder,) = (studio.root / "album-editor").glob("edit-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["subject"] == "front.png" and config["photos"] == ["front.png", "side.png"]
+    _learned_from(studio, album)
+    # Two subjects: the first from two photos, the second from one; each listed with its photos.
+    two = {"second_path": subject_path, "second_class": "cat", "second_box": "70,20,120,80"}
+    progress = list(studio.edit("album-pair", _scene(True), "", album, "dog", max_iters=1, **two))
+    assert progress[0].message.endswith("; photos: dog 2, cat 1") and progress[-1].message.endswith("dog 2, cat 1")
+    (folder,) = (studio.root / "album-pair").glob("edit-*")
+    config = json.loads((folder / "config.json").read_text())
+    assert [(s["photo"], s["photos"], s["class"]) for s in config["subjects"]] == [
+        ("front.png", ["front.png", "side.png"], "dog"),
+        ("subject.png", ["subject.png"], "cat"),
+    ]
 
 
 def test_edit_two_subjects_each_in_its_region(studio, subject_path):

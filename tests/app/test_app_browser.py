@@ -1,8 +1,9 @@
 """`siso app` in a real browser: headless Chromium (Debian's, through Playwright) drives the page on a tiny model.
 
 Learn: upload a photo, Start, see iteration images arrive while the run goes on, Stop, get the best image and the
-subject's LoRA; then Generate one image with it; then learn two subjects in one image, each in its box. A screenshot
-of every stage goes to the test's folder (and to ``$SISO_SCREENSHOTS`` when set: the README's screenshot is made so).
+subject's LoRA; then Generate one image with it; then learn two subjects in one image, each in its box. Also: learn
+from two photos of one subject. A screenshot of every stage goes to the test's folder (and to ``$SISO_SCREENSHOTS``
+when set: the README's screenshot is made so).
 """
 
 import json
@@ -69,9 +70,12 @@ def _wait(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _start_learning(page, subject_path, iterations: str):
-    page.locator("#subject-photo input[type=file]").set_input_files(str(subject_path))
+def _start_learning(page, subject_path, iterations: str, *more_photos):
+    photos = [str(path) for path in (subject_path, *more_photos)]
+    page.locator("#subject-photo input[type=file]").set_input_files(photos)
     page.locator("#subject-photo img").first.wait_for(timeout=30_000)
+    gallery = page.locator("#subject-photo img")
+    _wait(lambda: gallery.count() == len(photos), 30, f"{len(photos)} photos in the subject's gallery")
     page.get_by_label("Subject class", exact=True).press_sequentially("dog")  # typed, as a person does
     _wait(lambda: page.get_by_label("Train prompt").input_value() == "a photo of a dog", 10, "the prefilled prompt")
     page.get_by_text("Advanced").click()
@@ -153,6 +157,24 @@ def test_learn_watch_stop_download_and_generate_in_chromium(served, subject, sub
     (folder,) = [f for f in studio.root.glob("*/learn-*") if "subjects" in json.loads((f / "config.json").read_text())]
     classes = [(s["class"], s["box"]) for s in json.loads((folder / "config.json").read_text())["subjects"]]
     assert classes == [("dog", "0,0,0.5,1"), ("cat", "0.5,0,1,1")]
+
+
+def test_learn_from_two_photos_of_the_subject_in_chromium(served, subject, subject_path, tmp_path):
+    app_url, studio = served
+    side = tmp_path / "side.png"
+    subject.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(side)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url)
+        _start_learning(page, subject_path, "2", side)  # both photos chosen at once, as from a file dialog
+        status = page.locator("#status")
+        _wait(lambda: "Done: max iterations reached" in status.inner_text(), 60, "the run to end")
+        assert "subject: 2 photos" in status.inner_text()
+        page.screenshot(path=str(tmp_path / "app-two-photos.png"), full_page=True)
+        browser.close()
+    configs = [json.loads((f / "config.json").read_text()) for f in studio.root.glob("*/learn-*")]
+    assert [c["photos"] for c in configs if len(c.get("photos", [])) > 1] == [["subject.png", "side.png"]]
 
 
 def test_closing_the_page_mid_run_ends_the_run_and_frees_the_model(served, subject_path):

@@ -36,6 +36,7 @@ from siso.eval.suites import (
 )
 from siso.hub import ModelLoadError
 from siso.lora import WEIGHTS_FILE, add_lora, save_lora
+from siso.losses import GuieNet
 from siso.vision.masks import box_mask
 
 # The real file's format (google/dreambooth dataset/prompts_and_classes.txt), with fewer subjects and prompts.
@@ -449,7 +450,11 @@ def test_eval_run_generates_scores_and_resumes(dreambench, model_dirs, eval_mode
     assert sorted(p.name for p in (out / "subjects").iterdir()) == ["dog", "red_teapot"]
     info = json.loads((out / "subjects" / "dog" / "lora" / "siso_subject.json").read_text())
     assert info["train_prompt"] == "a photo of a dog"
+    assert info["photos"] == [str(items[0].subject_image)]  # the first of its two photos: the paper's protocol
     assert json.loads((out / "subjects" / "dog" / "metrics.json").read_text())["stop_reason"] == "max_iters"
+    optimization = json.loads((out / "scores" / "summary.json").read_text())["optimization"]
+    iterations = optimization[0]
+    assert (iterations["metric"], iterations["mean"], iterations["n"]) == ("iterations", 2, 2)  # per subject's LoRA
     assert [r["item"] for r in read_records(out / "scores" / ITEMS_FILE)] == [i.id for i in items]
 
     # Resume: a lost image is regenerated from the saved LoRA (no new optimization) and matches the original.
@@ -471,6 +476,28 @@ def test_eval_run_per_prompt_protocol_and_limit(dreambench, model_dirs, eval_mod
     info = json.loads((out / "subjects" / "dog" / "01" / "lora" / "siso_subject.json").read_text())
     assert info["train_prompt"] == "a dog wearing a red hat"
     assert len(read_records(out / "scores" / ITEMS_FILE)) == 3
+
+
+def test_eval_run_takes_the_guie_checkpoint_file_for_the_loss_and_the_ir_metric(
+    dreambench, model_dirs, eval_models, tmp_path, capsys
+):
+    # A random GUIE model in the Kaggle file's layout (DataParallel's module., the tower under backbone.).
+    torch.manual_seed(0)
+    net = GuieNet(width=80, layers=1, patch=14, grid=24, mlp_width=32, embed_dim=8, out_dim=4)
+    for param in net.parameters():
+        torch.nn.init.normal_(param, std=0.2)
+    state = {"module." + k.replace("visual.", "backbone.", 1): v for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / "ir_features.pth")
+    out = tmp_path / "run"
+    args = _run_args(dreambench, model_dirs, eval_models, out, "--limit", "1")
+    args[args.index("--ir-model") + 1] = str(tmp_path / "ir_features.pth")
+    args[args.index("--metrics") + 1] = "ir"
+    args[args.index("--metric-model") : args.index("--quiet")] = [
+        "--metric-model",
+        f"ir={tmp_path / 'ir_features.pth'}",
+    ]
+    assert main(args) == 0  # the CLIP stand-in's loader would refuse a file
+    assert "| ir |" in capsys.readouterr().out
 
 
 def test_eval_run_on_two_processes_matches_one(dreambench, model_dirs, eval_models, tmp_path):
@@ -619,6 +646,8 @@ def test_eval_run_edits_scores_and_resumes(
     records = read_records(out / "scores" / ITEMS_FILE)
     assert [r["item"] for r in records] == [i.id for i in items]
     assert all(r["metrics"]["lpips_bg"] >= 0 for r in records)
+    optimization = json.loads((out / "scores" / "summary.json").read_text())["optimization"]
+    assert [(r["metric"], r["n"]) for r in optimization] == [("iterations", 2), ("seconds", 2)]  # one per edit
 
     # Each edit starts from the stock model: item 4 edited alone (never after item 3) gives the same image.
     config = EditConfig(

@@ -4,10 +4,11 @@ presence and the crops' gradients on constructed cases; the gradient reaches the
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from siso.backbones import load_backbone
-from siso.config import ComposeSettings, LoraSettings, SimilaritySettings
+from siso.config import ComposeSettings, LoraSettings, NegativeSettings, SimilaritySettings
 from siso.images import pil_to_tensor
 from siso.lora import add_lora, trainable
 from siso.losses import CompositionLoss, SimilarityLoss, presence_term
@@ -131,3 +132,91 @@ def test_the_gradient_reaches_only_the_lora(model_dirs, make_config, single):
     assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.values())
     frozen = [n for n, p in backbone.denoiser.named_parameters() if n not in lora and p.grad is not None]
     assert frozen == [] and all(p.grad is None for p in loss.parameters())
+
+
+BOTH = NegativeSettings(kinds=("blur", "generic"))
+
+
+@pytest.mark.parametrize("negatives", [NegativeSettings(), BOTH], ids=["no-negatives", "negatives"])
+@pytest.mark.parametrize("box", [None, (0, 0, 32, 32)])
+def test_one_subject_with_several_photos_is_the_single_subject_loss_exactly(single, box, negatives):
+    photos, generic = [_photo(0), _photo(2)], [_photo(7), _photo(8)]
+    nets = dict(single.nets)
+    alone = SimilarityLoss(nets, photos, single.weights, negatives, generic)
+    composed = CompositionLoss(nets, [photos], [box], ["dog"], single.weights, None, negatives, [generic])
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected, got = alone(images), composed(images)
+    assert set(got) == {*expected, "identity/dog"}
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+
+
+def test_alike_is_the_mean_cosine_over_all_pairs_of_photos(single):
+    loss = CompositionLoss(dict(single.nets), [[_photo(0), _photo(2)], _photo(1)], [None, None], ["a", "b"])
+    for name, net in loss.nets.items():
+        with torch.no_grad():
+            a0, a2, b = (F.normalize(net(pil_to_tensor(_photo(seed))), dim=-1)[0] for seed in (0, 2, 1))
+        expected = ((a0 * b).sum() + (a2 * b).sum()) / 2
+        torch.testing.assert_close(loss.alike[name][0, 1], expected)
+        torch.testing.assert_close(loss.alike[name][1, 0], expected)
+        torch.testing.assert_close(loss.alike[name][1, 1], torch.tensor(1.0))
+
+
+def test_each_subject_has_its_own_negatives_averaged_over_the_subjects(single):
+    photos, generic = [[_photo(0), _photo(2)], [_photo(1)]], [[_photo(7), _photo(8)], [_photo(9)]]
+    boxes, nets = [(0, 0, 16, 32), (16, 0, 32, 32)], dict(single.nets)
+    settings = ComposeSettings(presence_weight=0)
+    loss = CompositionLoss(nets, photos, boxes, ["a", "b"], single.weights, settings, BOTH, generic)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    terms = loss(images)
+    alone = [
+        SimilarityLoss(nets, own, single.weights, BOTH, images_k)(images[..., y0:y1, x0:x1])
+        for own, images_k, (x0, y0, x1, y1) in zip(photos, generic, boxes, strict=True)
+    ]
+    # The crops share one network call here and not there: equal up to the batch's rounding.
+    for name in ("negative/blur", "negative/generic"):
+        torch.testing.assert_close(terms[name], (alone[0][name] + alone[1][name]) / 2)
+    torch.testing.assert_close(terms["identity/a"], single.weights["dino"] * alone[0]["dino"] + alone[0]["ir"])
+    identity = torch.stack([terms["identity/a"], terms["identity/b"]])
+    base = identity.mean(0) + settings.worst_weight * (identity.max(0).values - identity.mean(0))
+    base = base + settings.leak_weight * terms["leakage"]
+    negatives = BOTH.blur_weight * terms["negative/blur"] + BOTH.generic_weight * terms["negative/generic"]
+    assert torch.equal(terms["loss"], (base + negatives).mean())
+
+
+def test_the_negatives_gradient_stays_in_the_boxes(single):
+    loss = CompositionLoss(
+        dict(single.nets),
+        [_photo(0), _photo(1)],
+        [(0, 0, 12, 32), (20, 0, 32, 16)],
+        ["a", "b"],
+        settings=ComposeSettings(presence_weight=0),
+        negatives=BOTH,
+        generic=[[_photo(7)], [_photo(8)]],
+    )
+    for term in ("negative/blur", "negative/generic"):
+        images = torch.rand(1, 3, 32, 32, requires_grad=True)
+        loss(images)[term].sum().backward()
+        grad = images.grad.abs().sum((0, 1))
+        assert grad[:, :12].sum() > 0 and grad[:16, 20:].sum() > 0
+        assert grad[:, 12:20].sum() == 0 and grad[16:, 20:].sum() == 0
+
+
+def test_presence_with_two_identical_photos_is_presence_with_one(single):
+    once = CompositionLoss(dict(single.nets), [_photo(0)], [(0, 0, 16, 32)], ["dog"], single.weights)
+    twice = CompositionLoss(dict(single.nets), [[_photo(0)] * 2], [(0, 0, 16, 32)], ["dog"], single.weights)
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    expected, got = once(images), twice(images)
+    assert all(torch.equal(got[name], expected[name]) for name in ("dino", "ir", "identity/dog"))
+    # The map is a matrix product, whose rounding depends on how many photos it spans: equal to an ulp.
+    torch.testing.assert_close(got["presence"], expected["presence"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got["loss"], expected["loss"], rtol=0, atol=1e-6)
+
+
+def test_generic_images_must_match_the_subjects(single):
+    two = ([_photo(0), _photo(1)], [None, None], ["a", "b"])
+    with pytest.raises(ValueError, match="2 subjects and 1 sets of generic images"):
+        CompositionLoss(dict(single.nets), *two, negatives=BOTH, generic=[[_photo(7)]])
+    with pytest.raises(ValueError, match="generic negative needs generic images"):
+        CompositionLoss(dict(single.nets), *two, negatives=BOTH)
+    with pytest.raises(ValueError, match="generic negative needs generic images"):
+        CompositionLoss(dict(single.nets), *two, negatives=BOTH, generic=[[_photo(7)], []])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from siso.compose import Subject, subject_names
 
 
 @dataclass
@@ -49,9 +52,19 @@ def identities(terms: dict) -> str:
     return f"; identity: {', '.join(named)}" if named else ""
 
 
-def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str) -> Progress:
-    """What the page shows of a run that ended: why, its best iteration (with each subject's identity term), and the
-    downloads."""
+def photo_counts(subjects: Sequence[Subject]) -> str:
+    """How many photos the run learns each subject from, as ``"; subject: 3 photos"`` (one subject), or by the names
+    of their identity terms, ``"; photos: dog 3, cat 1"``."""
+    if len(subjects) == 1:
+        count = len(subjects[0].photos)
+        return f"; subject: {count} photo{'s' if count > 1 else ''}"
+    names = subject_names([subject.class_name for subject in subjects])
+    return "; photos: " + ", ".join(f"{name} {len(s.photos)}" for name, s in zip(names, subjects, strict=True))
+
+
+def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str, note: str = "") -> Progress:
+    """What the page shows of a run that ended: why, its best iteration (with each subject's identity term), ``note``
+    (`photo_counts`), and the downloads."""
     best = metrics["best_iteration"]
     reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
         metrics["stop_reason"], "stopped"
@@ -59,7 +72,7 @@ def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str) -> Progress:
     message = (
         f"Done: {reason} after {len(metrics['iterations'])} iterations; best: iteration {best} "
         f"(loss {metrics['best_loss']:.4f}{identities(metrics['iterations'][best])}), "
-        f"{metrics['seconds_per_iteration']:.2f} s/iteration"
+        f"{metrics['seconds_per_iteration']:.2f} s/iteration{note}"
     )
     losses = [h["loss"] for h in metrics["iterations"]]
     return Progress(frames(run, losses, best), losses, best, False, message, str(run / "best.png"), lora_zip, run_zip)

@@ -21,6 +21,7 @@ MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 40_000_000  # about 8000 x 5000
 MAX_ITERS_LIMIT = 1000
 MAX_IMAGES = 16
+MAX_PHOTOS = 10  # of one subject, each held in memory while it runs (most people have three to five)
 
 
 @dataclass

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from siso.app.progress import Progress, finished, frames, identities
+from siso.app.progress import Progress, finished, frames, identities, photo_counts
 from siso.app.sessions import Sessions
 from siso.app.settings import MAX_IMAGES, MAX_ITERS_LIMIT, MAX_PIXELS, MAX_UPLOAD_MB, AppSettings
 from siso.app.uploads import (
+    Photos,
     UploadError,
     check_upload,
     edit_subjects,
@@ -117,14 +118,14 @@ class Studio:
     def learn(
         self,
         session: str,
-        subject_path: str | Path | None,
+        subject_path: Photos,
         train_prompt: str,
         subject_class: str = "",
         max_iters: int = OptimSettings.max_iters,
         lr: float | None = None,
         seed: int = 0,
         box: str = "",
-        second_path: str | Path | None = None,
+        second_path: Photos = None,
         second_class: str = "",
         second_box: str = "",
     ) -> Iterator[Progress]:
@@ -136,10 +137,13 @@ class Studio:
         far.
 
         Args:
+            subject_path: The subject's photo file, or several photos of the same subject (its loss averages over
+                them; the status line says how many).
             box: Where the subject goes in the generated image, ``x0,y0,x1,y1`` in its pixels or in fractions of its
                 sides (all four at most 1); empty: anywhere (one subject).
-            second_path, second_class, second_box: A second subject's photo, class and box (all three needed, and
-                then ``box`` too); the train prompt from the classes is "a photo of a {class} and a {class}".
+            second_path, second_class, second_box: A second subject's photo (or photos), class and box (all three
+                needed, and then ``box`` too); the train prompt from the classes is "a photo of a {class} and a
+                {class}".
 
         Raises:
             UploadError: a bad upload or field (before any work).
@@ -157,26 +161,27 @@ class Studio:
 
         def run(out: RunFolder, callback) -> dict:
             # Either loss on the networks the app loaded once: one subject's set to it, or those networks for several.
-            loss, nets = (None, self._nets(subjects[0].image)) if composed else (self._losses(subjects[0].image), None)
+            photos = subjects[0].photos
+            loss, nets = (None, self._nets(photos)) if composed else (self._losses(photos), None)
             return run_generate(
                 out, config, subjects, None, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback,
                 nets=nets,
             )  # fmt: skip
 
-        yield from self._stream(session, "learn", config.optim, run)
+        yield from self._stream(session, "learn", config.optim, run, photo_counts(subjects))
 
     def edit(
         self,
         session: str,
         scene: dict | None,
         box: str,
-        subject_path: str | Path | None,
+        subject_path: Photos,
         subject_class: str = "",
         prompt: str = "",
         max_iters: int = OptimSettings.max_iters,
         lr: float | None = None,
         seed: int = 0,
-        second_path: str | Path | None = None,
+        second_path: Photos = None,
         second_class: str = "",
         second_box: str = "",
     ) -> Iterator[Progress]:
@@ -186,7 +191,8 @@ class Studio:
             scene: The photo and what was painted on it, as Gradio's image editor gives them (``background``: the
                 photo, ``layers``: RGBA paint; painted pixels are the object), in numpy arrays.
             box: Instead of paint: ``x0,y0,x1,y1`` around the object, in the photo's pixels.
-            second_path, second_class, second_box: A second subject's photo, class and region (a box
+            subject_path: As `learn`'s.
+            second_path, second_class, second_box: A second subject's photo (or photos), class and region (a box
                 ``x0,y0,x1,y1`` in the photo's pixels), all three needed; the first subject goes where the paint (or
                 ``box``) is, and the photo is kept outside both regions.
 
@@ -217,25 +223,25 @@ class Studio:
             if len(subjects) == 1:
                 subject = subjects[0]
                 return run_edit(
-                    out, config, job, subject.image, paths={"subject": subject.path}, progress=False,
-                    backbone=self.backbone, loss_fn=self._losses(subject.image), callback=callback,
+                    out, config, job, subject, paths={"subject": subject.path}, progress=False,
+                    backbone=self.backbone, loss_fn=self._losses(subject.photos), callback=callback,
                 )  # fmt: skip
             return run_edit(
                 out, config, job, subjects, progress=False, backbone=self.backbone, callback=callback,
-                nets=self._nets(subjects[0].image),
+                nets=self._nets(subjects[0].photos),
             )  # fmt: skip
 
-        yield from self._stream(session, "edit", config.optim, run)
+        yield from self._stream(session, "edit", config.optim, run, photo_counts(subjects))
 
-    def _nets(self, subject: Image.Image) -> tuple[dict, dict]:
-        """The similarity networks the app loaded once (loading them at the first subject) and their weights, for the
-        loss of several subjects that `run_generate` and `run_edit` build on them."""
-        similarity = self._losses(subject)
+    def _nets(self, photos: list[Image.Image]) -> tuple[dict, dict]:
+        """The similarity networks the app loaded once (loading them at the first subject's ``photos``) and their
+        weights, for the loss of several subjects that `run_generate` and `run_edit` build on them."""
+        similarity = self._losses(photos)
         return dict(similarity.nets), similarity.weights
 
-    def _stream(self, session: str, kind: str, optim: OptimSettings, run) -> Iterator[Progress]:
+    def _stream(self, session: str, kind: str, optim: OptimSettings, run, note: str) -> Iterator[Progress]:
         """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
-        time, yielding `Progress` after every iteration and once at the end."""
+        time, yielding `Progress` after every iteration and once at the end, every message ending in ``note``."""
         stop = self._stops[session] = threading.Event()
         iterations: queue.Queue = queue.Queue()
 
@@ -279,6 +285,7 @@ class Studio:
                 message = (
                     f"Running: iteration {len(losses) - 1}, loss {loss:.4f} (best: iteration {best})"
                     + identities(terms)
+                    + note
                 )
                 yield Progress(frames(out.path, losses, best), list(losses), best, True, message)
             thread.join()
@@ -290,7 +297,7 @@ class Studio:
             raise outcome["error"]
         metrics = outcome["metrics"]
         self._subjects[session] = out.path / "lora"
-        yield finished(out.path, metrics, *self.sessions.downloads(session, out.path))
+        yield finished(out.path, metrics, *self.sessions.downloads(session, out.path), note)
 
     def stop(self, session: str) -> bool:
         """End the session's run at its next iteration (it keeps the best so far); False if none is running."""

@@ -1,11 +1,11 @@
 """The web page of `siso app`: Gradio tabs over a `siso.app.studio.Studio`.
 
-Learn a subject: upload a photo, Start, and every iteration's image arrives in the "Iterations" gallery with its
-loss while the run goes on; Stop ends it when the iteration in progress ends and keeps the best so far. A box puts the
-subject in its place in the image; a second subject, with its class and box, joins it there. Generate: prompts with
-the learned (or an uploaded) subject, no optimization. Edit a photo: paint over (or box) an object and watch the
-subject take its place, the same way (a second subject too, in its own box). One run at a time for everyone (the
-queue shows each visitor their place).
+Learn a subject: upload a photo (or a few of the same subject: the loss averages over them), Start, and every
+iteration's image arrives in the "Iterations" gallery with its loss while the run goes on; Stop ends it when the
+iteration in progress ends and keeps the best so far. A box puts the subject in its place in the image; a second
+subject, with its class and box, joins it there. Generate: prompts with the learned (or an uploaded) subject, no
+optimization. Edit a photo: paint over (or box) an object and watch the subject take its place, the same way (a second
+subject too, in its own box). One run at a time for everyone (the queue shows each visitor their place).
 """
 
 from __future__ import annotations
@@ -35,6 +35,25 @@ def _box_help(side: int) -> str:
         "sides when all four are at most 1 (0,0,0.5,1: the left half). Empty: anywhere; with a second subject, "
         "each needs its box."
     )
+
+
+def _photos(label: str, height: int, elem_id: str) -> gr.Gallery:
+    """Where a subject's photos are uploaded: one, or several of the same subject (a gallery shows them all)."""
+    return gr.Gallery(
+        label=label,
+        type="filepath",
+        file_types=["image"],
+        sources=["upload"],
+        interactive=True,
+        columns=3,
+        height=height,
+        elem_id=elem_id,
+    )
+
+
+def _paths(gallery: list[tuple[str, str | None]] | None) -> list[str]:
+    """A gallery's value, (file, caption) per photo, as its files (none: nothing uploaded)."""
+    return [path for path, _caption in gallery or []]
 
 
 def _plot(losses: list[float]) -> pd.DataFrame:
@@ -98,27 +117,19 @@ def build_app(studio: Studio) -> gr.Blocks:
     # is not there, would hold the process at exit).
     with gr.Blocks(title="siso", analytics_enabled=False) as app:
         gr.Markdown(
-            f"# siso: a subject from one photo\nModel: `{studio.model_name}`. Upload a photo of your subject, "
-            "press Start, and stop when it looks right."
+            f"# siso: a subject from one photo\nModel: `{studio.model_name}`. Upload a photo of your subject (a few "
+            "photos of it help: three to five, say), press Start, and stop when it looks right."
         )
         with gr.Tab("Learn a subject"), gr.Row():
             with gr.Column(scale=1):
-                photo = gr.Image(
-                    label="Subject photo", type="filepath", sources=["upload"], height=280, elem_id="subject-photo"
-                )
+                photo = _photos("Subject photos (one, or a few of the same subject)", 280, "subject-photo")
                 subject_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
                 side = studio.backbone.resolution
                 subject_box = gr.Textbox(
                     label="Subject box (optional)", placeholder="0,0.1,0.5,0.9", info=_box_help(side), elem_id="box"
                 )
                 with gr.Accordion("Second subject (optional)", open=False, elem_id="second"):
-                    photo2 = gr.Image(
-                        label="Second subject photo",
-                        type="filepath",
-                        sources=["upload"],
-                        height=200,
-                        elem_id="subject2-photo",
-                    )
+                    photo2 = _photos("Second subject photos", 200, "subject2-photo")
                     class2 = gr.Textbox(label="Second subject class", placeholder="e.g. cat")
                     box2 = gr.Textbox(
                         label="Second subject box",
@@ -159,18 +170,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     elem_id="scene",
                 )
                 box = gr.Textbox(label="Or a box around the object: x0,y0,x1,y1 (pixels)", placeholder="40,60,300,380")
-                edit_photo = gr.Image(
-                    label="Subject photo", type="filepath", sources=["upload"], height=200, elem_id="edit-subject"
-                )
+                edit_photo = _photos("Subject photos (one, or a few of the same subject)", 200, "edit-subject")
                 edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog", elem_id="edit-class")
                 with gr.Accordion("Second subject (optional)", open=False, elem_id="edit-second"):
-                    edit_photo2 = gr.Image(
-                        label="Second subject photo",
-                        type="filepath",
-                        sources=["upload"],
-                        height=200,
-                        elem_id="edit-subject2",
-                    )
+                    edit_photo2 = _photos("Second subject photos", 200, "edit-subject2")
                     edit_class2 = gr.Textbox(
                         label="Second subject class", placeholder="e.g. cat", elem_id="edit-class2"
                     )
@@ -196,8 +199,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         ):  # fmt: skip
             try:
                 for progress in studio.learn(
-                    request.session_hash, photo, train_prompt or "", subject or "", iters, rate, run_seed, box or "",
-                    second, second_class or "", second_box or "",
+                    request.session_hash, _paths(photo), train_prompt or "", subject or "", iters, rate, run_seed,
+                    box or "", _paths(second), second_class or "", second_box or "",
                 ):  # fmt: skip
                     yield _show(progress)
             except Exception as err:  # every failure: one line in the page
@@ -209,8 +212,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         ):  # fmt: skip
             try:
                 for progress in studio.edit(
-                    request.session_hash, scene, box or "", photo, subject or "", edit_prompt or "", iters, rate,
-                    run_seed, second, second_class or "", second_box or "",
+                    request.session_hash, scene, box or "", _paths(photo), subject or "", edit_prompt or "", iters,
+                    rate, run_seed, _paths(second), second_class or "", second_box or "",
                 ):  # fmt: skip
                     yield _show(progress)
             except Exception as err:

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from siso.app.settings import AppSettings
+from siso.app.settings import MAX_PHOTOS, AppSettings
 from siso.compose import Box, BoxError, Subject
 from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
 from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
 from siso.vision.masks import MaskError, box_mask
+
+# What a page sends for a subject's photos: one file, or several of the same subject (none: nothing uploaded).
+Photos = str | Path | Sequence[str | Path] | None
 
 
 class UploadError(ValueError):
@@ -26,25 +30,46 @@ def check_upload(path: str | Path | None, settings: AppSettings, what: str) -> I
     """Read an uploaded photo within the app's limits (`siso.images.load_subject`'s checks too).
 
     Raises:
-        UploadError: nothing uploaded, a file over the size or pixel limit, or not a usable image.
+        UploadError: nothing uploaded, a file over the size or pixel limit, or not a usable image (the message names
+            the file, never its folder on the server).
     """
     if not path:
         raise UploadError(f"upload a {what} first")
     path = Path(path)
     megabytes = path.stat().st_size / 1e6
     if megabytes > settings.max_upload_mb:
-        raise UploadError(f"the {what} is {megabytes:.1f} MB; the limit is {settings.max_upload_mb:g} MB")
+        raise UploadError(f"the {what} {path.name} is {megabytes:.1f} MB; the limit is {settings.max_upload_mb:g} MB")
     try:
         with Image.open(path) as img:  # reads the header only: the pixel count before any decoding
             pixels = img.width * img.height
     except (OSError, SyntaxError, Image.DecompressionBombError):
         pixels = 0  # load_subject says what is wrong with the file
     if pixels > settings.max_pixels:
-        raise UploadError(f"the {what} has {pixels / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}")
+        raise UploadError(
+            f"the {what} {path.name} has {pixels / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}"
+        )
     try:
         return load_subject(path, what=what)
     except ImageError as err:
-        raise UploadError(str(err).replace(str(path), Path(path).name)) from None
+        raise UploadError(str(err).replace(str(path), path.name)) from None
+
+
+def upload_subject(photos: Photos, settings: AppSettings, what: str, class_name: str) -> Subject:
+    """A subject from its uploaded photos (one file, or several of the same subject: its loss averages over them),
+    each read by `check_upload`, and its class; config.json lists every photo by its file name.
+
+    Raises:
+        UploadError: no photo, more than `MAX_PHOTOS`, or a photo `check_upload` refuses.
+    """
+    paths = [photos] if isinstance(photos, str | Path) else list(photos or ())
+    if not paths:
+        raise UploadError(f"upload a {what} first")
+    if len(paths) > MAX_PHOTOS:
+        raise UploadError(f"{len(paths)} photos of one subject; at most {MAX_PHOTOS}")
+    images = [check_upload(path, settings, what) for path in paths]
+    names = [Path(path).name for path in paths]
+    # The first photo stands for the subject where config.json names one ("photo"); "photos" lists them all.
+    return Subject(images, class_name.strip() or None, path=names[0], files=names)
 
 
 def train_prompt_for(prompt: str, *classes: str) -> str:
@@ -79,29 +104,29 @@ def read_box(text: str, side: int, what: str) -> Box | None:
     return box
 
 
-def second_subject(path: str | Path | None, subject_class: str, box: str, settings: AppSettings) -> Subject | None:
-    """A second subject's photo and class when its photo is given (``None`` when not), checked with its box.
+def second_subject(photos: Photos, subject_class: str, box: str, settings: AppSettings) -> Subject | None:
+    """A second subject's photos and class when a photo is given (``None`` when not), checked with its box.
 
     Raises:
-        UploadError: its class or box without its photo, its photo without its class or box, or a bad photo.
+        UploadError: its class or box without a photo, a photo without its class or box, or a bad photo.
     """
-    if not path:
+    if not photos:
         if subject_class.strip() or box.strip():
             raise UploadError("upload the second subject's photo, or clear its class and box")
         return None
-    image = check_upload(path, settings, "second subject photo")
+    second = upload_subject(photos, settings, "second subject photo", subject_class)
     if not subject_class.strip():
         raise UploadError("type the second subject's class (e.g. cat)")
     if not box.strip():
         raise UploadError("give the second subject its box (x0,y0,x1,y1): where it goes")
-    return Subject(image, subject_class.strip(), path=Path(path).name)
+    return second
 
 
 def learn_subjects(
-    subject_path: str | Path | None,
+    subject_path: Photos,
     subject_class: str,
     box: str,
-    second_path: str | Path | None,
+    second_path: Photos,
     second_class: str,
     second_box: str,
     settings: AppSettings,
@@ -111,6 +136,7 @@ def learn_subjects(
     class and a box for each subject (the app places no subject by detection).
 
     Args:
+        subject_path, second_path: Each subject's photo, or several photos of it (`upload_subject`).
         box, second_box: ``x0,y0,x1,y1`` in the generated image (`read_box`), or empty.
         side: The generated image's side in pixels.
 
@@ -118,12 +144,8 @@ def learn_subjects(
         UploadError: a bad photo or box, a second subject's class or box without its photo, or a second subject
             without its class or without boxes.
     """
-    first = Subject(
-        check_upload(subject_path, settings, "subject photo"),
-        subject_class.strip() or None,
-        read_box(box, side, "the subject's box"),
-        Path(subject_path).name,
-    )
+    first = upload_subject(subject_path, settings, "subject photo", subject_class)
+    first.box = read_box(box, side, "the subject's box")
     second = second_subject(second_path, second_class, second_box, settings)
     if second is None:
         return [first]
@@ -134,28 +156,25 @@ def learn_subjects(
 
 
 def edit_subjects(
-    subject_path: str | Path | None,
+    subject_path: Photos,
     subject_class: str,
     region: np.ndarray,
-    second_path: str | Path | None,
+    second_path: Photos,
     second_class: str,
     second_box: str,
     settings: AppSettings,
     photo: Image.Image,
 ) -> list[Subject]:
     """The Edit tab's subjects: the first, whose region is ``region`` (what was painted, or its box), and a second
-    when its photo is given, with its class and its box in the photo's pixels.
+    when its photo is given, with its class and its box in the photo's pixels; each with its photo, or several
+    photos of it (`upload_subject`).
 
     Raises:
         UploadError: a bad photo or box, a second subject's class or box without its photo, or a second subject
             without its class or box.
     """
-    first = Subject(
-        check_upload(subject_path, settings, "subject photo"),
-        subject_class.strip() or None,
-        path=Path(subject_path).name,
-        region=region,
-    )
+    first = upload_subject(subject_path, settings, "subject photo", subject_class)
+    first.region = region
     second = second_subject(second_path, second_class, second_box, settings)
     if second is None:
         return [first]

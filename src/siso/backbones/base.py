@@ -9,15 +9,22 @@ under no-grad.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import dataclasses
+from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from siso.devices import own_cpu_memory
+from siso.hub import load_pretrained
 from siso.images import tensor_to_pil
+
+if TYPE_CHECKING:
+    from siso.config import IPAdapterSettings
 
 
 class Backbone:
@@ -36,6 +43,10 @@ class Backbone:
         defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
             ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
             records what was used.
+        ip_adapter_weight: The family's default IP-Adapter weight file, with its subfolder in the adapter's repo
+            (`load_ip_adapter`); ``None``: the family takes no IP-Adapter (refused before anything loads).
+        ip_adapter: The loaded IP-Adapter's settings, its weight file filled in (`load_ip_adapter`); ``None``: none.
+        ip_adapter_images: The adapter's images (RGB), what every denoising step is conditioned on.
     """
 
     pipeline_class: type[DiffusionPipeline]
@@ -48,6 +59,7 @@ class Backbone:
     tiny_vae: ClassVar[str | None] = None
     # Extra arguments of the stock ``__call__`` that `generate` needs to draw what `sample` draws.
     pipeline_call_kwargs: ClassVar[dict] = {}
+    ip_adapter_weight: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -66,6 +78,9 @@ class Backbone:
         self.resolution = resolution or self.denoiser.config.sample_size * pipe.vae_scale_factor
         self.load_component = load_component
         self._parked: set[str] = set()  # text encoders out of the device's memory (on the CPU, or freed)
+        self.ip_adapter: IPAdapterSettings | None = None
+        self.ip_adapter_images: list[Image.Image] = []
+        self._ip_adapter_embeds: list[torch.Tensor] | None = None  # per adapter (2, n_images, D): (uncond, cond)
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
@@ -158,6 +173,67 @@ class Backbone:
         finally:
             self.pipe.vae = stock
 
+    def load_ip_adapter(self, settings: IPAdapterSettings, photos: Sequence[Image.Image]) -> None:
+        """Load a frozen IP-Adapter (Ye et al. 2023) with diffusers' own ``pipe.load_ip_adapter`` and
+        ``set_ip_adapter_scale``, and condition every denoising step on ``photos`` from now on.
+
+        The photos are one adapter's image list (diffusers' ``ip_adapter_image=[[photo1, photo2]]``), embedded once
+        with the pipeline's ``prepare_ip_adapter_image_embeds``, unconditional half included for classifier-free
+        guidance. `encode_prompt`'s conditioning carries the embeddings to the denoiser, and `generate` passes them
+        to the stock call. The image encoder is dropped from the pipeline after that (SDXL's ViT-bigG is 2.5 GB the
+        embeddings no longer need). The adapter goes in before any LoRA: its loader replaces the attention
+        processors, and peft's targets (``to_q``, ``to_k``, ...) do not match its ``to_k_ip``/``to_v_ip``.
+
+        Args:
+            settings: The adapter; its ``weight_name`` ``None`` means the family's `ip_adapter_weight`. An h94
+                ``*vit-h*`` file takes the ViT-H image encoder of h94's ``models/image_encoder``, any other the
+                ``image_encoder`` folder beside the file.
+            photos: The subject's photos (at least one).
+
+        Raises:
+            ValueError: the family takes no IP-Adapter, or the backbone already carries an IP-Adapter or LoRA.
+            ModelLoadError: the adapter or its image encoder cannot be loaded.
+        """
+        if self.ip_adapter_weight is None:
+            raise ValueError(f"{type(self).__name__} takes no IP-Adapter")
+        if self.ip_adapter is not None or getattr(self.denoiser, "peft_config", None):
+            raise ValueError("load the IP-Adapter once, into a backbone without LoRA")
+        if not photos:
+            raise ValueError("the IP-Adapter needs at least one photo")
+        weight = settings.weight_name or self.ip_adapter_weight
+        subfolder, _, file = weight.rpartition("/")
+        # The loader casts the denoiser to its own dtype and warns about that (listing no module): noise for users.
+        verbosity = diffusers.utils.logging.get_verbosity()
+        diffusers.utils.logging.set_verbosity_error()
+        try:
+            load_pretrained(
+                self.pipe.load_ip_adapter,
+                settings.model,
+                "IP-Adapter",
+                subfolder=subfolder,
+                weight_name=file,
+                image_encoder_folder="models/image_encoder" if "vit-h" in file else "image_encoder",
+            )
+        finally:
+            diffusers.utils.logging.set_verbosity(verbosity)
+        own_cpu_memory(self.denoiser, self.pipe.image_encoder)  # aligned, as load_backbone's: same numbers each load
+        self.denoiser.requires_grad_(False)  # the adapter's new layers come trainable
+        self.pipe.set_ip_adapter_scale(settings.scale)
+        photos = [photo.convert("RGB") for photo in photos]
+        with torch.no_grad():
+            self._ip_adapter_embeds = self.pipe.prepare_ip_adapter_image_embeds([photos], None, self.device, 1, True)
+        self.pipe.register_modules(image_encoder=None)
+        self.ip_adapter = dataclasses.replace(settings, weight_name=weight)
+        self.ip_adapter_images = photos
+
+    def ip_adapter_embeds(self, guidance_scale: float = 0.0) -> list[torch.Tensor] | None:
+        """The IP-Adapter's image embeddings as the denoiser takes them: per adapter a tensor of shape
+        (B, n_images, D), B = 2 (unconditional, conditional) with classifier-free guidance (scale > 1), else 1;
+        ``None`` without an adapter."""
+        if self._ip_adapter_embeds is None:
+            return None
+        return [e if guidance_scale > 1.0 else e.chunk(2)[1] for e in self._ip_adapter_embeds]
+
     @property
     def device(self) -> torch.device:
         return self.denoiser.device
@@ -167,7 +243,8 @@ class Backbone:
         return self.denoiser.dtype
 
     def encode_prompt(self, prompt: str, guidance_scale: float = 0.0) -> dict[str, torch.Tensor]:
-        """Text conditioning for `sample`; differentiable w.r.t. text-encoder LoRA when grad is enabled."""
+        """Text conditioning for `sample` (with the IP-Adapter's image embeddings, when one is loaded); differentiable
+        w.r.t. text-encoder LoRA when grad is enabled."""
         raise NotImplementedError
 
     def sample(
@@ -227,12 +304,15 @@ class Backbone:
 
     @torch.no_grad()
     def generate(self, prompt: str, seed: int, num_inference_steps: int, guidance_scale: float = 0.0) -> Image.Image:
-        """Generate with the stock pipeline ``__call__`` (and whatever LoRA is loaded), seeded like diffusers.
+        """Generate with the stock pipeline ``__call__`` (and whatever LoRA and IP-Adapter are loaded), seeded like
+        diffusers.
 
         The seed drives a CPU ``torch.Generator`` for the initial latents and any sampler noise, so a stock pipeline
         called with ``generator=torch.Generator().manual_seed(seed)`` gives the same image.
         """
         self.ensure_text_encoders()
+        embeds = self.ip_adapter_embeds(guidance_scale)
+        ip_adapter = {} if embeds is None else {"ip_adapter_image_embeds": embeds}
         latents = self.pipe(
             prompt=prompt,
             height=self.resolution,
@@ -242,6 +322,7 @@ class Backbone:
             generator=torch.Generator().manual_seed(seed),
             output_type="latent",
             **self.pipeline_call_kwargs,
+            **ip_adapter,
         ).images
         return tensor_to_pil(self.decode(latents))[0]
 

@@ -52,6 +52,9 @@ class FluxBackbone(Backbone):
     )
     text_encoder_names = ("text_encoder",)
     tiny_vae = "madebyollin/taef1"
+    # No IP-Adapter yet: diffusers' FluxPipeline.load_ip_adapter takes its CLIP image encoder from another repo
+    # (XLabs-AI/flux-ip-adapter ships none), which an adapter spec cannot name; the FLUX adapters were trained on
+    # FLUX.1-dev, and their licences are non-commercial.
     # The reference code's FLUX settings (its README and siso_generation_flux.py).
     defaults: ClassVar[dict[str, dict]] = {
         "optim": {

@@ -63,6 +63,21 @@ def check_can_edit(model: str) -> None:
         raise ValueError(f"{model} cannot edit yet; editing works with {', '.join(families)} (or their families)")
 
 
+def check_ip_adapter(model: str) -> None:
+    """Raise ValueError when ``model``'s family takes no IP-Adapter (before anything loads); a model that cannot be
+    resolved passes (its error is reported when it loads).
+
+    Raises:
+        ValueError: naming the families that take one.
+    """
+    cls = family(model)
+    if cls is not None and cls.ip_adapter_weight is None:
+        families = [name for name, (_, c, _) in BACKBONES.items() if c.ip_adapter_weight is not None]
+        raise ValueError(
+            f"{model} takes no IP-Adapter; a zero-shot start works with {', '.join(families)} (or its family)"
+        )
+
+
 def family(model: str) -> type[Backbone] | None:
     """The backbone class of ``model``; ``None`` for a model that cannot be resolved, whose error is reported when
     it loads (after the checks that need no model)."""

@@ -37,6 +37,7 @@ class SanaBackbone(Backbone):
     pipeline_call_kwargs: ClassVar[dict] = {"use_resolution_binning": False, "max_sequence_length": MAX_SEQUENCE_LENGTH}
     lora_targets = ("to_q", "to_k", "to_v")  # self- and cross-attention (METHOD.md Sec. 1)
     text_encoder_names = ()
+    # No IP-Adapter: diffusers has no IP-Adapter loader for Sana (SanaPipeline has no load_ip_adapter).
     # The reference code's Sana settings: 20 DPM-Solver steps with gradient through the last 3, CFG 4.5.
     defaults: ClassVar[dict[str, dict]] = {
         "optim": {

@@ -141,6 +141,7 @@ class SDBackbone(UNetBackbone):
     pipeline_class = StableDiffusionPipeline
     text_encoder_names = ("text_encoder",)
     tiny_vae = "madebyollin/taesd"
+    # No IP-Adapter: h94/IP-Adapter has SD 1.5 and SDXL adapters, none for SD 2.x (SD-Turbo's 1024-d text space).
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
         self.ensure_text_encoders()
@@ -155,6 +156,8 @@ class SDXLBackbone(UNetBackbone):
     pipeline_class = StableDiffusionXLPipeline
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tiny_vae = "madebyollin/taesdxl"
+    # h94/IP-Adapter's SDXL adapter (Apache-2.0), whose image encoder (ViT-bigG) is sdxl_models/image_encoder.
+    ip_adapter_weight = "sdxl_models/ip-adapter_sdxl.safetensors"
 
     def encode_prompt(self, prompt, guidance_scale=0.0):
         self.ensure_text_encoders()
@@ -173,10 +176,13 @@ class SDXLBackbone(UNetBackbone):
         if cfg:
             embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
             time_ids = torch.cat([time_ids, time_ids])
-        return {"prompt_embeds": embeds, "text_embeds": pooled, "time_ids": time_ids}
+        cond = {"prompt_embeds": embeds, "text_embeds": pooled, "time_ids": time_ids}
+        if self.ip_adapter is not None:  # per adapter (1 or 2, n_images, D), batched like the prompt
+            cond["image_embeds"] = self.ip_adapter_embeds(guidance_scale)
+        return cond
 
     def unet_kwargs(self, cond):
-        return {
-            "encoder_hidden_states": cond["prompt_embeds"],
-            "added_cond_kwargs": {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]},
-        }
+        added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+        if "image_embeds" in cond:  # the IP-Adapter's, as the stock pipeline passes them
+            added["image_embeds"] = cond["image_embeds"]
+        return {"encoder_hidden_states": cond["prompt_embeds"], "added_cond_kwargs": added}

@@ -33,7 +33,12 @@ def add_parser(sub) -> None:
         "--max-upload-mb", type=float, default=MAX_UPLOAD_MB, metavar="MB", help=f"upload limit ({MAX_UPLOAD_MB:g})"
     )
     app.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="DINOv2 model")
-    app.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="IR (CLIP) model")
+    app.add_argument(
+        "--ir-model",
+        default=SimilaritySettings.ir_model,
+        metavar="ID|DIR|FILE.pth",
+        help="IR model: CLIP, or the GUIE checkpoint file",
+    )
     app.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     app.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 on CUDA, fp32 elsewhere")
 

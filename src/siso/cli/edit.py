@@ -10,8 +10,7 @@ from siso.backbones import check_can_edit
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
-from siso.cli.subjects import add_subject_option, subject_specs
-from siso.compose import Subject
+from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
 from siso.config import BACKGROUND_TARGETS, INVERSION_METHODS, MAX_SUBJECTS, EditConfig, EditSettings, InversionSettings
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
@@ -33,8 +32,9 @@ def add_parser(sub) -> None:
     add_subject_option(
         edit,
         "--subject",
-        metavar="PHOTO",
-        help=f"the subject photo; repeat to put several subjects into the photo (at most {MAX_SUBJECTS}), each "
+        metavar="PHOTO|DIR",
+        help="the subject photo, or a folder of photos of the one subject; repeat to put several subjects into the "
+        f"photo (at most {MAX_SUBJECTS}), each "
         "followed by its own --box or --mask (its region) and --subject-class",
     )
     add_subject_option(
@@ -125,14 +125,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if len(specs) == 1:
         spec, (mask, source) = specs[0], regions[0]
         job = EditJob(scene, mask, source, args.object, spec.get("class"), args.prompt, args.detector, args.segmenter)
-        subject = load_subject(spec["photo"])
+        subject = load_subject_spec(spec)
     else:
         sources = "; ".join(source for _, source in regions)
         job = EditJob(scene, None, sources, None, None, args.prompt, args.detector, args.segmenter)
-        subject = [
-            Subject(load_subject(spec["photo"]), spec.get("class"), path=str(spec["photo"]), region=mask)
-            for spec, (mask, _) in zip(specs, regions, strict=True)
-        ]
+        subject = [load_subject_spec(spec, region=mask) for spec, (mask, _) in zip(specs, regions, strict=True)]
     out = RunFolder(args.out, args.overwrite)
     paths = {"image": str(args.image), "subject": str(specs[0]["photo"]) if len(specs) == 1 else None}
     metrics = interruptible(
@@ -164,6 +161,8 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--object names what to detect for one subject without --box or --mask; drop it")
     if "class" in specs[0] and not specs[0]["class"].strip():
         raise ValueError("subject class must not be empty")
+    if args.ip_adapter or args.ip_adapter_scale is not None:
+        raise ValueError("--ip-adapter is for siso generate; editing does not start from an IP-Adapter yet")
 
 
 def _region(spec: dict, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:

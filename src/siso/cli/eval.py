@@ -10,11 +10,17 @@ from pathlib import Path
 from accelerate import PartialState
 
 from siso.backbones import check_can_edit
-from siso.cli.options import add_memory_options, memory_settings
+from siso.cli.options import (
+    add_ip_adapter_options,
+    add_memory_options,
+    add_negative_options,
+    ip_adapter_settings,
+    memory_settings,
+)
 from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig
 from siso.eval.edit import edit_suite
 from siso.eval.fetch import fetch
-from siso.eval.generate import PROTOCOLS, generate_suite
+from siso.eval.generate import PROTOCOLS, generate_suite, plan, unit_metrics
 from siso.eval.metrics import DEFAULT_METRICS, METRICS
 from siso.eval.score import score
 from siso.eval.setmetrics import SET_METRICS
@@ -42,8 +48,8 @@ def _suite_and_scoring_options(parser: argparse.ArgumentParser) -> None:
         "--metric-model",
         action="append",
         default=[],
-        metavar="NAME=ID|DIR",
-        help="model for one metric, e.g. dino=facebook/dino-vits16 or fid=PATH.pth; repeat",
+        metavar="NAME=ID|DIR|FILE",
+        help="model for one metric, e.g. dino=facebook/dino-vits16, fid=PATH.pth or ir=ir_features.pth (GUIE); repeat",
     )
     parser.add_argument(
         "--crop",
@@ -111,6 +117,13 @@ def add_parser(sub) -> None:
         "(dreambench-multi: per subject pair); per-prompt (dreambench-multi's default): one per item, with its "
         "prompt (editing suites always learn one per item, and refuse this option)",
     )
+    ru.add_argument(
+        "--subject-photos",
+        default="1",
+        metavar="1|all",
+        help="generation suites: learn each subject from its first photo (1, the paper's protocol) or from every "
+        "photo of its folder (all: the loss averages over them)",
+    )
     ru.add_argument("--num-images", type=int, default=1, metavar="K", help="images per item (1; editing: only 1)")
     ru.add_argument(
         "--steps",
@@ -123,10 +136,18 @@ def add_parser(sub) -> None:
     ru.add_argument("--max-iters", type=int, help=f"iteration cap ({OptimSettings.max_iters})")
     ru.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
     ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
-    ru.add_argument("--ir-model", default=SimilaritySettings.ir_model, metavar="ID|DIR", help="loss IR model")
+    ru.add_argument(
+        "--ir-model",
+        default=SimilaritySettings.ir_model,
+        metavar="ID|DIR|FILE.pth",
+        help=f"loss IR model: a CLIP vision model ({SimilaritySettings.ir_model}, a substitute) or the paper's GUIE "
+        "checkpoint file",
+    )
     ru.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, else fp32)")
     ru.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     add_memory_options(ru)
+    add_negative_options(ru)
+    add_ip_adapter_options(ru)
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
     fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
     fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
@@ -140,16 +161,19 @@ def run(args: argparse.Namespace) -> str:
     for spec in args.metric_model:
         name, sep, model = spec.partition("=")
         if not sep or not model:
-            raise ValueError(f"--metric-model takes NAME=ID|DIR, got {spec!r}")
+            raise ValueError(f"--metric-model takes NAME=ID|DIR|FILE, got {spec!r}")
         models[name] = model
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.eval_command == "run" and args.subject_photos not in ("1", "all"):
+        raise ValueError(f"--subject-photos takes 1 or all, got {args.subject_photos!r}")
     items = SUITES[args.suite](args.data, args.unique_token)[: args.limit]
     names = [n.strip() for n in args.metrics.split(",") if n.strip()]
     if not names:
         raise ValueError(f"--metrics names no metric; known: {', '.join([*METRICS, *SET_METRICS])}")
     scores = Path(args.out)
     generated = args.generated if args.eval_command == "score" else None
+    optimizations = None  # the LoRAs behind the images: eval run's own
     if args.eval_command == "run":
         overrides = {
             "resolution": args.resolution,
@@ -158,12 +182,22 @@ def run(args: argparse.Namespace) -> str:
             "similarity": {"dino_model": args.dino_model, "ir_model": args.ir_model},
             "optim": {"lr": args.lr, "max_iters": args.max_iters, "seed": args.seed},
             "memory": memory_settings(args),
+            "negatives": {"kinds": args.negative},
+            "ip_adapter": ip_adapter_settings(args),
         }
         if args.suite in EDITING_SUITES:
             if args.num_images != 1:
                 raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
             if args.protocol is not None:
                 raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
+            if args.subject_photos != "1":
+                raise ValueError(
+                    f"{args.suite} is an editing suite: its edits learn from one photo; drop --subject-photos"
+                )
+            if "generic" in (args.negative or ()):
+                raise ValueError(f"{args.suite} is an editing suite: it takes --negative blur, not generic")
+            if args.ip_adapter is not None:
+                raise ValueError(f"{args.suite} is an editing suite: its edits take no --ip-adapter")
             check_can_edit(args.model)
             overrides["optim"]["num_inference_steps"] = args.steps
             config = EditConfig.for_model(args.model, **overrides)
@@ -173,6 +207,7 @@ def run(args: argparse.Namespace) -> str:
             if PartialState().is_main_process:
                 for item_id, reason in skipped.items():
                     print(f"siso: skipped {item_id}: {reason}", file=sys.stderr)
+            units = [item.id for item in items]
         else:
             config = SisoConfig.for_model(args.model, **overrides)
             generated = generate_suite(
@@ -183,7 +218,10 @@ def run(args: argparse.Namespace) -> str:
                 args.steps,
                 args.protocol,
                 progress=not args.quiet,
+                all_photos=args.subject_photos == "all",
             )
+            units = [unit.name for unit in plan(items, args.protocol)]
+        optimizations = unit_metrics(args.out, units)
         scores = Path(args.out) / "scores"
     score(
         items,
@@ -198,5 +236,6 @@ def run(args: argparse.Namespace) -> str:
         detector=args.detector,
         segmenter=args.segmenter,
         box_threshold=args.box_threshold,
+        optimizations=optimizations,
     )
     return (scores / "summary.md").read_text() if PartialState().is_main_process else ""

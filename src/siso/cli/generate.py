@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from siso.backbones import BACKBONES
+from siso.backbones import BACKBONES, check_ip_adapter
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.options import add_shared_options, shared_settings
-from siso.cli.subjects import add_subject_option, subject_specs
-from siso.compose import Box, Subject
+from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
+from siso.compose import Box
 from siso.config import MAX_SUBJECTS, FastSettings, SisoConfig
-from siso.images import load_subject
 from siso.lora import check_lora_file, read_subject_info
 from siso.losses.tiny_vae import tiny_vae_name
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import GenerationJob
-from siso.runs.run import run_generate, run_reuse
+from siso.runs.reuse import run_reuse
+from siso.runs.run import run_generate
 from siso.vision.grounding import DEFAULT_DETECTOR
 
 
@@ -30,9 +30,10 @@ def add_parser(sub) -> None:
     add_subject_option(
         gen,
         "--subject",
-        metavar="PHOTO",
-        help=f"the subject photo (non-square photos are centre-cropped); repeat for several subjects in one image "
-        f"(at most {MAX_SUBJECTS}), each followed by its own --subject-class and --box",
+        metavar="PHOTO|DIR",
+        help=f"the subject photo, or a folder of photos of the one subject (the loss averages over them; "
+        f"non-square photos are centre-cropped); repeat for several subjects in one image (at most {MAX_SUBJECTS}), "
+        "each followed by its own --subject-class and --box",
     )
     add_subject_option(
         gen,
@@ -107,6 +108,8 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("give the subject: --subject PHOTO (to learn it) or --lora DIR (a saved one), not both")
     if args.lora and args.subject_options:
         raise ValueError("--subject-class and --box are for learning subjects (--subject); with --lora pass none")
+    if args.lora and (args.ip_adapter or args.ip_adapter_scale is not None):
+        raise ValueError("--ip-adapter and --ip-adapter-scale are for learning a subject; a saved one brings its own")
     side = args.resolution or (BACKBONES[args.model][2] if args.model in BACKBONES else None)
     for spec in specs:
         if "box" in spec:
@@ -118,6 +121,10 @@ def check(args: argparse.Namespace) -> None:
     # With --lora nothing is optimized, but the optimization options must be valid too (before the folder is read).
     model = None if args.lora else args.model or "sdxl-turbo"
     SisoConfig.for_model(model or "sdxl-turbo", **shared_settings(args, model, args.train_steps))
+    if args.ip_adapter:
+        if len(specs) > 1:
+            raise ValueError("--ip-adapter takes one subject (its photos are the adapter's image)")
+        check_ip_adapter(model)  # a family without one is refused before anything loads
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -160,12 +167,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if fast.enabled:
             tiny_vae_name(fast, model)  # a family without a tiny VAE is refused before anything loads
         subjects = [
-            Subject(
-                load_subject(spec["photo"]),
-                spec.get("class"),
-                Box.parse(spec["box"]) if "box" in spec else None,
-                str(spec["photo"]),
-            )
+            load_subject_spec(spec, box=Box.parse(spec["box"]) if "box" in spec else None)
             for spec in subject_specs(args)
         ]
         out = RunFolder(args.out, args.overwrite)

@@ -11,9 +11,12 @@ from siso.backbones.quantize import check_quantize
 from siso.cli.subjects import add_compose_options, compose_settings
 from siso.config import (
     DTYPES,
+    NEGATIVE_KINDS,
     QUANTIZE_METHODS,
+    IPAdapterSettings,
     LoraSettings,
     MemorySettings,
+    NegativeSettings,
     OptimSettings,
     SimilaritySettings,
     check_seed,
@@ -54,12 +57,14 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ir-model",
         default=SimilaritySettings.ir_model,
-        metavar="ID|DIR",
-        help=f"CLIP vision model for the IR term ({SimilaritySettings.ir_model}, a substitute for the "
-        "paper's GUIE model)",
+        metavar="ID|DIR|FILE.pth",
+        help="IR term: the paper's GUIE model as its Kaggle checkpoint file (ir_features.pth), or a CLIP model "
+        f"standing in for it ({SimilaritySettings.ir_model}, a substitute)",
     )
     parser.add_argument("--dino-resolution", type=int, metavar="PX", help="DINO input side (model config: 518)")
-    parser.add_argument("--ir-resolution", type=int, metavar="PX", help="IR input side (model config: 224)")
+    parser.add_argument(
+        "--ir-resolution", type=int, metavar="PX", help="IR input side (CLIP: model config, 224; GUIE: 290 only)"
+    )
     parser.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
     parser.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     parser.add_argument(
@@ -74,6 +79,56 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_options(parser)
     add_compose_options(parser)
+    add_ip_adapter_options(parser)
+    add_negative_options(parser)
+
+
+def add_negative_options(parser: argparse.ArgumentParser) -> None:
+    """The negative targets (`siso.config.NegativeSettings`), shared by ``generate``, ``edit`` and ``eval run``."""
+    defaults = NegativeSettings()
+    group = parser.add_argument_group("negatives (SFO; not measured on real weights here)")
+    group.add_argument(
+        "--negative",
+        action="append",
+        choices=NEGATIVE_KINDS,
+        help=f"add a negative target; repeat for both: blur (the photo blurred, radius {defaults.blur_radius:g} px, "
+        f"weight {defaults.blur_weight}) or generic ({defaults.generic_images} images of 'a photo of a CLASS' drawn "
+        f"once by the frozen model, InfoNCE at tau {defaults.temperature}, weight {defaults.generic_weight}; needs "
+        "the subject's class: --subject-class, else detected)",
+    )
+
+
+def add_ip_adapter_options(parser: argparse.ArgumentParser) -> None:
+    """The zero-shot start from a frozen IP-Adapter (`siso.config.IPAdapterSettings`), shared by ``generate`` and
+    ``edit``."""
+    group = parser.add_argument_group("zero-shot start (not in the SISO paper; not measured on real weights here)")
+    group.add_argument(
+        "--ip-adapter",
+        metavar="ID|DIR[:WEIGHT_FILE]",
+        help="start from a frozen IP-Adapter that sees the subject photo(s), the LoRA learned over it: e.g. "
+        "h94/IP-Adapter (SDXL family; default weight file sdxl_models/ip-adapter_sdxl.safetensors); a saved "
+        "subject (--lora) brings its own",
+    )
+    group.add_argument(
+        "--ip-adapter-scale",
+        type=float,
+        metavar="S",
+        help=f"with --ip-adapter: its scale ({IPAdapterSettings.scale})",
+    )
+
+
+def ip_adapter_settings(args: argparse.Namespace) -> IPAdapterSettings | None:
+    """The --ip-adapter flags as settings; ``None``: no adapter asked for.
+
+    Raises:
+        ValueError: a malformed --ip-adapter or scale, or --ip-adapter-scale without --ip-adapter.
+    """
+    if args.ip_adapter is None:
+        if args.ip_adapter_scale is not None:
+            raise ValueError("--ip-adapter-scale needs --ip-adapter")
+        return None
+    scale = IPAdapterSettings.scale if args.ip_adapter_scale is None else args.ip_adapter_scale
+    return IPAdapterSettings.parse(args.ip_adapter, scale)
 
 
 def add_memory_options(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +195,8 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
         "memory": memory_settings(args),
         "accel": {"compile": args.compile},
         "compose": compose_settings(args),
+        "ip_adapter": ip_adapter_settings(args),
+        "negatives": {"kinds": args.negative},
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from siso.compose import Subject
 from siso.config import MAX_SUBJECTS, ComposeSettings
+from siso.images import load_photos
 
 # Option dest -> the key of a subject's spec.
 SUBJECT_KEYS = {"subject": "photo", "subject_class": "class", "box": "box", "mask": "mask"}
@@ -56,6 +58,17 @@ def subject_specs(args: argparse.Namespace) -> list[dict]:
     if len(specs) > MAX_SUBJECTS:
         raise ValueError(f"{len(specs)} subjects given; at most {MAX_SUBJECTS} compose one image")
     return specs
+
+
+def load_subject_spec(spec: dict, **fields) -> Subject:
+    """The subject of one `subject_specs` entry: its photo, or every photo of its folder (`siso.images.load_photos`),
+    and its class; ``fields`` are the rest of the `siso.compose.Subject` (its box or region).
+
+    Raises:
+        ImageError: a photo cannot be used, or the folder holds none.
+    """
+    photos, files = load_photos(spec["photo"])
+    return Subject(photos, spec.get("class"), path=str(spec["photo"]), files=files, **fields)
 
 
 def add_compose_options(parser: argparse.ArgumentParser) -> None:

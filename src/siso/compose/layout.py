@@ -47,7 +47,7 @@ def name_subjects(subjects: Sequence[Subject], detector: SubjectCropper) -> list
     """
     classes = []
     for k, subject in enumerate(subjects, 1):
-        name = subject.class_name or detector.name_object(subject.image)
+        name = subject.class_name or detector.name_object(subject.photos[0])
         if name is None:
             raise MaskError(f"could not tell what subject {k} is; pass --subject-class NAME (e.g. dog) after its photo")
         classes.append(name)

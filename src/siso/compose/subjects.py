@@ -18,27 +18,41 @@ class Subject:
     """One subject of a generation.
 
     Attributes:
-        image: The subject photo (RGB).
+        image: The subject photo (RGB), or several photos of the same subject (its loss averages over them).
         class_name: Its class (``dog``): what the layout detects, and its terms' name; ``None``: not known.
         box: Where it goes in a generated image (`Box`); ``None``: anywhere (one subject), or where the layout finds
             it (several).
-        path: The photo's file, for config.json.
+        path: The photo's file (or the folder of its photos), for config.json.
         region: Editing: where it goes in the photo to edit, (H, W) bool in that photo's pixels.
+        files: Every photo's file, for config.json (`siso.images.load_photos`); empty: just ``path``.
     """
 
-    image: Image.Image
+    image: Image.Image | Sequence[Image.Image]
     class_name: str | None = None
     box: Box | None = None
     path: str | None = None
     region: np.ndarray | None = None
+    files: Sequence[str] = ()
 
     def __post_init__(self):
         if self.class_name is not None and not self.class_name.strip():
             raise ValueError("a subject class must not be empty")
+        if not self.photos:
+            raise ValueError("a subject needs at least one photo")
+
+    @property
+    def photos(self) -> list[Image.Image]:
+        """The subject's photos (one or more)."""
+        return [self.image] if isinstance(self.image, Image.Image) else list(self.image)
 
     def record(self) -> dict:
         """What config.json keeps of the subject."""
-        return {"photo": self.path, "class": self.class_name, "box": str(self.box) if self.box else None}
+        return {
+            "photo": self.path,
+            "photos": list(self.files) or [self.path],
+            "class": self.class_name,
+            "box": str(self.box) if self.box else None,
+        }
 
 
 def check_subjects(subjects: Sequence[Subject]) -> None:

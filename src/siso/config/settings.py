@@ -68,14 +68,16 @@ class SimilaritySettings:
 
     Attributes:
         dino_model: Hub id or local directory of a ``Dinov2Model`` (paper: DINOv2 ViT-L/14).
-        ir_model: Hub id or local directory of a ``CLIPVisionModelWithProjection``. The paper's IR model (the GUIE
-            first-place checkpoint) is not on any hub; the default is the LAION ViT-H/14 CLIP it was fine-tuned
+        ir_model: The paper's IR model, the GUIE first-place checkpoint file (``ir_features.pth`` from Kaggle,
+            `siso.losses.guie`; it is on no hub), or a Hub id or local directory of a CLIP checkpoint whose projected
+            image embedding stands in for it. The default is the LAION ViT-H/14 CLIP the GUIE model was fine-tuned
             from: a substitute, and results made with it must say so.
         dino_weight: a in Eq. 2.
         ir_weight: b in Eq. 2.
         dino_resolution: Input side in pixels; ``None`` means the model config's ``image_size`` (518 for
             dinov2-large, as the reference code feeds).
-        ir_resolution: Input side in pixels; ``None`` means the model config's ``image_size``.
+        ir_resolution: Input side in pixels; ``None`` means the model config's ``image_size`` (the GUIE checkpoint
+            takes 290 only).
     """
 
     dino_model: str = "facebook/dinov2-large"

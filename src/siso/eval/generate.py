@@ -11,9 +11,17 @@ boxes (`siso.runs.run.run_generate`): `siso.losses.CompositionLoss` on each subj
 model's image; its two-stage unit is the pair, learned from "a photo of a <class A> and a <class B>". Only the image
 of the optimization's seed (image 0, per-prompt) is the one the boxes were optimized on.
 
-Layout under ``OUT``: ``generated/<item id>/<k>.png`` (seed ``seed + k``), ``subjects/<unit>/lora`` (the learned
-LoRA, reused when present) and ``subjects/<unit>/metrics.json`` (loss history, stop reason). Finished images and
-saved LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
+Each subject is learned from its first photo (the paper's protocol), or with ``all_photos`` from every photo of its
+folder (the item's ``references``: the loss averages over them). With ``config.negatives`` the loss gets the negative
+targets; the ``generic`` ones are drawn once per class by the frozen model and kept for the whole suite. With
+``config.ip_adapter`` (single-subject items) each LoRA is learned over a frozen IP-Adapter that sees the same photos;
+its saved subject records the adapter, and a rerun loads both.
+
+Layout under ``OUT``: ``config.json`` (the settings of the latest invocation), ``generated/<item id>/<k>.png`` (seed
+``seed + k``), ``subjects/<unit>/lora`` (the learned LoRA, reused when present; its ``siso_subject.json`` lists the
+photos it was learned from), ``subjects/<unit>/metrics.json`` (loss history with each iteration's seconds, stop
+reason) and ``subjects/<unit>/negatives/<term>-<k>.png`` (the generic negatives it used). Finished images and saved
+LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
 half-written PNG that looks done.
 
 The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`) live here; the editing half is
@@ -23,25 +31,28 @@ The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`) li
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from PIL import Image
 from tqdm.auto import tqdm
 
-from siso.backbones import Backbone, load_backbone
+from siso.backbones import Backbone, check_ip_adapter, load_backbone
 from siso.compose import Subject, subject_names
 from siso.config import SisoConfig
 from siso.eval.multi import MultiItem
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.io import save_image, write_json
-from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora
+from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora, saved_ip_adapter
 from siso.losses import CompositionLoss, Embedding, SubjectLosses, load_nets
 from siso.optimize import optimize_generation
+from siso.runs.negatives import draw_generic
 
 PROTOCOLS = ("two-stage", "per-prompt")
 
@@ -55,8 +66,15 @@ class Unit:
     items: tuple[EvalItem | MultiItem, ...]
 
 
-def plan(items: list[EvalItem | MultiItem], protocol: str) -> list[Unit]:
-    """Group items into optimization units (one per subject, or per subject pair, or one per item)."""
+def default_protocol(items: list[EvalItem | MultiItem]) -> str:
+    """Per-prompt for multi-subject items, else two-stage."""
+    return "per-prompt" if any(isinstance(item, MultiItem) for item in items) else "two-stage"
+
+
+def plan(items: list[EvalItem | MultiItem], protocol: str | None = None) -> list[Unit]:
+    """Group items into optimization units (one per subject, or per subject pair, or one per item); ``None``: the
+    `default_protocol`."""
+    protocol = protocol or default_protocol(items)
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if protocol == "per-prompt":
@@ -92,6 +110,7 @@ class SuiteModels:
     def __init__(self, config: SisoConfig):
         self.config = config
         self.device = config.device or str(PartialState(cpu=not torch.cuda.is_available()).device)
+        self._generic: dict[str, list[Image.Image]] = {}
 
     @cached_property
     def backbone(self) -> Backbone:
@@ -100,25 +119,56 @@ class SuiteModels:
 
     @cached_property
     def similarity(self) -> SubjectLosses:
-        """The similarity loss, set to a subject by calling it (its networks load at the first subject)."""
-        return SubjectLosses(self.config.similarity, self.backbone.device, self.backbone.dtype)
+        """The similarity loss with ``config.negatives``, set to a subject by calling it (its networks load at the
+        first subject)."""
+        return SubjectLosses(self.config.similarity, self.backbone.device, self.backbone.dtype, self.config.negatives)
 
     @cached_property
     def nets(self) -> tuple[dict[str, Embedding], dict[str, float]]:
         """The similarity networks and their weights (`siso.losses.load_nets`), for the multi-subject losses."""
         return load_nets(self.config.similarity, self.backbone.device, self.backbone.dtype)
 
-    def composition(self, item: MultiItem) -> tuple[CompositionLoss, list[dict]]:
-        """The loss of ``item``'s subjects in their boxes, as `siso.runs.run.run_generate` builds it, and what the
-        saved subject records of each (class, box, loss term)."""
+    def generic(self, class_name: str) -> list[Image.Image]:
+        """The generic negatives of ``class_name`` (`siso.runs.negatives.draw_generic`), drawn at the class's first
+        call and kept for the suite. Call it while the backbone carries no LoRA: they must be the frozen model's."""
+        if class_name not in self._generic:
+            self._generic[class_name] = draw_generic(self.backbone, self.config, class_name)
+        return self._generic[class_name]
+
+    def composition(
+        self, item: MultiItem, all_photos: bool = False, generic: list[list[Image.Image]] | None = None
+    ) -> tuple[CompositionLoss, list[dict]]:
+        """The loss of ``item``'s subjects in their boxes, as `siso.runs.run.run_generate` builds it: each subject
+        from its first photo (or ``all_photos``), with ``config.negatives`` and per subject its ``generic`` images;
+        and the saved subject records of each (class, box, loss term, photos)."""
         side = self.backbone.resolution
-        subjects = [Subject(load_subject(s.photo), s.class_name, s.box, str(s.photo)) for s in item.subjects]
+        subjects = []
+        for s in item.subjects:
+            files = s.references if all_photos else (s.photo,)
+            photos = [load_subject(f) for f in files]
+            subjects.append(Subject(photos, s.class_name, s.box, str(s.photo), files=[str(f) for f in files]))
         boxes = [s.box.pixels(side, side) for s in subjects]
         terms = subject_names([s.class_name for s in subjects])
         nets, weights = self.nets
-        loss = CompositionLoss(nets, [s.image for s in subjects], boxes, terms, weights, self.config.compose)
+        loss = CompositionLoss(
+            nets,
+            [s.photos for s in subjects],
+            boxes,
+            terms,
+            weights,
+            self.config.compose,
+            negatives=self.config.negatives,
+            generic=generic,
+        )
         records = [{**s.record(), "box_pixels": b, "term": t} for s, b, t in zip(subjects, boxes, terms, strict=True)]
         return loss, records
+
+
+def unit_metrics(out: str | Path, names: Sequence[str]) -> list[dict]:
+    """The ``subjects/<name>/metrics.json`` of each unit (or edited item) of ``names`` under run folder ``out`` that
+    has one (the optimizations an ``eval run`` summary reports on)."""
+    files = [Path(out) / "subjects" / name / "metrics.json" for name in names]
+    return [json.loads(f.read_text()) for f in files if f.is_file()]
 
 
 def generate_suite(
@@ -129,6 +179,7 @@ def generate_suite(
     num_inference_steps: int | None = None,
     protocol: str | None = None,
     progress: bool = True,
+    all_photos: bool = False,
 ) -> Path:
     """Generate ``num_images`` images per item with siso into ``out/generated``; returns that folder.
 
@@ -136,20 +187,36 @@ def generate_suite(
         items: Suite items.
         out: Run folder (resumed if it exists).
         config: Run configuration; ``config.train_prompt`` is replaced per unit, ``config.optim.seed`` is the
-            optimization seed and the first image's seed.
+            optimization seed and the first image's seed; ``config.negatives`` go into every unit's loss.
         num_images: Images per item (seeds ``seed .. seed + num_images - 1``).
         num_inference_steps: Steps of the final images (default: the optimization's).
         protocol: ``two-stage`` or ``per-prompt``; ``None``: per-prompt for multi-subject items, else two-stage.
+        progress: Show progress bars (main process only).
+        all_photos: Learn each subject from every photo of its folder (``references``), not only its first.
+
+    Raises:
+        ValueError: ``num_images`` < 1; an IP-Adapter for multi-subject items or a family that takes none (before
+            anything loads).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if config.ip_adapter.enabled:
+        if any(isinstance(item, MultiItem) for item in items):
+            raise ValueError(
+                "an IP-Adapter start takes one subject (its photos are the adapter's image); "
+                "multi-subject items have several"
+            )
+        check_ip_adapter(config.model)
     out = Path(out)
     generated = out / "generated"
-    if protocol is None:
-        protocol = "per-prompt" if any(isinstance(item, MultiItem) for item in items) else "two-stage"
+    protocol = protocol or default_protocol(items)
     units = plan(items, protocol)
     steps = num_inference_steps or config.optim.num_inference_steps
     seeds = [config.optim.seed + k for k in range(num_images)]
+    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        run = {"protocol": protocol, "subject_photos": "all" if all_photos else "1", "num_images": num_images}
+        write_json(out / "config.json", {**run, "num_inference_steps": steps, "siso": config.to_dict()})
 
     def todo(unit: Unit) -> list[tuple[EvalItem, int, Path]]:
         wanted = [(item, seed, generated / item.id / f"{seed - seeds[0]}.png") for item in unit.items for seed in seeds]
@@ -161,19 +228,35 @@ def generate_suite(
             check_lora_file(out / "subjects" / unit.name / "lora")
     models = SuiteModels(config)
     for unit in process_share(pending, "subjects", progress):
+        if models.backbone.ip_adapter is not None:
+            # The adapter's image is the last subject's, and the encoder that would embed another's is gone.
+            del models.backbone
         backbone = models.backbone
         folder = out / "subjects" / unit.name
         lora = folder / "lora"
         if (lora / WEIGHTS_FILE).is_file():
+            adapter = saved_ip_adapter(lora)  # the adapter the subject was learned over, before its LoRA
+            if adapter is not None:
+                backbone.load_ip_adapter(*adapter)
             load_lora(backbone, lora)
         else:
             unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
             first = unit.items[0]
+            classes = [s.class_name for s in first.subjects] if isinstance(first, MultiItem) else [first.class_name]
+            # Drawn now, while the backbone is the frozen model: this unit's LoRA comes with the optimization.
+            generic = [models.generic(c) for c in classes] if config.negatives.generic else None
             info = {}
             if isinstance(first, MultiItem):
-                loss_fn, info["subjects"] = models.composition(first)
+                loss_fn, info["subjects"] = models.composition(first, all_photos, generic)
+                terms = [record["term"] for record in info["subjects"]]
             else:
-                loss_fn = models.similarity(load_subject(first.subject_image))
+                files = first.references if all_photos else (first.subject_image,)
+                info["photos"] = [str(f) for f in files]
+                photos = [load_subject(f) for f in files]
+                loss_fn = models.similarity(photos, generic[0] if generic else ())
+                terms = ["subject"]
+                if config.ip_adapter.enabled:  # after the generic images, which must not see the subject
+                    backbone.load_ip_adapter(config.ip_adapter, photos)
             result = optimize_generation(backbone, loss_fn, unit_config, progress=False)
             if not result.complete:
                 raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
@@ -181,6 +264,11 @@ def generate_suite(
             save_lora(backbone, lora, model=config.model, train_prompt=unit.train_prompt, **info)
             write_json(folder / "metrics.json", result.record())
             save_image(result.best_image, folder / "best.png")
+            if generic:  # kept to look at
+                (folder / "negatives").mkdir(exist_ok=True)
+                for term, images in zip(terms, generic, strict=True):
+                    for k, image in enumerate(images, 1):
+                        save_image(image, folder / "negatives" / f"{term}-{k}.png")
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,15 @@ from siso.eval.multi import BoxedSubject
 from siso.eval.suites import EvalItem, SuiteError
 from siso.hub import load_pretrained
 from siso.images import pil_to_tensor
-from siso.losses import IMAGENET_MEAN, IMAGENET_STD, ClipImageEmbedding, DinoEmbedding, Embedding, preprocess
+from siso.losses import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ClipImageEmbedding,
+    DinoEmbedding,
+    Embedding,
+    load_ir,
+    preprocess,
+)
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
 
@@ -74,6 +82,7 @@ EMBEDDERS: dict[str, Callable[[str, str], torch.nn.Module]] = {
     "dino": lambda model, device: DinoV1Embedding.from_pretrained(model, None, device),
     "dinov2": lambda model, device: DinoEmbedding.from_pretrained(model, None, device),
     "clip": lambda model, device: ClipImageEmbedding.from_pretrained(model, None, device),
+    "ir": lambda model, device: load_ir(model, None, device),
     "inception": lambda weights, device: load_fid_inception(weights, device),
 }
 
@@ -230,9 +239,10 @@ METRICS: dict[str, MetricSpec] = {
         identity=True,
     ),
     "ir": MetricSpec(
-        "identity, the IR embedding of the SISO loss (substitute, see README)",
+        "identity, the IR embedding of the SISO loss: the paper's GUIE model given its file (ir=FILE.pth), else a "
+        "CLIP substitute (see README)",
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-        lambda model, device: IdentityMetric("clip", model, device),
+        lambda model, device: IdentityMetric("ir", model, device),
         identity=True,
     ),
     "clip_t": MetricSpec(

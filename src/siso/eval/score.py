@@ -3,9 +3,10 @@
 Output folder::
 
     items.jsonl     one JSON line per scored item (appended and fsynced as each item finishes)
-    summary.md      mean +- standard error per metric, Markdown
-    summary.csv     the same, CSV
-    summary.json    the same plus counts and the missing items
+    summary.md      mean +- standard error per metric, Markdown; for ``eval run`` also per LoRA learned, its
+                    iterations (to early stop, or the cap) and seconds of optimization
+    summary.csv     the metrics, CSV
+    summary.json    the same as summary.md (``metrics``, ``optimization``) plus counts and the missing items
     plots/<metric>.png   histogram of the per-item values, mean marked
 
 A rerun skips the items already in ``items.jsonl``; a line cut short by a crash is dropped and that item rescored.
@@ -96,9 +97,23 @@ def summarize(records: list[dict], metric_names: list[str]) -> list[dict]:
     return rows
 
 
-def write_summary(out: Path, rows: list[dict], missing: list[str]) -> None:
+def optimization_rows(records: list[dict]) -> list[dict]:
+    """Mean and standard error over the optimizations' ``metrics.json`` records (`siso.optimize.SisoResult.record`) of
+    ``iterations`` (how many ran: to the early stop, or the cap) and ``seconds`` (their summed wall time: the loop's,
+    without loading models or drawing generic negatives)."""
+    facts = [
+        {"metrics": {"iterations": len(r["iterations"]), "seconds": sum(i["seconds"] for i in r["iterations"])}}
+        for r in records
+    ]
+    return summarize(facts, ["iterations", "seconds"])
+
+
+def write_summary(out: Path, rows: list[dict], missing: list[str], optimization: list[dict] | None = None) -> None:
     table = ["| metric | mean | +- s.e. | items |", "|---|---|---|---|"]
     table += [f"| {r['metric']} | {r['mean']:.4f} | {r['sem']:.4f} | {r['n']} |" for r in rows]
+    if optimization:
+        table += ["", "| per LoRA | mean | +- s.e. | LoRAs |", "|---|---|---|---|"]
+        table += [f"| {r['metric']} | {r['mean']:.4f} | {r['sem']:.4f} | {r['n']} |" for r in optimization]
     if missing:
         table.append(f"\n{len(missing)} item(s) had no generated images: {', '.join(missing[:10])}")
     write_atomic(out / "summary.md", "\n".join(table) + "\n")
@@ -107,7 +122,8 @@ def write_summary(out: Path, rows: list[dict], missing: list[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out / "summary.csv", buffer.getvalue())
-    write_json(out / "summary.json", {"metrics": rows, "missing": missing})
+    extra = {"optimization": optimization} if optimization else {}
+    write_json(out / "summary.json", {"metrics": rows, **extra, "missing": missing})
 
 
 def score(
@@ -123,6 +139,7 @@ def score(
     detector: str = DEFAULT_DETECTOR,
     segmenter: str = DEFAULT_SEGMENTER,
     box_threshold: float = 0.3,
+    optimizations: list[dict] | None = None,
 ) -> list[dict]:
     """Score the generated images of every item and write the per-item records and the summary.
 
@@ -143,6 +160,8 @@ def score(
             detected subject (the paper's protocol; ``crop_boxes`` in the record, null where nothing was found).
         detector, segmenter, box_threshold: Grounding DINO, SAM and the detection threshold that mask editing items
             without a mask file for ``lpips_bg`` (the paper's masks, as `siso.eval.edit` finds them).
+        optimizations: The ``metrics.json`` records of the LoRAs that made the images (``eval run``,
+            `siso.eval.generate.unit_metrics`): the summary adds their iterations and seconds (`optimization_rows`).
 
     Returns:
         The summary rows (metric, mean, sem, n).
@@ -227,7 +246,7 @@ def score(
         for name, metric in set_metrics.items():
             value = metric(generated_files, reference_files)
             rows.append({"metric": name, "mean": value, "sem": math.nan, "n": len(generated_files)})
-        write_summary(out, rows, missing)
+        write_summary(out, rows, missing, optimization_rows(optimizations) if optimizations else None)
         (out / "plots").mkdir(exist_ok=True)
         for name in summarized:
             values = [r["metrics"][name] for r in records if name in r["metrics"]]

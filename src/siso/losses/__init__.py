@@ -1,6 +1,7 @@
-"""SISO's losses: the similarity networks (`siso.losses.embeddings`), the similarity loss built from them
-(`siso.losses.similarity`), the loss of several subjects in their boxes (`siso.losses.composition`) and the fast
-loss's tiny VAE decoder (`siso.losses.tiny_vae`)."""
+"""SISO's losses: the similarity networks (`siso.losses.embeddings`; the paper's GUIE model: `siso.losses.guie`), the
+similarity loss built from them (`siso.losses.similarity`), the loss of several subjects in their boxes
+(`siso.losses.composition`), the math of several photos and of negative targets that both share
+(`siso.losses.negatives`) and the fast loss's tiny VAE decoder (`siso.losses.tiny_vae`)."""
 
 from siso.losses.composition import CompositionLoss, presence_term
 from siso.losses.embeddings import (
@@ -14,7 +15,9 @@ from siso.losses.embeddings import (
     clip_vision_config,
     preprocess,
 )
-from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, SubjectLosses, load_nets
+from siso.losses.guie import GuieEmbedding, GuieNet, describe_ir, is_guie_checkpoint
+from siso.losses.negatives import NegativeTargets, Photos, negative_loss
+from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, SubjectLosses, load_ir, load_nets
 
 __all__ = [
     "CLIP_MEAN",
@@ -26,10 +29,18 @@ __all__ = [
     "CompositionLoss",
     "DinoEmbedding",
     "Embedding",
+    "GuieEmbedding",
+    "GuieNet",
+    "NegativeTargets",
+    "Photos",
     "SimilarityLoss",
     "SubjectLosses",
     "clip_vision_config",
+    "describe_ir",
+    "is_guie_checkpoint",
+    "load_ir",
     "load_nets",
+    "negative_loss",
     "preprocess",
     "presence_term",
 ]

@@ -1,11 +1,14 @@
 """The loss of several subjects in one image, each judged on its own box (or of one subject in a box).
 
 Each subject's box is cropped out of the generated image (a slice: the gradient reaches every pixel of it), and all
-the crops go through each similarity network in one call. The terms and their defaults are `ComposeSettings`'.
+the crops go through each similarity network in one call. The terms and their defaults are `ComposeSettings`'; a
+subject may have several photos, and the negative targets of `NegativeSettings` apply per subject
+(`siso.losses.negatives`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -13,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from siso.config import ComposeSettings, SimilaritySettings
-from siso.images import pil_to_tensor
+from siso.config import ComposeSettings, NegativeSettings, SimilaritySettings
+from siso.losses.negatives import NegativeTargets, Photos, as_photos, cosines, embed_photos, negative_loss
 from siso.losses.similarity import load_nets
 
 # Whole pixels (x0, y0, x1, y1) of the generated image; ``None``: the whole image.
@@ -57,28 +60,37 @@ def box_cells(box: tuple[int, int, int, int], size: int, grid: int) -> torch.Ten
 class CompositionLoss(torch.nn.Module):
     """Identity of each subject on its box, leakage between subjects, presence in the boxes (`ComposeSettings`).
 
-    With one subject and no box (or a box over the whole image) the loss is exactly `SimilarityLoss`'s.
+    A subject's cosine under each network is the mean over its photos, ``s_n(x, r_k) = mean_p cos(f_n(x), f_n(r_kp))``,
+    and how alike subjects k and j are (the leakage term's ``cos_n(r_k, r_j)``) the mean cosine over all pairs of
+    their photos. The negative terms (`NegativeSettings`) are taken per subject on its crop, against its own photos'
+    blur and its own generic images, and averaged over the subjects. With one subject and no box (or a box over the
+    whole image) the loss is exactly `SimilarityLoss`'s, negatives included.
 
     Args:
         nets: Name -> embedding network (``"dino"`` must be a `DinoEmbedding` for the presence term).
-        subjects: The subject photos.
+        subjects: Per subject, its photo or several photos of it.
         boxes: Per subject, its box in whole pixels of the generated image, or ``None`` for the whole image.
         names: Per subject, the name of its identity term (``identity/<name>``).
         weights: Name -> weight of each network's ``1 - cos``; ``None``: 1 each.
         settings: Weights of the terms.
+        negatives: The negative targets; ``None``: none.
+        generic: Per subject, generic images of its class (for the ``generic`` negative); ``None``: none.
 
     Raises:
-        ValueError: ``subjects``, ``boxes`` and ``names`` differ in length.
+        ValueError: ``subjects``, ``boxes``, ``names`` (and ``generic``) differ in length; a subject has no photo;
+            the ``generic`` negative without generic images for some subject.
     """
 
     def __init__(
         self,
         nets: dict[str, torch.nn.Module],
-        subjects: Sequence[Image.Image],
+        subjects: Sequence[Photos],
         boxes: Sequence[Box],
         names: Sequence[str],
         weights: dict[str, float] | None = None,
         settings: ComposeSettings | None = None,
+        negatives: NegativeSettings | None = None,
+        generic: Sequence[Sequence[Image.Image]] | None = None,
     ):
         super().__init__()
         if not len(subjects) == len(boxes) == len(names):
@@ -87,38 +99,61 @@ class CompositionLoss(torch.nn.Module):
         self.weights = weights or dict.fromkeys(nets, 1.0)
         self.boxes, self.names = list(boxes), list(names)
         self.settings = settings or ComposeSettings()
-        self.set_subjects(subjects)
+        self.negatives = negatives or NegativeSettings()
+        self.set_subjects(subjects, generic)
 
     @classmethod
     def from_pretrained(
         cls,
         similarity: SimilaritySettings,
-        subjects: Sequence[Image.Image],
+        subjects: Sequence[Photos],
         boxes: Sequence[Box],
         names: Sequence[str],
         settings: ComposeSettings,
         device: str | torch.device,
         dtype: torch.dtype,
+        negatives: NegativeSettings | None = None,
+        generic: Sequence[Sequence[Image.Image]] | None = None,
     ) -> CompositionLoss:
         """Load the similarity networks of ``similarity`` (`siso.losses.similarity.load_nets`) onto ``device``.
 
         Raises:
             siso.hub.ModelLoadError: a network cannot be loaded.
+            ValueError: as the constructor.
         """
         nets, weights = load_nets(similarity, device, dtype)
-        return cls(nets, subjects, boxes, names, weights, settings)
+        return cls(nets, subjects, boxes, names, weights, settings, negatives, generic)
 
     @torch.no_grad()
-    def set_subjects(self, subjects: Sequence[Image.Image]) -> None:
-        """Compute each subject's reference embeddings, one photo at a time (as `SimilarityLoss` does), and how alike
-        the photos are to each other under each network."""
+    def set_subjects(self, subjects: Sequence[Photos], generic: Sequence[Sequence[Image.Image]] | None = None) -> None:
+        """Compute the reference embeddings of every subject's photos, one photo at a time (as `SimilarityLoss` does),
+        how alike the subjects are under each network, and each subject's negative targets.
+
+        Raises:
+            ValueError: ``generic`` and ``subjects`` differ in length; as `siso.losses.negatives.NegativeTargets.embed`.
+        """
+        if generic is not None and len(generic) != len(subjects):
+            raise ValueError(f"{len(subjects)} subjects and {len(generic)} sets of generic images: one each")
         device = next(next(iter(self.nets.values())).parameters()).device
-        photos = [pil_to_tensor(subject).to(device) for subject in subjects]
-        # (K, D) per network.
-        self.references = {
-            name: torch.cat([F.normalize(net(photo), dim=-1) for photo in photos]) for name, net in self.nets.items()
+        photos = [as_photos(subject) for subject in subjects]
+        ends = list(itertools.accumulate(len(own) for own in photos))
+        self.spans = [slice(end - len(own), end) for end, own in zip(ends, photos, strict=True)]  # each subject's rows
+        every = [photo for own in photos for photo in own]
+        self.references = {name: embed_photos(net, every, device) for name, net in self.nets.items()}  # (sum P_k, D)
+        # (K, K): the mean cosine over all pairs of photos of k and of j (a symmetric matrix, so which index the
+        # inner `_per_subject` averages does not matter).
+        self.alike = {
+            name: self._per_subject(self._per_subject(refs @ refs.T).T) for name, refs in self.references.items()
         }
-        self.alike = {name: refs @ refs.T for name, refs in self.references.items()}  # (K, K)
+        generic = generic if generic is not None else [()] * len(photos)
+        self.targets = [
+            NegativeTargets.embed(self.nets, own, images, self.negatives, device)
+            for own, images in zip(photos, generic, strict=True)
+        ]
+
+    def _per_subject(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., sum P_k) values per photo -> (..., K) their means over each subject's photos."""
+        return torch.stack([values[..., span].mean(-1) for span in self.spans], -1)
 
     def _boxed(self, size: tuple[int, int]) -> list[int]:
         """The subjects whose box leaves part of a ``size`` (height, width) image outside it."""
@@ -130,28 +165,28 @@ class CompositionLoss(torch.nn.Module):
 
         Returns:
             Per network ``1 - cos`` averaged over the subjects (``dino``, ``ir``); ``identity/<name>`` per subject
-            (its weighted sum); ``leakage`` (several subjects) and ``presence`` (a boxed subject), each (B,); and
-            ``"loss"``, the total averaged over the batch (a scalar).
+            (its weighted sum); ``leakage`` (several subjects), ``presence`` (a boxed subject) and
+            ``negative/blur``, ``negative/generic`` (when on, averaged over the subjects), each (B,); and ``"loss"``,
+            the total averaged over the batch (a scalar).
         """
         batch, count = images.shape[0], len(self.boxes)
         crops = [images if box is None else images[..., box[1] : box[3], box[0] : box[2]] for box in self.boxes]
         boxed = self._boxed(images.shape[-2:]) if self.settings.presence_weight > 0 and "dino" in self.nets else []
         terms: dict[str, torch.Tensor] = {}
-        cosines, heat = {}, None
+        units, similarity, heat = {}, {}, None
         for name, net in self.nets.items():
             if name == "dino" and boxed:  # the whole image joins the crops' call, for its patch tokens
                 embeds, patches = net([*crops, images], patches=True)
                 embeds, patches = embeds[: count * batch], patches[count * batch :]
-                refs = self.references[name][boxed]  # (K', D)
-                heat = F.normalize(patches, dim=-1) @ refs.T  # (B, N, K')
+                # (B, N, K'): each patch token's cosine with a boxed subject, averaged over its photos.
+                heat = self._per_subject(F.normalize(patches, dim=-1) @ self.references[name].T)[..., boxed]
             else:
                 embeds = net(crops)
-            # (K, B, K): cosine of subject k's crop in image b with subject j's photo. A product and a sum, as
-            # `SimilarityLoss` takes it (a matrix product sums in another order: one subject would not match it).
-            products = F.normalize(embeds, dim=-1)[:, None, :] * self.references[name][None]
-            cosines[name] = products.sum(-1).view(count, batch, count)
+            units[name] = F.normalize(embeds, dim=-1)
+            # (K, B, K): cosine of subject k's crop in image b with subject j's photos, averaged over them.
+            similarity[name] = self._per_subject(cosines(units[name], self.references[name])).view(count, batch, count)
         own = torch.arange(count)
-        distances = {name: 1 - cos[own, :, own] for name, cos in cosines.items()}  # (K, B)
+        distances = {name: 1 - cos[own, :, own] for name, cos in similarity.items()}  # (K, B)
         identity = sum(self.weights[name] * distance for name, distance in distances.items())  # (K, B)
         terms.update({name: distance.mean(0) for name, distance in distances.items()})
         terms.update({f"identity/{name}": identity[k] for k, name in enumerate(self.names)})
@@ -161,7 +196,7 @@ class CompositionLoss(torch.nn.Module):
             others = ~torch.eye(count, dtype=torch.bool, device=images.device)
             excess = sum(
                 self.weights[name] * (cos - self.alike[name][:, None, :] - self.settings.leak_margin).relu()
-                for name, cos in cosines.items()
+                for name, cos in similarity.items()
             )  # (K, B, K)
             terms["leakage"] = excess.permute(1, 0, 2)[:, others].mean(1)
             total = total + self.settings.leak_weight * terms["leakage"]
@@ -176,5 +211,19 @@ class CompositionLoss(torch.nn.Module):
                 ]
             ).mean(0)
             total = total + self.settings.presence_weight * terms["presence"]
+        if self.negatives.kinds:
+            per_subject = [
+                targets.terms(
+                    {name: unit.view(count, batch, -1)[k] for name, unit in units.items()},
+                    {name: cos[k, :, k] for name, cos in similarity.items()},
+                    self.weights,
+                )
+                for k, targets in enumerate(self.targets)
+            ]
+            negatives = {
+                name: torch.stack([terms_k[name] for terms_k in per_subject]).mean(0) for name in per_subject[0]
+            }
+            terms.update(negatives)
+            total = total + negative_loss(negatives, self.negatives)
         terms["loss"] = total.mean()
         return terms

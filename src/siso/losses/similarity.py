@@ -1,20 +1,39 @@
 """The similarity loss of SISO (paper Eq. 2): ``a * (1 - cos DINO) + b * (1 - cos IR)``.
 
-The networks are a plain registry (`SIMILARITY_NETS`): each entry loads with one signature,
-``from_pretrained(model, resolution, device, dtype)``, and maps images (B, 3, H, W) in [0, 1] to embeddings (B, D).
+The networks are a plain registry (`SIMILARITY_NETS`) of loaders with one signature,
+``(model, resolution, device, dtype) -> network``; each network maps images (B, 3, H, W) in [0, 1] to embeddings
+(B, D).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from siso.config import SimilaritySettings
-from siso.images import pil_to_tensor
+from siso.config import NegativeSettings, SimilaritySettings
 from siso.losses.embeddings import ClipImageEmbedding, DinoEmbedding, Embedding
+from siso.losses.guie import GuieEmbedding, is_guie_checkpoint
+from siso.losses.negatives import NegativeTargets, Photos, as_photos, cosines, embed_photos, negative_loss
 
-SIMILARITY_NETS: dict[str, type[Embedding]] = {"dino": DinoEmbedding, "ir": ClipImageEmbedding}
+
+def load_ir(
+    model: str, resolution: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> Embedding:
+    """The IR network of Eq. 2: the paper's GUIE model from its checkpoint file (`GuieEmbedding`), or for a Hub id or
+    folder the CLIP image embedding that stands in for it (`ClipImageEmbedding`).
+
+    Raises:
+        siso.hub.ModelLoadError: it cannot be loaded.
+    """
+    loader = GuieEmbedding.from_pretrained if is_guie_checkpoint(model) else ClipImageEmbedding.from_pretrained
+    return loader(model, resolution, device, dtype)
+
+
+SimilarityNetLoader = Callable[[str, int | None, str | torch.device, torch.dtype], Embedding]
+SIMILARITY_NETS: dict[str, SimilarityNetLoader] = {"dino": DinoEmbedding.from_pretrained, "ir": load_ir}
 
 
 def load_nets(
@@ -31,7 +50,7 @@ def load_nets(
     }
     weights = {name: weight for name, (_, _, weight) in specs.items() if weight > 0}
     nets = {
-        name: SIMILARITY_NETS[name].from_pretrained(model, resolution, device, dtype)
+        name: SIMILARITY_NETS[name](model, resolution, device, dtype)
         for name, (model, resolution, _) in specs.items()
         if name in weights
     }
@@ -39,54 +58,87 @@ def load_nets(
 
 
 class SimilarityLoss(torch.nn.Module):
-    """``sum_k w_k * (1 - cos(f_k(x), f_k(x_s)))`` over the similarity networks.
+    """``sum_n w_n * (1 - s_n(x, r))`` over the similarity networks, with ``s_n(x, r) = mean_p cos(f_n(x), f_n(r_p))``
+    the cosine averaged over the subject's photos (the reference code's mean over keys); plus, when
+    ``negatives.kinds`` names them, the negative terms of `NegativeSettings` (`siso.losses.negatives`).
 
     The subject's embeddings are computed once, without gradient (`set_subject`); the networks are reused for the
     next subject.
 
     Args:
-        nets: Name -> embedding network (`SIMILARITY_NETS`' classes, or any module images -> (B, D)).
-        subject: The subject photo.
-        weights: Name -> weight ``w_k``; ``None``: 1 each.
+        nets: Name -> embedding network (loaded by `SIMILARITY_NETS`, or any module images -> (B, D)).
+        subject: The subject photo, or several photos of it.
+        weights: Name -> weight ``w_n``; ``None``: 1 each.
+        negatives: The negative targets; ``None``: none (the paper's loss).
+        generic: Generic images of the subject's class, for the ``generic`` negative.
+
+    Raises:
+        ValueError: no photo, or the ``generic`` negative without generic images.
     """
 
-    def __init__(self, nets: dict[str, torch.nn.Module], subject: Image.Image, weights: dict[str, float] | None = None):
+    def __init__(
+        self,
+        nets: dict[str, torch.nn.Module],
+        subject: Photos,
+        weights: dict[str, float] | None = None,
+        negatives: NegativeSettings | None = None,
+        generic: Sequence[Image.Image] = (),
+    ):
         super().__init__()
         self.weights = weights or dict.fromkeys(nets, 1.0)
         self.nets = torch.nn.ModuleDict(nets)
-        self.set_subject(subject)
+        self.negatives = negatives or NegativeSettings()
+        self.set_subject(subject, generic)
 
     @classmethod
     def from_pretrained(
-        cls, settings: SimilaritySettings, subject: Image.Image, device: str | torch.device, dtype: torch.dtype
+        cls,
+        settings: SimilaritySettings,
+        subject: Photos,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        negatives: NegativeSettings | None = None,
+        generic: Sequence[Image.Image] = (),
     ) -> SimilarityLoss:
         """Load the networks of ``settings`` with a non-zero weight onto ``device`` in ``dtype``.
 
         Raises:
             siso.hub.ModelLoadError: a network cannot be loaded.
+            ValueError: as the constructor.
         """
         nets, weights = load_nets(settings, device, dtype)
-        return cls(nets, subject, weights)
+        return cls(nets, subject, weights, negatives, generic)
 
     @torch.no_grad()
-    def set_subject(self, subject: Image.Image) -> None:
-        """Compute the subject's reference embeddings (once per subject; the networks are reused)."""
+    def set_subject(self, subject: Photos, generic: Sequence[Image.Image] = ()) -> None:
+        """Compute the subject's reference embeddings, (P, D) per network, one photo at a time, and its negative
+        targets (once per subject; the networks are reused).
+
+        Raises:
+            ValueError: no photo, or the ``generic`` negative without generic images.
+        """
         device = next(next(iter(self.nets.values())).parameters()).device
-        reference = pil_to_tensor(subject).to(device)
-        self.references = {name: F.normalize(net(reference), dim=-1) for name, net in self.nets.items()}
+        photos = as_photos(subject)
+        self.references = {name: embed_photos(net, photos, device) for name, net in self.nets.items()}
+        self.targets = NegativeTargets.embed(self.nets, photos, generic, self.negatives, device)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss terms for images (B, 3, H, W) in [0, 1].
 
         Returns:
-            ``{name: 1 - cos}`` per network (each of shape (B,)) and ``"loss"``, their weighted sum averaged over
-            the batch (a scalar).
+            ``{name: 1 - s_n}`` per network (each of shape (B,)); ``negative/blur`` and ``negative/generic`` when on
+            (each (B,), `NegativeTargets.terms`); and ``"loss"``, ``sum_n w_n (1 - s_n)`` plus the weighted
+            negative terms, averaged over the batch (a scalar).
         """
-        terms = {
-            name: 1 - (F.normalize(net(images), dim=-1) * self.references[name]).sum(-1)
-            for name, net in self.nets.items()
-        }
-        terms["loss"] = sum(self.weights[name] * term for name, term in terms.items()).mean()
+        embeds = {name: F.normalize(net(images), dim=-1) for name, net in self.nets.items()}
+        similarity = {name: cosines(embed, self.references[name]).mean(-1) for name, embed in embeds.items()}
+        terms = {name: 1 - s for name, s in similarity.items()}
+        loss = sum(self.weights[name] * term for name, term in terms.items())
+        negatives = self.targets.terms(embeds, similarity, self.weights)
+        if negatives:
+            terms.update(negatives)
+            loss = loss + negative_loss(negatives, self.negatives)
+        terms["loss"] = loss.mean()
         return terms
 
 
@@ -97,16 +149,25 @@ class SubjectLosses:
     Args:
         settings: The similarity settings.
         device, dtype: Where and in what the networks run.
+        negatives: The negative targets; ``None``: none.
     """
 
-    def __init__(self, settings: SimilaritySettings, device: str | torch.device, dtype: torch.dtype):
-        self.settings, self.device, self.dtype = settings, device, dtype
+    def __init__(
+        self,
+        settings: SimilaritySettings,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        negatives: NegativeSettings | None = None,
+    ):
+        self.settings, self.device, self.dtype, self.negatives = settings, device, dtype, negatives
         self._loss: SimilarityLoss | None = None
 
-    def __call__(self, subject: Image.Image) -> SimilarityLoss:
-        """The loss with ``subject`` as its reference."""
+    def __call__(self, subject: Photos, generic: Sequence[Image.Image] = ()) -> SimilarityLoss:
+        """The loss with ``subject`` (a photo, or several) as its reference and ``generic`` as its generic images."""
         if self._loss is None:
-            self._loss = SimilarityLoss.from_pretrained(self.settings, subject, self.device, self.dtype)
+            self._loss = SimilarityLoss.from_pretrained(
+                self.settings, subject, self.device, self.dtype, self.negatives, generic
+            )
         else:
-            self._loss.set_subject(subject)
+            self._loss.set_subject(subject, generic)
         return self._loss

@@ -8,7 +8,8 @@ Layout::
     iterations/NNNN.png  the image of every iteration, written as it is made
     iterations.png       all iterations on one contact sheet
     loss.png             loss curve
-    lora/                the subject: diffusers LoRA (pytorch_lora_weights.safetensors) + siso_subject.json
+    lora/                the subject: diffusers LoRA (pytorch_lora_weights.safetensors) + siso_subject.json, and
+                         the IP-Adapter's image(s) (ip_adapter_image*.png) when the run started from one
     images/              final images, one per prompt x seed
 
 An edit (`siso.runs.run.run_edit` of a `siso.runs.jobs.EditJob`) writes the same files except ``images/``, plus

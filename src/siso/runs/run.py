@@ -1,6 +1,6 @@
-"""The runs behind ``siso generate`` (learning a subject, or reusing a saved one with ``--lora``) and ``siso edit``:
-load, optimize (or load the saved subject), then write everything into a run folder (`siso.runs.folder.RunFolder`,
-whose docstring gives the layout)."""
+"""The runs behind ``siso generate`` (learning a subject) and ``siso edit``: load, optimize, then write everything
+into a run folder (`siso.runs.folder.RunFolder`, whose docstring gives the layout). Reusing a saved subject is
+`siso.runs.reuse.run_reuse`."""
 
 from __future__ import annotations
 
@@ -8,26 +8,26 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
-from pathlib import Path
 
 from PIL import Image
 
-from siso.backbones import Backbone, load_backbone
+from siso.backbones import Backbone, check_ip_adapter, load_backbone
 from siso.compose import Subject, check_subjects, place_subjects, subject_names
 from siso.config import EditConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.editing import composite, edit_subject, prepare_scene
-from siso.lora import check_lora_file, load_lora, read_subject_info
-from siso.losses import CompositionLoss, SimilarityLoss
+from siso.losses import CompositionLoss, SimilarityLoss, describe_ir
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import IterationCallback, Objective, optimize_generation
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob, resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
+from siso.runs.negatives import generic_negatives
 from siso.vision.grounding import DEFAULT_DETECTOR
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """The versions of siso and the libraries its results depend on, for config.json."""
     return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
 
 
@@ -77,6 +77,10 @@ def run_generate(
     subjects = [Subject(subject, path=subject_path)] if isinstance(subject, Image.Image) else list(subject)
     check_subjects(subjects)
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
+    if config.ip_adapter.enabled:  # refused before anything loads
+        if len(subjects) > 1:
+            raise ValueError("an IP-Adapter start takes one subject (its photos are the adapter's image)")
+        check_ip_adapter(config.model)
     if backbone is None:
         backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     composed = len(subjects) > 1 or subjects[0].box is not None
@@ -92,10 +96,22 @@ def run_generate(
             {**s.record(), "class": name, "box": str(p.box), "box_pixels": box, "placed": p.source, "term": term}
             for s, name, p, box, term in zip(subjects, classes, placements, boxes, names, strict=True)
         ]
-        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, names, nets)
+    generic = None
+    if loss_fn is None and config.negatives.generic:
+        generic = generic_negatives(backbone, config, subjects, classes if composed else None, detector)
+    if config.ip_adapter.enabled:  # after the generic negatives (the class's images, not the subject's), before the
+        # LoRA; the saved subject records it (siso.lora.save_lora)
+        backbone.load_ip_adapter(config.ip_adapter, subjects[0].photos)
+    if composed:
+        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, names, nets, generic)
     else:
         loss_fn = loss_fn or SimilarityLoss.from_pretrained(
-            config.similarity, subjects[0].image, backbone.device, backbone.dtype
+            config.similarity,
+            subjects[0].photos,
+            backbone.device,
+            backbone.dtype,
+            negatives=config.negatives,
+            generic=generic[0] if generic else (),
         )
     loss_vae = None
     if config.fast.enabled:  # config.json records the tiny VAE used
@@ -103,7 +119,9 @@ def run_generate(
         config = dataclasses.replace(config, fast=fast)
         loss_vae = load_tiny_vae(fast.tiny_vae, backbone)
     out.timings["load_seconds"] = time.perf_counter() - start
-    placed = {"subjects": records} if composed else {"subject": subjects[0].path}
+    placed = (
+        {"subjects": records} if composed else {"subject": subjects[0].path, "photos": subjects[0].record()["photos"]}
+    )
     out.write_json(
         "config.json",
         {
@@ -111,9 +129,12 @@ def run_generate(
             **placed,
             "job": job.__dict__ if job else None,
             "siso": config.to_dict(),
-            "versions": _versions(),
+            "ir_network": describe_ir(config.similarity.ir_model),
+            "versions": versions(),
         },
     )
+    if generic:
+        _save_generic(out, generic, names if composed else ["subject"])
 
     def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
@@ -154,7 +175,7 @@ def run_edit(
     out: RunFolder,
     config: EditConfig,
     job: EditJob,
-    subject: Image.Image | Sequence[Subject],
+    subject: Image.Image | Subject | Sequence[Subject],
     command: list[str] | None = None,
     paths: dict | None = None,
     progress: bool = True,
@@ -170,9 +191,10 @@ def run_edit(
     ``loss_fn``, ``callback`` and ``nets`` as `run_generate`'s (the callback sees the crop of each edit).
 
     Args:
-        subject: The subject photo, or several subjects (`siso.compose.Subject`), each with its ``region`` of the
-            photo: each is learned on the box around its region (`siso.losses.CompositionLoss`), and the background
-            term keeps the photo outside their union (``job.mask`` and ``job.object_name`` are then unused).
+        subject: The subject photo, one `siso.compose.Subject` (its photos; ``job`` says where it goes), or several
+            subjects, each with its ``region`` of the photo: each is learned on the box around its region
+            (`siso.losses.CompositionLoss`), and the background term keeps the photo outside their union
+            (``job.mask`` and ``job.object_name`` are then unused).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -182,9 +204,14 @@ def run_edit(
             resolution).
     """
     start = time.perf_counter()
-    subjects = list(subject) if not isinstance(subject, Image.Image) else None
+    if config.ip_adapter.enabled:
+        raise ValueError("editing takes no IP-Adapter: the zero-shot start is for generation")
+    if isinstance(subject, Image.Image):
+        subject = Subject(subject)
+    subjects = None if isinstance(subject, Subject) else list(subject)
     if subjects is None:
-        mask, prompt, names = resolve_edit(job, subject, config.device)
+        mask, prompt, names = resolve_edit(job, subject.photos[0], config.device)
+        names["photos"] = subject.record()["photos"]
     else:
         check_subjects(subjects)
         mask, prompt, classes = resolve_edit_subjects(job, subjects, config.device)
@@ -192,19 +219,31 @@ def run_edit(
     if backbone is None:
         backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
     scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
+    generic = None
+    if loss_fn is None and config.negatives.generic:
+        given = [Subject(subject.photos, names["subject_class"])] if subjects is None else subjects
+        generic = generic_negatives(backbone, config, given, None if subjects is None else classes, job.detector)
     if subjects is None:
-        loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+        loss_fn = loss_fn or SimilarityLoss.from_pretrained(
+            config.similarity,
+            subject.photos,
+            backbone.device,
+            backbone.dtype,
+            negatives=config.negatives,
+            generic=generic[0] if generic else (),
+        )
+        subject = subject.photos[0]
     else:
         boxes = [scene.locate(s.region) for s in subjects]
         terms = subject_names(classes)
         names = {
             "subjects": [
-                {"photo": s.path, "class": name, "box_pixels": box, "term": term}
+                {"photo": s.path, "photos": s.record()["photos"], "class": name, "box_pixels": box, "term": term}
                 for s, name, box, term in zip(subjects, classes, boxes, terms, strict=True)
             ]
         }
-        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, terms, nets)
-        subject = subjects[0].image
+        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, terms, nets, generic)
+        subject = subjects[0].photos[0]
     out.timings["load_seconds"] = time.perf_counter() - start
     out.write_json(
         "config.json",
@@ -215,11 +254,14 @@ def run_edit(
             **names,
             "prompt": prompt,
             "siso": config.to_dict(),
-            "versions": _versions(),
+            "ir_network": describe_ir(config.similarity.ir_model),
+            "versions": versions(),
         },
     )
     out.save_image("input.png", scene.input_image)
     out.save_image("mask.png", scene.mask_image)
+    if generic:
+        _save_generic(out, generic, ["subject"] if subjects is None else terms)
 
     def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
@@ -258,74 +300,28 @@ def _composition_loss(
     boxes: list[tuple[int, int, int, int]],
     terms: list[str],
     nets: tuple[dict, dict] | None,
+    generic: list[list[Image.Image]] | None = None,
 ) -> CompositionLoss:
     """The loss of ``subjects`` in their ``boxes`` (whole pixels of the model's image), on ``nets`` (networks, weights)
-    when given, else on the networks of ``config.similarity``, loaded here."""
-    images = [subject.image for subject in subjects]
+    when given, else on the networks of ``config.similarity``, loaded here; with ``config.negatives`` and each
+    subject's ``generic`` images."""
+    photos = [subject.photos for subject in subjects]
+    negatives = {"negatives": config.negatives, "generic": generic}
     if nets is None:
         return CompositionLoss.from_pretrained(
-            config.similarity, images, boxes, terms, config.compose, backbone.device, backbone.dtype
+            config.similarity, photos, boxes, terms, config.compose, backbone.device, backbone.dtype, **negatives
         )
     networks, weights = nets
-    return CompositionLoss(networks, images, boxes, terms, weights, config.compose)
+    return CompositionLoss(networks, photos, boxes, terms, weights, config.compose, **negatives)
+
+
+def _save_generic(out: RunFolder, generic: list[list[Image.Image]], names: list[str]) -> None:
+    """Keep the generic negatives in the run folder (``negatives/<subject term>-<k>.png``), to look at."""
+    (out.path / "negatives").mkdir(exist_ok=True)
+    for name, images in zip(names, generic, strict=True):
+        for k, image in enumerate(images, 1):
+            out.save_image(f"negatives/{name}-{k}.png", image)
 
 
 def _ir_note(config: SisoConfig) -> str:
-    return (
-        f"IR term: CLIP image embedding of {config.similarity.ir_model}, a substitute for the paper's GUIE model "
-        "unless that checkpoint was passed"
-    )
-
-
-def run_reuse(
-    out: RunFolder,
-    lora_dir: str | Path,
-    job: GenerationJob,
-    model: str | None = None,
-    dtype: str = "auto",
-    device: str | None = None,
-    command: list[str] | None = None,
-    progress: bool = True,
-    quantize: str | None = None,
-) -> dict:
-    """Generate every prompt x seed from a saved subject (stage two of prompt simplification), no optimization.
-
-    Args:
-        lora_dir: A folder written by `siso.lora.save_lora` (or any diffusers LoRA folder, with ``model`` given).
-        model: Backbone to load; defaults to the one named in the folder's ``siso_subject.json``.
-        quantize: Quantize the base model's denoiser (`siso.backbones.quantize`); the LoRA is loaded in full precision.
-
-    Raises:
-        FileNotFoundError: ``lora_dir`` has no ``pytorch_lora_weights.safetensors``.
-        LoraError: the folder's files are damaged (checked before the model loads), or its weights do not fit the
-            model.
-        ValueError: no model given and none recorded in the folder.
-    """
-    lora_dir = Path(lora_dir)
-    check_lora_file(lora_dir)
-    info = read_subject_info(lora_dir)
-    model = model or info.get("model")
-    if model is None:
-        raise ValueError(f"{lora_dir} does not say which model it was learned on; pass --model")
-    dtype = resolve_dtype(dtype, device)
-    backbone = load_backbone(model, dtype, device, info.get("resolution"), quantize)
-    load_lora(backbone, lora_dir)  # before the first write: a LoRA that does not fit leaves no output folder
-    out.write_json(
-        "config.json",
-        {
-            "command": command,
-            "lora": str(lora_dir),
-            "model": model,
-            "dtype": dtype,
-            "quantize": quantize,
-            "job": job.__dict__,
-            "versions": _versions(),
-        },
-    )
-    metrics: dict = {"complete": False}
-    try:
-        metrics["images"] = out.generate_images(backbone, job, progress)
-        metrics["complete"] = True
-    finally:
-        out.write_json("metrics.json", metrics)
-    return metrics
+    return "IR term: " + describe_ir(config.similarity.ir_model)
