@@ -53,6 +53,7 @@ def test_a_folder_is_one_subject_whose_loss_is_the_mean_over_its_photos(args, do
     assert main([*args, "--subject", str(dog), "--max-iters", "2", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["subject"] == str(dog)
+    assert config["ir_network"].endswith(", a substitute for the paper's GUIE model")
     assert config["photos"] == [str(dog / name) for name in ("a.png", "b.webp")]
     assert json.loads((out / "metrics.json").read_text())["complete"]
     # Iteration 0 is the frozen model's image whatever the subject: its terms are the mean over the photos.

@@ -138,6 +138,7 @@ def test_negative_blur_adds_its_term_and_keeps_one_photo(dreambench, model_dirs,
     assert info["photos"] == [str(dreambench / "dog" / "00.jpg")]
     config = json.loads((out / "config.json").read_text())
     assert config["subject_photos"] == "1" and config["siso"]["negatives"]["kinds"] == ["blur"]
+    assert config["ir_network"].endswith("a substitute for the paper's GUIE model")
     assert all("negative/blur" in i and "negative/generic" not in i for i in _iterations(out / "subjects" / "dog"))
     assert not (out / "subjects" / "dog" / "negatives").exists()
 

@@ -2,6 +2,7 @@
 open_clip-style forward built here from ``nn.MultiheadAttention``."""
 
 import copy
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
+from siso.cli import main
 from siso.config import SimilaritySettings
 from siso.eval.metrics import build_metrics
 from siso.hub import ModelLoadError
@@ -229,3 +231,25 @@ def test_describe_ir(guie_file):
     assert describe_ir("laion/CLIP-ViT-H-14-laion2B-s32B-b79K") == (
         "CLIP image embedding of laion/CLIP-ViT-H-14-laion2B-s32B-b79K, a substitute for the paper's GUIE model"
     )
+
+
+def test_generate_with_the_guie_file_names_it_and_says_no_substitute(guie_file, model_dirs, subject_path, tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        "generate",
+        "--subject",
+        str(subject_path),
+        "--prompt",
+        "a photo of a dog",
+        "--model",
+        str(model_dirs["sd"]),
+    ]
+    argv += ["--dino-model", str(model_dirs["dino"]), "--dino-resolution", "28", "--ir-model", str(guie_file)]
+    assert main([*argv, "--max-iters", "1", "--quiet", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    note = json.loads((out / "metrics.json").read_text())["ir_model_note"]
+    assert (
+        config["ir_network"]
+        == f"GUIE first-place model (Google Universal Image Embedding, the paper's IR network) from {guie_file}"
+    )
+    assert "GUIE first-place model" in note and "substitute" not in note + config["ir_network"]

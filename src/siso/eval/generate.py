@@ -50,7 +50,7 @@ from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.io import save_image, write_json
 from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora, saved_ip_adapter
-from siso.losses import CompositionLoss, Embedding, SubjectLosses, load_nets
+from siso.losses import CompositionLoss, Embedding, SubjectLosses, describe_ir, load_nets
 from siso.optimize import optimize_generation
 from siso.runs.negatives import draw_generic
 
@@ -216,7 +216,8 @@ def generate_suite(
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         run = {"protocol": protocol, "subject_photos": "all" if all_photos else "1", "num_images": num_images}
-        write_json(out / "config.json", {**run, "num_inference_steps": steps, "siso": config.to_dict()})
+        run.update(num_inference_steps=steps, ir_network=describe_ir(config.similarity.ir_model))
+        write_json(out / "config.json", {**run, "siso": config.to_dict()})
 
     def todo(unit: Unit) -> list[tuple[EvalItem, int, Path]]:
         wanted = [(item, seed, generated / item.id / f"{seed - seeds[0]}.png") for item in unit.items for seed in seeds]
