@@ -142,3 +142,9 @@ def test_a_generic_negative_whose_class_cannot_be_told_is_one_line(capsys, args,
     line = _error(capsys, [*argv, "--out", str(tmp_path / "run")])
     assert "no-gd" in line and "--subject-class" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_negatives_with_a_saved_subject_are_refused(capsys, tmp_path):
+    argv = ["generate", "--lora", str(tmp_path / "lora"), "--prompt", "a dog", "--negative", "blur"]
+    line = _error(capsys, [*argv, "--out", str(tmp_path / "run")])
+    assert "--negative are for learning a subject" in line and "with --lora nothing is optimized" in line

@@ -161,8 +161,6 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--object names what to detect for one subject without --box or --mask; drop it")
     if "class" in specs[0] and not specs[0]["class"].strip():
         raise ValueError("subject class must not be empty")
-    if args.ip_adapter or args.ip_adapter_scale is not None:
-        raise ValueError("--ip-adapter is for siso generate; editing does not start from an IP-Adapter yet")
 
 
 def _region(spec: dict, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:

@@ -6,7 +6,7 @@ import argparse
 
 from siso.backbones import BACKBONES, check_ip_adapter
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
-from siso.cli.options import add_shared_options, shared_settings
+from siso.cli.options import add_ip_adapter_options, add_shared_options, shared_settings
 from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
 from siso.compose import Box
 from siso.config import MAX_SUBJECTS, FastSettings, SisoConfig
@@ -89,6 +89,7 @@ def add_parser(sub) -> None:
         help=f"Grounding DINO, to place several subjects given no --box ({DEFAULT_DETECTOR})",
     )
     add_shared_options(gen)
+    add_ip_adapter_options(gen)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -97,9 +98,9 @@ def check(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the flags.
     """
-    if args.lora and (args.fast or args.tiny_vae):
+    if args.lora and (args.fast or args.tiny_vae or args.negative):
         raise ValueError(
-            "--fast and --tiny-vae are for learning a subject (--subject); with --lora nothing is optimized"
+            "--fast, --tiny-vae and --negative are for learning a subject (--subject); with --lora nothing is optimized"
         )
     if args.tiny_vae and not args.fast:
         raise ValueError("--tiny-vae needs --fast")

@@ -79,7 +79,6 @@ def add_shared_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_memory_options(parser)
     add_compose_options(parser)
-    add_ip_adapter_options(parser)
     add_negative_options(parser)
 
 
@@ -195,7 +194,7 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
         "memory": memory_settings(args),
         "accel": {"compile": args.compile},
         "compose": compose_settings(args),
-        "ip_adapter": ip_adapter_settings(args),
+        "ip_adapter": ip_adapter_settings(args) if hasattr(args, "ip_adapter") else None,  # generate's, eval run's
         "negatives": {"kinds": args.negative},
     }
 
