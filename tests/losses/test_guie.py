@@ -253,3 +253,12 @@ def test_generate_with_the_guie_file_names_it_and_says_no_substitute(guie_file, 
         == f"GUIE first-place model (Google Universal Image Embedding, the paper's IR network) from {guie_file}"
     )
     assert "GUIE first-place model" in note and "substitute" not in note + config["ir_network"]
+
+
+def test_a_missing_guie_file_is_refused_before_anything_loads(capsys, subject_path, tmp_path):
+    # An unloadable model: had anything loaded before the check, its error would be the one reported.
+    argv = ["generate", "--subject", str(subject_path), "--prompt", "x", "--model", str(tmp_path / "no-model")]
+    assert main([*argv, "--ir-model", str(tmp_path / "ir_features.pth"), "--out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"siso: error: --ir-model: the GUIE checkpoint file {tmp_path / 'ir_features.pth'} does not exist"]
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from siso.backbones import family
 from siso.backbones.quantize import check_quantize
@@ -232,6 +233,12 @@ def check_args(args: argparse.Namespace) -> None:
         check_output_folder(args.out)
     if getattr(args, "quantize", None) is not None:
         check_quantize(args.quantize, args.device)
+    ir_model = getattr(args, "ir_model", None)
+    if ir_model is not None:
+        from siso.losses.guie import is_guie_checkpoint  # (imports transformers: only for a command that has it)
+
+        if is_guie_checkpoint(ir_model) and not Path(ir_model).expanduser().is_file():
+            raise ValueError(f"--ir-model: the GUIE checkpoint file {ir_model} does not exist")
     for name, value in vars(args).items():
         option = "--" + name.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):

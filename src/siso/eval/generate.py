@@ -52,7 +52,7 @@ from siso.io import save_image, write_json
 from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora, saved_ip_adapter
 from siso.losses import CompositionLoss, Embedding, SubjectLosses, describe_ir, load_nets
 from siso.optimize import optimize_generation
-from siso.runs.negatives import draw_generic
+from siso.runs.negatives import draw_generic, save_generic
 
 PROTOCOLS = ("two-stage", "per-prompt")
 
@@ -266,10 +266,7 @@ def generate_suite(
             write_json(folder / "metrics.json", result.record())
             save_image(result.best_image, folder / "best.png")
             if generic:  # kept to look at
-                (folder / "negatives").mkdir(exist_ok=True)
-                for term, images in zip(terms, generic, strict=True):
-                    for k, image in enumerate(images, 1):
-                        save_image(image, folder / "negatives" / f"{term}-{k}.png")
+                save_generic(folder, generic, terms)
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)

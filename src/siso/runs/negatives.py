@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -13,6 +14,7 @@ from siso.compose import Subject, name_subjects
 from siso.config import SisoConfig
 from siso.hub import ModelLoadError
 from siso.images import tensor_to_pil
+from siso.io import save_image
 from siso.vision.grounding import DEFAULT_DETECTOR, SubjectCropper
 
 
@@ -72,3 +74,17 @@ def generic_negatives(
         classes = [given or found for given, found in zip(classes, named, strict=True)]
     drawn = {name: draw_generic(backbone, config, name) for name in dict.fromkeys(classes)}
     return [drawn[name] for name in classes]
+
+
+def save_generic(folder: str | Path, generic: Sequence[Sequence[Image.Image]], names: Sequence[str]) -> None:
+    """Keep each subject's generic negatives in ``folder/negatives/<name>-<k>.png`` (a run folder, or an evaluation
+    unit's), to look at.
+
+    Args:
+        names: Per subject, the name of its loss terms.
+    """
+    negatives = Path(folder) / "negatives"
+    negatives.mkdir(parents=True, exist_ok=True)
+    for name, images in zip(names, generic, strict=True):
+        for k, image in enumerate(images, 1):
+            save_image(image, negatives / f"{name}-{k}.png")

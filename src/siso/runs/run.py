@@ -22,7 +22,7 @@ from siso.optimize import IterationCallback, Objective, optimize_generation
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob, resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
-from siso.runs.negatives import generic_negatives
+from siso.runs.negatives import generic_negatives, save_generic
 from siso.vision.grounding import DEFAULT_DETECTOR
 
 
@@ -105,14 +105,7 @@ def run_generate(
     if composed:
         loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, names, nets, generic)
     else:
-        loss_fn = loss_fn or SimilarityLoss.from_pretrained(
-            config.similarity,
-            subjects[0].photos,
-            backbone.device,
-            backbone.dtype,
-            negatives=config.negatives,
-            generic=generic[0] if generic else (),
-        )
+        loss_fn = loss_fn or _subject_loss(config, backbone, subjects[0], generic)
     loss_vae = None
     if config.fast.enabled:  # config.json records the tiny VAE used
         fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
@@ -134,7 +127,7 @@ def run_generate(
         },
     )
     if generic:
-        _save_generic(out, generic, names if composed else ["subject"])
+        save_generic(out.path, generic, names if composed else ["subject"])
 
     def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
@@ -224,14 +217,7 @@ def run_edit(
         given = [Subject(subject.photos, names["subject_class"])] if subjects is None else subjects
         generic = generic_negatives(backbone, config, given, None if subjects is None else classes, job.detector)
     if subjects is None:
-        loss_fn = loss_fn or SimilarityLoss.from_pretrained(
-            config.similarity,
-            subject.photos,
-            backbone.device,
-            backbone.dtype,
-            negatives=config.negatives,
-            generic=generic[0] if generic else (),
-        )
+        loss_fn = loss_fn or _subject_loss(config, backbone, subject, generic)
         subject = subject.photos[0]
     else:
         boxes = [scene.locate(s.region) for s in subjects]
@@ -261,7 +247,7 @@ def run_edit(
     out.save_image("input.png", scene.input_image)
     out.save_image("mask.png", scene.mask_image)
     if generic:
-        _save_generic(out, generic, ["subject"] if subjects is None else terms)
+        save_generic(out.path, generic, ["subject"] if subjects is None else terms)
 
     def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
         out.save_iteration(iteration, image)
@@ -315,12 +301,19 @@ def _composition_loss(
     return CompositionLoss(networks, photos, boxes, terms, weights, config.compose, **negatives)
 
 
-def _save_generic(out: RunFolder, generic: list[list[Image.Image]], names: list[str]) -> None:
-    """Keep the generic negatives in the run folder (``negatives/<subject term>-<k>.png``), to look at."""
-    (out.path / "negatives").mkdir(exist_ok=True)
-    for name, images in zip(names, generic, strict=True):
-        for k, image in enumerate(images, 1):
-            out.save_image(f"negatives/{name}-{k}.png", image)
+def _subject_loss(
+    config: SisoConfig, backbone: Backbone, subject: Subject, generic: list[list[Image.Image]] | None
+) -> SimilarityLoss:
+    """The loss of one subject anywhere in the image: its photos, ``config.negatives`` and its ``generic`` images (the
+    one list of `siso.runs.negatives.generic_negatives`, when drawn)."""
+    return SimilarityLoss.from_pretrained(
+        config.similarity,
+        subject.photos,
+        backbone.device,
+        backbone.dtype,
+        negatives=config.negatives,
+        generic=generic[0] if generic else (),
+    )
 
 
 def _ir_note(config: SisoConfig) -> str:
