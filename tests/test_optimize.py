@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import ModelMixin
 
 from siso.backbones import load_backbone
-from siso.config import LoraSettings
+from siso.config import LoraSettings, MemorySettings
 from siso.lora import add_lora, restore, snapshot
 from siso.losses import SimilarityLoss
 from siso.optimize import EarlyStopping, generation_render, optimize_lora, optimize_subject
@@ -285,6 +286,25 @@ def test_channels_last_vae_changes_images_only_by_rounding_and_is_undone(sd_back
         fast = sd_backbone.sample(cond, torch.Generator().manual_seed(0), 1, 1).detach()
     assert sd_backbone.pipe.vae.decoder.conv_in.weight.is_contiguous()  # the stock layout again for `generate`
     assert (fast - plain).abs().max() <= 1e-5  # different convolution kernels, same image up to float rounding
+
+
+def _checkpointing(backbone) -> dict[str, bool]:
+    """Diffusers model of the pipeline -> whether it recomputes activations in the backward pass."""
+    components = backbone.pipe.components.items()
+    return {name: m.is_gradient_checkpointing for name, m in components if isinstance(m, ModelMixin)}
+
+
+def test_gradient_checkpointing_is_on_for_the_run_only(sd_backbone, subject, make_config):
+    config = make_config("sd", max_iters=2)
+    config.memory = MemorySettings(gradient_checkpointing=True)
+    before = _checkpointing(sd_backbone)
+    assert before == {"unet": False, "vae": False}
+    during = []
+    optimize_subject(
+        sd_backbone, subject, config, progress=False, callback=lambda *_: during.append(_checkpointing(sd_backbone))
+    )
+    assert during == [{"unet": True, "vae": True}] * 2  # on while it runs
+    assert _checkpointing(sd_backbone) == before  # off again, as it was before the run
 
 
 def test_several_photos_and_negatives_from_the_config(model_dirs, subject, make_config):

@@ -39,6 +39,10 @@ _EXPORTS = {
     "optimize_generation": "siso.optimize",
     "optimize_lora": "siso.optimize",
     "optimize_subject": "siso.optimize",
+    "Models": "siso.runs.models",
+    "RunSpec": "siso.runs.spec",
+    "run": "siso.runs.run",
+    "load_saved_subject": "siso.lora",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -232,3 +232,32 @@ def load_lora(backbone: Backbone, directory: str | Path) -> None:
     if loaded != expected:
         backbone.pipe.unload_lora_weights()
         raise LoraError(f"{path}: only {loaded} of its {expected} LoRA tensors match layers of this model; {fix}")
+
+
+def load_saved_subject(backbone: Backbone, directory: str | Path) -> dict:
+    """Load a saved subject onto ``backbone``: the IP-Adapter it was learned over (with its images), if any, then its
+    LoRA (`load_lora`). The one way a saved subject is loaded: ``siso generate --lora``, the app's subject zip and
+    ``eval run``'s saved units.
+
+    Returns:
+        The subject's ``siso_subject.json`` (`read_subject_info`).
+
+    Raises:
+        FileNotFoundError, LoraError: as `check_lora_file` and `saved_ip_adapter` (before anything loads), or the
+            weights do not fit this backbone.
+        ValueError: the backbone already carries an IP-Adapter or LoRA, or its family takes no IP-Adapter.
+    """
+    check_lora_file(directory)
+    adapter = saved_ip_adapter(directory)  # the adapter goes in first: its loader replaces the attention processors
+    if adapter is not None:
+        backbone.load_ip_adapter(*adapter)
+    load_lora(backbone, directory)
+    return read_subject_info(directory)
+
+
+def unload_saved_subject(backbone: Backbone) -> None:
+    """Take the subject off ``backbone``: its LoRA and its IP-Adapter, whichever it carries (the base model after)."""
+    if getattr(backbone.denoiser, "peft_config", None):
+        backbone.pipe.unload_lora_weights()
+    if backbone.ip_adapter is not None:
+        backbone.unload_ip_adapter()

@@ -20,6 +20,7 @@ from siso.config import SisoConfig
 from siso.images import tensor_to_pil
 from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
+from siso.losses.networks import LossNetworks
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 
 # callback(iteration, image, loss terms) -> True to stop the run.
@@ -141,9 +142,10 @@ def optimize_subject(
     photos = [subject] if isinstance(subject, Image.Image) else list(subject)
     if config.ip_adapter.enabled and backbone.ip_adapter is None:
         backbone.load_ip_adapter(config.ip_adapter, photos)
-    loss_fn = loss_fn or SimilarityLoss.from_pretrained(
-        config.similarity, photos, backbone.device, backbone.dtype, negatives=config.negatives
-    )
+    if loss_fn is None:
+        loss_fn = LossNetworks(config.similarity, backbone.device, backbone.dtype).loss(
+            [photos], negatives=config.negatives
+        )
     return optimize_generation(backbone, loss_fn, config, callback, progress, loss_vae)
 
 
@@ -198,8 +200,8 @@ def optimize_lora(
         render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
             the text encoders carry LoRA).
         objective: Image -> loss terms with the total under ``"loss"``, and the networks it runs (`Objective`).
-        config: ``train_prompt``, ``lora``, ``optim``, ``memory`` (text-encoder offload, gradient checkpointing) and
-            ``accel`` are used.
+        config: ``train_prompt``, ``lora``, ``optim``, ``memory`` (text-encoder offload, gradient checkpointing: on
+            for the run only) and ``accel`` are used.
         callback: Called after every iteration with (iteration, image, loss terms); returning True stops the run.
         progress: Show a tqdm bar.
         loss_vae: Decode with this VAE while optimizing (the fast loss's tiny decoder, `siso.losses.tiny_vae`); the
@@ -239,8 +241,6 @@ def optimize_lora(
     memory = config.memory
     if memory.offload_text_encoders:  # after encoding: those without LoRA are not needed until a new prompt
         backbone.park_text_encoders(keep=[name for name in modules if name != backbone.denoiser_name])
-    if memory.gradient_checkpointing:
-        backbone.enable_gradient_checkpointing()
     best: dict = {}
     history: list[dict] = []
     stop_reason = "max_iters"
@@ -248,8 +248,10 @@ def optimize_lora(
     if config.accel.compile and not hasattr(objective, "nets"):
         raise TypeError("compiling needs the objective's networks: give it a `nets` mapping, as SimilarityLoss has")
     nets = objective.nets.values() if config.accel.compile else ()
+    # On for this run only: the app and eval run go on using the backbone after it.
+    checkpointing = backbone.gradient_checkpointing() if memory.gradient_checkpointing else nullcontext()
     try:
-        with accelerated(backbone, config.accel, nets, loss_vae):
+        with checkpointing, accelerated(backbone, config.accel, nets, loss_vae):
             for iteration in bar:
                 start = time.perf_counter()
                 # The last iteration takes no optimizer step: it builds no autograd graph (same numbers, less memory).

@@ -17,8 +17,11 @@ from siso.app.uploads import learn_subjects, upload_subject
 from siso.cli.app import is_loopback
 from siso.config import SimilaritySettings, SisoConfig
 from siso.losses import SimilarityLoss
+from siso.losses.networks import LossNetworks
 from siso.runs.folder import RunFolder
-from siso.runs.run import run_generate
+from siso.runs.models import Models
+from siso.runs.run import run
+from siso.runs.spec import RunSpec
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,22 @@ def album(subject, tmp_path) -> list[Path]:
     return [front, side]
 
 
-def _learned_from(studio, photos: list[Path]) -> None:
-    """The app's loss holds one reference per photo, in order, each as the loss of that photo alone holds it."""
-    loss = studio._losses._loss
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """Every loss a run builds (`LossNetworks.loss`), in order."""
+    losses = []
+    original = LossNetworks.loss
+
+    def loss(self, *args, **kwargs):
+        losses.append(original(self, *args, **kwargs))
+        return losses[-1]
+
+    monkeypatch.setattr(LossNetworks, "loss", loss)
+    return losses
+
+
+def _learned_from(loss, photos: list[Path]) -> None:
+    """The run's loss holds one reference per photo, in order, each as the loss of that photo alone holds it."""
     for k, path in enumerate(photos):
         alone = SimilarityLoss(dict(loss.nets), Image.open(path).convert("RGB"), loss.weights)
         for name, references in loss.references.items():
@@ -125,11 +141,12 @@ def test_learn_two_subjects_in_their_boxes(studio, subject_path, subject, tmp_pa
     ]
     iterations = json.loads((folder / "metrics.json").read_text())["iterations"]
     assert {"identity/dog", "identity/cat", "leakage"} <= set(iterations[0])
-    # The app's loss (on the networks it loaded once) is the one `run_generate` builds for these subjects.
+    # The app's loss (on the networks it loaded once) is the one a run of these subjects builds on its own.
     studio._unload()
     config = studio._config(SisoConfig, "a photo of a dog and a cat", 1, None, 0)
     subjects = learn_subjects(subject_path, "dog", *fields.values(), studio.settings, side)
-    own = run_generate(RunFolder(tmp_path / "own"), config, subjects, None, progress=False, backbone=studio.backbone)
+    spec = RunSpec("learn", config, RunFolder(tmp_path / "own"), subjects)
+    own = run(spec, Models(studio.backbone), progress=False)
     terms = {key: value for key, value in iterations[0].items() if key != "seconds"}
     assert {key: own["iterations"][0][key] for key in terms} == pytest.approx(terms, rel=1e-6)
 
@@ -165,13 +182,14 @@ def test_learn_streams_every_iteration_then_the_subject(studio, subject_path):
     assert config["subject"] == "subject.png" and config["photos"] == ["subject.png"]
 
 
-def test_learn_from_several_photos_of_the_subject(studio, album):
+def test_learn_from_several_photos_of_the_subject(studio, album, built):
     progress = _learn(studio, "album", album, max_iters=2)
     assert progress[0].message.endswith("; subject: 2 photos") and progress[-1].message.endswith("; subject: 2 photos")
     (folder,) = (studio.root / "album").glob("learn-*")
     config = json.loads((folder / "config.json").read_text())
     assert config["subject"] == "front.png" and config["photos"] == ["front.png", "side.png"]
-    _learned_from(studio, album)
+    (loss,) = built
+    _learned_from(loss, album)
 
 
 def test_every_photo_is_checked_and_named(studio, album, tmp_path):
@@ -312,6 +330,17 @@ def test_siso_app_refuses_a_bad_port():
     assert result.returncode == 2 and "--port must be 1 to 65535" in result.stderr
 
 
+@pytest.mark.parametrize("gradio", ["installed", "missing"])
+def test_siso_app_refuses_a_bad_upload_limit_before_anything_loads(monkeypatch, capsys, gradio):
+    from siso import cli
+
+    if gradio == "missing":  # the limit is reported, as the port is, before the missing Gradio
+        monkeypatch.setitem(sys.modules, "gradio", None)
+        monkeypatch.delitem(sys.modules, "siso.app.ui", raising=False)
+    assert cli.main(["app", "--model", "sd-turbo", "--max-upload-mb", "0"]) == 2
+    assert capsys.readouterr().err == "siso: error: --max-upload-mb must be more than 0, got 0\n"
+
+
 def _scene(painted: bool):
     """A photo to edit as Gradio's image editor gives it: the photo, and an RGBA paint layer."""
     yy, xx = np.mgrid[0:96, 0:128]
@@ -348,13 +377,14 @@ def test_edit_with_a_box_and_its_refusals(studio, subject_path):
         next(studio.edit("boxer", _scene(True), "", None, "dog"))
 
 
-def test_edit_with_several_photos_of_each_subject(studio, album, subject_path):
+def test_edit_with_several_photos_of_each_subject(studio, album, subject_path, built):
     progress = list(studio.edit("album-editor", _scene(True), "", album, "dog", max_iters=1))
     assert progress[-1].message.endswith("; subject: 2 photos") and progress[-1].lora_zip
     (folder,) = (studio.root / "album-editor").glob("edit-*")
     config = json.loads((folder / "config.json").read_text())
     assert config["subject"] == "front.png" and config["photos"] == ["front.png", "side.png"]
-    _learned_from(studio, album)
+    (loss,) = built
+    _learned_from(loss, album)
     # Two subjects: the first from two photos, the second from one; each listed with its photos.
     two = {"second_path": subject_path, "second_class": "cat", "second_box": "70,20,120,80"}
     progress = list(studio.edit("album-pair", _scene(True), "", album, "dog", max_iters=1, **two))
@@ -473,3 +503,10 @@ def test_the_default_root_is_the_users_data_folder(monkeypatch, tmp_path):
     assert AppSettings().root == default_root() == tmp_path / "siso" / "app"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert default_root() == Path.home() / ".local" / "share" / "siso" / "app"
+
+
+def test_runs_share_the_networks_loaded_once(studio, subject_path, built):
+    _learn(studio, "shared", subject_path, max_iters=1)
+    _learn(studio, "shared", subject_path, max_iters=1)
+    first, second = built
+    assert second is not first and all(second.nets[name] is first.nets[name] for name in first.nets)

@@ -114,3 +114,13 @@ def test_gradient_checkpointing_keeps_less_and_changes_nothing(model_dirs, make_
     assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
     for name, grad in plain_grads.items():
         torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_block_turns_off_only_what_it_turned_on(model_dirs):
+    backbone = load(model_dirs, "sd")
+    backbone.pipe.vae.enable_gradient_checkpointing()  # on before the block: it stays on
+    with pytest.raises(RuntimeError, match="stopped"), backbone.gradient_checkpointing() as names:
+        assert names == ["unet", "vae"] and backbone.denoiser.is_gradient_checkpointing
+        raise RuntimeError("stopped")  # a run that ends with an error restores it too
+    assert not backbone.denoiser.is_gradient_checkpointing
+    assert backbone.pipe.vae.is_gradient_checkpointing

@@ -2,6 +2,7 @@
 SDXL pipeline's ``ip_adapter_image``, only the LoRA learns, and a saved subject brings its adapter and image back."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,15 +12,17 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image, ImageOps
 from tiny import make_ip_adapter
 
+from siso.app.studio import AppSettings, Studio
 from siso.backbones import load_backbone
-from siso.config import IPAdapterSettings, LoraSettings
+from siso.compose import Subject
+from siso.config import IPAdapterSettings, LoraSettings, SisoConfig
 from siso.images import tensor_to_pil
 from siso.lora import LoraError, add_lora, check_lora_file, read_subject_info, save_lora, saved_ip_adapter
 from siso.optimize import optimize_subject
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import GenerationJob
-from siso.runs.reuse import run_reuse
-from siso.runs.run import run_generate
+from siso.runs.run import run
+from siso.runs.spec import RunSpec
 
 PROMPT = "a photo of a dog"
 WEIGHT = "sdxl_models/ip-adapter_sdxl.safetensors"
@@ -99,7 +102,7 @@ def test_saved_subject_reproduces_with_stock_pipeline_and_reuse(
     config = make_config("sdxl", max_iters=4, patience=4, min_improvement=0.0)
     config.ip_adapter = IPAdapterSettings(str(ip_adapter_dir))
     job = GenerationJob(prompts=["a dog on the beach"], seeds=[5], num_inference_steps=2)
-    metrics = run_generate(RunFolder(tmp_path / "run"), config, subject, job, progress=False)
+    metrics = run(RunSpec("learn", config, RunFolder(tmp_path / "run"), [Subject(subject)], job), progress=False)
     assert metrics["best_iteration"] > 0  # a non-trivial LoRA is what gets saved
     lora_dir = tmp_path / "run" / "lora"
     ours = Image.open(tmp_path / "run" / metrics["images"][0]["file"])
@@ -127,9 +130,25 @@ def test_saved_subject_reproduces_with_stock_pipeline_and_reuse(
     # loads (`siso.devices.own_cpu_memory`), a stock pipeline keeps safetensors' offsets, and MKL's sums differ
     assert np.abs(loaded - pixels(ours)).max() <= 1 and (loaded != pixels(ours)).mean() < 0.01
 
-    reuse = run_reuse(RunFolder(tmp_path / "reuse"), lora_dir, job, progress=False)
+    reuse_config = SisoConfig(model=str(model_dirs["sdxl"]), device="cpu")
+    reuse = run(RunSpec("reuse", reuse_config, RunFolder(tmp_path / "reuse"), job=job, lora=lora_dir), progress=False)
     again = Image.open(tmp_path / "reuse" / reuse["images"][0]["file"])
     assert np.array_equal(pixels(again), pixels(ours))  # siso generate --lora: the same image
+
+    # The app's Generate tab, given the subject's zip, brings the adapter back too (it once drew without it) ...
+    studio = Studio(AppSettings(model=str(model_dirs["sdxl"]), root=tmp_path / "app", device="cpu"))
+    upload = tmp_path / "subject.zip"
+    with zipfile.ZipFile(upload, "w") as archive:
+        for path in lora_dir.iterdir():
+            archive.write(path, f"lora/{path.name}")
+    (app,) = studio.generate("visitor", "a dog on the beach", steps=2, seed=5, subject_zip=upload)
+    assert np.array_equal(pixels(Image.open(app)), pixels(ours))
+    # ... and takes it off with the subject: the next run starts from the bare model, as a fresh one draws it.
+    studio._unload()
+    assert studio.backbone.ip_adapter is None
+    bare = studio.backbone.generate("a dog on the beach", 5, 2, 0.0)
+    fresh = load_backbone(str(model_dirs["sdxl"]), device="cpu").generate("a dog on the beach", 5, 2, 0.0)
+    assert np.array_equal(pixels(bare), pixels(fresh))
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -143,7 +162,7 @@ def test_family_without_adapter_is_refused_before_loading(
     config = make_config(family)
     config.ip_adapter = IPAdapterSettings(str(ip_adapter_dir))
     with pytest.raises(ValueError, match="takes no IP-Adapter; a zero-shot start works with sdxl-turbo") as err:
-        run_generate(RunFolder(tmp_path / "o"), config, subject, None, progress=False)
+        run(RunSpec("learn", config, RunFolder(tmp_path / "o"), [Subject(subject)]), progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "o").exists()
 

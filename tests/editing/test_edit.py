@@ -16,12 +16,14 @@ from PIL import Image
 
 from siso.backbones import load_backbone
 from siso.cli import main
+from siso.compose import Subject
 from siso.config import EditConfig, EditSettings, InversionSettings, OptimSettings, SimilaritySettings
 from siso.editing import BackgroundLoss, composite, edit_subject, prepare_scene
 from siso.lora import snapshot
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob
-from siso.runs.run import run_edit
+from siso.runs.run import run
+from siso.runs.spec import RunSpec
 from siso.vision.masks import MaskError
 
 
@@ -269,7 +271,7 @@ def test_nothing_detected_names_the_alternatives(subject, scene_photo, model_dir
     job = EditJob(scene_photo, object_name="dog", subject_class="dog", detector=str(detector), box_threshold=1.0)
     job.segmenter = str(segmenter)  # a random tiny detector scores boxes below 1: nothing passes
     with pytest.raises(MaskError, match=r"no 'dog' was detected.*--object NAME.*--box x0,y0,x1,y1 or --mask PNG"):
-        run_edit(RunFolder(tmp_path / "run"), _edit_config(model_dirs), job, subject)
+        run(RunSpec("edit", _edit_config(model_dirs), RunFolder(tmp_path / "run"), [Subject(subject)], job))
     assert not (tmp_path / "run").exists()  # failed before anything was written
 
 

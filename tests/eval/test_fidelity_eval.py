@@ -12,6 +12,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image, ImageOps
 
 import siso.eval.generate
+import siso.runs.negatives
 from siso.cli import main
 from siso.config import SisoConfig
 from siso.eval.multi import PAIRS
@@ -19,6 +20,7 @@ from siso.eval.suites import export_imagenhub_editing
 from siso.lora import lora_modules
 from siso.losses import CompositionLoss, SimilarityLoss
 from siso.losses.negatives import as_photos
+from siso.runs.models import Models
 from siso.runs.negatives import draw_generic
 
 # google/dreambooth's dataset/prompts_and_classes.txt format: two dogs (one class, for the per-class cache) and a
@@ -150,7 +152,7 @@ def test_negative_generic_draws_once_per_class_with_the_frozen_model(dreambench,
         drawn.append((class_name, bool(lora_modules(backbone))))
         return draw_generic(backbone, config, class_name)
 
-    monkeypatch.setattr(siso.eval.generate, "draw_generic", spy)
+    monkeypatch.setattr(siso.runs.negatives, "draw_generic", spy)
     out = tmp_path / "run"
     assert main(_run_args(dreambench, model_dirs, out, "--negative", "generic", "--negative", "blur")) == 0
     # dog, then teapot (after the dog's LoRA was unloaded), and dog2 reuses the dog's: never with a LoRA on.
@@ -161,7 +163,7 @@ def test_negative_generic_draws_once_per_class_with_the_frozen_model(dreambench,
     assert saved[0] == saved[1] == [f"subject-{k}.png" for k in range(1, 5)]  # generic_images: 4
     # They are the frozen model's images of "a photo of a teapot", as a fresh model draws them.
     config = SisoConfig.from_dict(json.loads((out / "config.json").read_text())["siso"])
-    fresh = draw_generic(siso.eval.generate.SuiteModels(config).backbone, config, "teapot")
+    fresh = draw_generic(Models().backbone(config), config, "teapot")
     for k, image in enumerate(fresh, 1):
         kept = np.asarray(Image.open(out / "subjects" / "red_teapot" / "negatives" / f"subject-{k}.png"), dtype=int)
         assert np.abs(kept - np.asarray(image, dtype=int)).max() <= 1

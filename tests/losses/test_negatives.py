@@ -9,7 +9,7 @@ from PIL import Image, ImageFilter
 
 from siso.config import NegativeSettings, SimilaritySettings
 from siso.images import pil_to_tensor
-from siso.losses import SimilarityLoss, SubjectLosses, load_nets
+from siso.losses import LossNetworks, SimilarityLoss, load_nets
 
 WEIGHTS = {"dino": 2.0, "ir": 0.5}
 
@@ -129,13 +129,16 @@ def test_the_negative_targets_are_embedded_once(nets):
     assert len(calls) == 2  # one per generated batch: no photo, blurred photo or generic image is embedded again
 
 
-def test_subject_losses_pass_the_negatives_through(model_dirs):
+def test_loss_networks_pass_the_negatives_through(model_dirs):
     settings = SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]))
-    losses = SubjectLosses(settings, "cpu", torch.float32, NegativeSettings(kinds=("blur", "generic")))
-    first = losses(PHOTOS, GENERIC)
+    networks = LossNetworks(settings, "cpu", torch.float32)
+    negatives = NegativeSettings(kinds=("blur", "generic"))
+    first = networks.loss([PHOTOS], negatives=negatives, generic=[GENERIC])
     assert {"negative/blur", "negative/generic"} <= set(first(_images()))
-    second = losses(_photo(3), GENERIC[:1])
-    assert second is first and second.references["dino"].shape[0] == 1
+    second = networks.loss([_photo(3)], negatives=negatives, generic=[GENERIC[:1]])
+    # The next subject's loss runs on the same networks, loaded once.
+    assert all(second.nets[name] is first.nets[name] for name in first.nets)
+    assert second.references["dino"].shape[0] == 1
     assert second.targets.generic["dino"].shape[0] == 1
     with pytest.raises(ValueError, match="generic negative needs generic images"):
-        losses(_photo(3))
+        networks.loss([_photo(3)], negatives=negatives)

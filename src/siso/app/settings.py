@@ -53,6 +53,6 @@ class AppSettings:
     def __post_init__(self):
         self.root = Path(self.root)
         if not (self.max_upload_mb > 0 and math.isfinite(self.max_upload_mb)):
-            raise ValueError(f"max_upload_mb must be a positive number, got {self.max_upload_mb}")
+            raise ValueError(f"--max-upload-mb must be more than 0, got {self.max_upload_mb:g}")
         if self.max_pixels < 64 * 64:
             raise ValueError(f"max_pixels must be at least {64 * 64}, got {self.max_pixels}")

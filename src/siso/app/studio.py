@@ -29,15 +29,16 @@ from siso.app.uploads import (
     unpack_subject_zip,
     whole_number,
 )
-from siso.backbones import Backbone, check_can_edit, load_backbone
+from siso.backbones import Backbone, check_can_edit, config_for, load_backbone
 from siso.config import EditConfig, OptimSettings, SisoConfig
 from siso.devices import resolve_dtype
-from siso.lora import LoraError, load_lora
-from siso.losses import SubjectLosses
+from siso.lora import LoraError, load_saved_subject, unload_saved_subject
 from siso.optimize import EarlyStopping
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob
-from siso.runs.run import run_edit, run_generate
+from siso.runs.models import Models
+from siso.runs.run import run as run_spec
+from siso.runs.spec import RunSpec
 
 __all__ = [
     "MAX_IMAGES",
@@ -66,14 +67,19 @@ class Studio:
         self.sessions = Sessions(settings.root)
         dtype = resolve_dtype(settings.dtype, settings.device)
         self.dtype = dtype
-        self.backbone = backbone or load_backbone(settings.model, dtype, settings.device)
+        # The backbone and similarity networks, loaded once and shared by every run (`siso.runs.run`).
+        self.models = Models(backbone or load_backbone(settings.model, dtype, settings.device))
         # The family's settings with the app's own overrides: what the page shows as defaults.
-        self.defaults = SisoConfig.for_model(settings.model, optim=settings.optim)
-        self._losses = SubjectLosses(settings.similarity, self.backbone.device, self.backbone.dtype)
+        self.defaults = config_for(SisoConfig, settings.model, optim=settings.optim)
         self._busy = threading.Lock()  # one run at a time (the page queues them too)
         self._stops: dict[str, threading.Event] = {}
         self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
         self._loaded: Path | None = None  # the LoRA folder the backbone carries now
+
+    @property
+    def backbone(self) -> Backbone:
+        """The app's backbone (it carries the LoRA of the last run or subject)."""
+        return self.models.loaded
 
     @property
     def model_name(self) -> str:
@@ -93,7 +99,7 @@ class Studio:
     # Learning and editing ---------------------------------------------------------------------------------------
 
     def _config(self, cls: type[SisoConfig], prompt: str, max_iters: int, lr: float | None, seed: int) -> SisoConfig:
-        """A run's configuration (`SisoConfig.for_model`, or `EditConfig`'s) with the page's prompt, max iterations,
+        """A run's configuration (`siso.backbones.config_for` of ``cls``) with the page's prompt, max iterations,
         learning rate and seed.
 
         Raises:
@@ -104,7 +110,8 @@ class Studio:
             raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
         optim = {**self.settings.optim, "max_iters": max_iters, "lr": lr, "seed": whole_number(seed, "seed")}
         try:
-            return cls.for_model(
+            return config_for(
+                cls,
                 self.settings.model,
                 train_prompt=prompt,
                 dtype=self.dtype,
@@ -153,20 +160,10 @@ class Studio:
             subject_path, subject_class, box, second_path, second_class, second_box, self.settings, side
         )
         prompt = train_prompt_for(train_prompt, *(subject.class_name or "" for subject in subjects))
-        try:
-            config = self._config(SisoConfig, prompt, max_iters, lr, seed)
-        except ValueError as err:
-            raise UploadError(str(err)) from None
-        composed = len(subjects) > 1 or subjects[0].box is not None
+        config = self._config(SisoConfig, prompt, max_iters, lr, seed)
 
         def run(out: RunFolder, callback) -> dict:
-            # Either loss on the networks the app loaded once: one subject's set to it, or those networks for several.
-            photos = subjects[0].photos
-            loss, nets = (None, self._nets(photos)) if composed else (self._losses(photos), None)
-            return run_generate(
-                out, config, subjects, None, progress=False, backbone=self.backbone, loss_fn=loss, callback=callback,
-                nets=nets,
-            )  # fmt: skip
+            return run_spec(RunSpec("learn", config, out, subjects), self.models, progress=False, callback=callback)
 
         yield from self._stream(session, "learn", config.optim, run, photo_counts(subjects))
 
@@ -209,38 +206,23 @@ class Studio:
             subject_path, subject_class, mask, second_path, second_class, second_box, self.settings, photo
         )
         edit_prompt = train_prompt_for(prompt, *(subject.class_name or "" for subject in subjects))
-        try:
-            # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
-            config = self._config(EditConfig, edit_prompt, max_iters, lr, seed)
-        except ValueError as err:
-            raise UploadError(str(err)) from None
+        # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
+        config = self._config(EditConfig, edit_prompt, max_iters, lr, seed)
         if len(subjects) == 1:
             job = EditJob(photo, mask, source, subject_class=subjects[0].class_name, prompt=edit_prompt)
         else:
             job = EditJob(photo, None, f"{source}; box {second_box.strip()}", prompt=edit_prompt)
 
+        paths = {"subject": subjects[0].path} if len(subjects) == 1 else None
+
         def run(out: RunFolder, callback) -> dict:
-            if len(subjects) == 1:
-                subject = subjects[0]
-                return run_edit(
-                    out, config, job, subject, paths={"subject": subject.path}, progress=False,
-                    backbone=self.backbone, loss_fn=self._losses(subject.photos), callback=callback,
-                )  # fmt: skip
-            return run_edit(
-                out, config, job, subjects, progress=False, backbone=self.backbone, callback=callback,
-                nets=self._nets(subjects[0].photos),
-            )  # fmt: skip
+            spec = RunSpec("edit", config, out, subjects, job, paths=paths)
+            return run_spec(spec, self.models, progress=False, callback=callback)
 
         yield from self._stream(session, "edit", config.optim, run, photo_counts(subjects))
 
-    def _nets(self, photos: list[Image.Image]) -> tuple[dict, dict]:
-        """The similarity networks the app loaded once (loading them at the first subject's ``photos``) and their
-        weights, for the loss of several subjects that `run_generate` and `run_edit` build on them."""
-        similarity = self._losses(photos)
-        return dict(similarity.nets), similarity.weights
-
     def _stream(self, session: str, kind: str, optim: OptimSettings, run, note: str) -> Iterator[Progress]:
-        """Run ``run(out, callback)`` (`run_generate` or `run_edit` into a new run folder) in a thread, one at a
+        """Run ``run(out, callback)`` (`siso.runs.run.run` into a new run folder) in a thread, one at a
         time, yielding `Progress` after every iteration and once at the end, every message ending in ``note``."""
         stop = self._stops[session] = threading.Event()
         iterations: queue.Queue = queue.Queue()
@@ -357,7 +339,7 @@ class Studio:
             if self._loaded != lora:
                 self._unload()
                 try:
-                    load_lora(self.backbone, lora)
+                    load_saved_subject(self.backbone, lora)  # its IP-Adapter too, when it was learned over one
                 except LoraError as err:
                     raise UploadError(str(err)) from None
                 self._loaded = lora
@@ -368,7 +350,6 @@ class Studio:
         return [str(out.path / record["file"]) for record in records]
 
     def _unload(self) -> None:
-        """Take any LoRA off the backbone (a new subject starts from the base model)."""
-        if getattr(self.backbone.denoiser, "peft_config", None):
-            self.backbone.pipe.unload_lora_weights()
+        """Take any subject off the backbone, LoRA and IP-Adapter (a new subject starts from the base model)."""
+        unload_saved_subject(self.backbone)
         self._loaded = None

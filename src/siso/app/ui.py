@@ -17,6 +17,7 @@ import pandas as pd
 
 from siso.app.studio import MAX_IMAGES, MAX_ITERS_LIMIT, Progress, Studio, UploadError
 from siso.config import OptimSettings
+from siso.config.fields import declared_field
 from siso.runs.memory import is_out_of_memory, out_of_memory_message
 
 LOG = logging.getLogger(__name__)
@@ -70,14 +71,29 @@ def _page_error(err: BaseException) -> gr.Error:
     return gr.Error(f"the run failed: {type(err).__name__}: {err}")
 
 
+# The `OptimSettings` fields under "Advanced", in the order `Studio.learn` and `Studio.edit` take them; each widget's
+# label and bounds are the field's declaration (`siso.config.fields`), its value the model's default.
+ADVANCED = ("max_iters", "lr", "seed")
+# Bounds of this page's own, tighter than the settings' (a shared server caps the work one run asks for).
+PAGE_MAXIMUM = {"max_iters": MAX_ITERS_LIMIT}
+
+
 def _advanced(optim: OptimSettings, prefix: str) -> list[gr.Number]:
-    """The run's settings under "Advanced", with the CLI's defaults: max iterations, learning rate, seed."""
+    """The run's settings under "Advanced" (`ADVANCED`), with the CLI's defaults for the model."""
     with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}advanced"):
-        return [
-            gr.Number(label="Max iterations", value=optim.max_iters, precision=0, minimum=1, maximum=MAX_ITERS_LIMIT),
-            gr.Number(label="Learning rate", value=optim.lr, minimum=0),
-            gr.Number(label="Seed", value=optim.seed, precision=0, minimum=0),
-        ]
+        widgets = []
+        for name in ADVANCED:
+            field = declared_field(OptimSettings, name)
+            widgets.append(
+                gr.Number(
+                    label=field.declaration.label,
+                    value=getattr(optim, name),
+                    precision=0 if field.kind is int else None,
+                    minimum=field.declaration.minimum,
+                    maximum=PAGE_MAXIMUM.get(name, field.declaration.maximum),
+                )
+            )
+        return widgets
 
 
 def _start_stop(prefix: str) -> tuple[gr.Button, gr.Button]:

@@ -10,7 +10,7 @@ under no-grad.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, ClassVar
 
@@ -151,6 +151,23 @@ class Backbone:
         return names
 
     @contextmanager
+    def gradient_checkpointing(self) -> Iterator[list[str]]:
+        """`enable_gradient_checkpointing` inside the block; after it, checkpointing is off again on the components
+        it turned on (one that checkpointed before keeps it), so that a backbone used again runs as it did.
+
+        Yields:
+            The pipeline components that checkpoint inside the block.
+        """
+        before = {name for name in (self.denoiser_name, "vae") if getattr(self.pipe, name).is_gradient_checkpointing}
+        names = self.enable_gradient_checkpointing()
+        try:
+            yield names
+        finally:
+            for name in names:
+                if name not in before:
+                    getattr(self.pipe, name).disable_gradient_checkpointing()
+
+    @contextmanager
     def channels_last_vae(self):
         """Run the VAE in channels-last memory layout inside the block (its decode forward + backward is ~1.16x
         faster on a CPU at 256 px; convolution kernels then differ, so images may differ by float rounding), and
@@ -202,6 +219,7 @@ class Backbone:
             raise ValueError("the IP-Adapter needs at least one photo")
         weight = settings.weight_name or self.ip_adapter_weight
         subfolder, _, file = weight.rpartition("/")
+        self._own_processors = dict(self.denoiser.attn_processors)  # what `unload_ip_adapter` puts back
         # The loader casts the denoiser to its own dtype and warns about that (listing no module): noise for users.
         verbosity = diffusers.utils.logging.get_verbosity()
         diffusers.utils.logging.set_verbosity_error()
@@ -225,6 +243,21 @@ class Backbone:
         self.pipe.register_modules(image_encoder=None)
         self.ip_adapter = dataclasses.replace(settings, weight_name=weight)
         self.ip_adapter_images = photos
+
+    def unload_ip_adapter(self) -> None:
+        """Take the IP-Adapter off with diffusers' own ``pipe.unload_ip_adapter``, and put back the attention
+        processors the denoiser had before `load_ip_adapter` (diffusers' unloader sets its default ones).
+
+        Raises:
+            ValueError: the backbone carries LoRA (take it off first: peft wraps the layers the adapter replaced).
+        """
+        if self.ip_adapter is None:
+            return
+        if getattr(self.denoiser, "peft_config", None):
+            raise ValueError("take the LoRA off before the IP-Adapter")
+        self.pipe.unload_ip_adapter()
+        self.denoiser.set_attn_processor(self._own_processors)
+        self.ip_adapter, self.ip_adapter_images, self._ip_adapter_embeds = None, [], None
 
     def ip_adapter_embeds(self, guidance_scale: float = 0.0) -> list[torch.Tensor] | None:
         """The IP-Adapter's image embeddings as the denoiser takes them: per adapter a tensor of shape

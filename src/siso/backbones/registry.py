@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
@@ -12,8 +13,11 @@ from siso.backbones.flux import FluxBackbone
 from siso.backbones.quantize import check_quantize, quantization_config
 from siso.backbones.sana import SanaBackbone
 from siso.backbones.unet import SDBackbone, SDXLBackbone
+from siso.config import SisoConfig
 from siso.devices import TORCH_DTYPES, check_device, default_device, own_cpu_memory, resolve_dtype
 from siso.hub import ModelLoadError, load_pretrained
+
+C = TypeVar("C", bound=SisoConfig)
 
 # Named backbones: name -> (Hub id, backbone class, resolution the model was distilled at).
 BACKBONES: dict[str, tuple[str, type[Backbone], int]] = {
@@ -94,6 +98,24 @@ def family_defaults(model: str) -> dict[str, dict]:
     return cls.defaults if cls else {}
 
 
+def config_for(cls: type[C], model: str, **overrides) -> C:
+    """The configuration of ``model`` (a `SisoConfig` or `EditConfig`, as ``cls``) with its backbone family's
+    defaults (`family_defaults`), then the caller's values (`SisoConfig.merged`).
+
+    Args:
+        cls: The kind of run's configuration, `siso.config.SisoConfig` or `siso.config.EditConfig`.
+        model: Backbone name, Hub id or local diffusers directory; one that cannot be resolved gets no family
+            defaults (its error comes when it loads).
+        **overrides: As `SisoConfig.merged`: top-level fields, or per settings group a dict of fields or a settings
+            object; ``None`` means "not given".
+
+    Raises:
+        TypeError: an unknown field or group.
+        ValueError: a value the settings refuse.
+    """
+    return cls.merged(model, family_defaults(model), **overrides)
+
+
 def load_backbone(
     model: str = "sdxl-turbo",
     dtype: str = "fp32",
@@ -109,7 +131,8 @@ def load_backbone(
         dtype: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (bf16 on CUDA, fp32 elsewhere) for the frozen weights.
         device: Torch device; ``None`` picks cuda, then mps, then cpu.
         resolution: Image side in pixels; ``None`` means 512 for the named backbones, else the pipeline's default.
-        quantize: Quantize the denoiser's linear weights: ``int8`` or ``nf4`` (`siso.quantize`); ``None``: off.
+        quantize: Quantize the denoiser's linear weights: ``int8`` or ``nf4`` (`siso.backbones.quantize`);
+            ``None``: off.
 
     Raises:
         ModelLoadError: the model cannot be found or is of an unsupported family.

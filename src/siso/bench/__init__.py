@@ -10,11 +10,22 @@ With several subjects (``subjects``) each configuration also scores that many in
 (`siso.losses.CompositionLoss`), reported as ratios to its one-subject row.
 
 Modules: `siso.bench.run` (settings, one process per configuration), `siso.bench.measure` (one configuration),
-`siso.bench.timing` (by part, FLOPs), `siso.bench.architectures` (the real-size models), `siso.bench.report`.
+`siso.bench.timing` (by part, FLOPs), `siso.bench.architectures` (the real-size models), `siso.bench.report`;
+`siso.bench.estimate` (``--memory``: the GPU memory of optimizing at real size, estimated on the meta device).
 """
 
+from siso.bench.estimate import estimate_memory, estimate_model, memory_report
 from siso.bench.measure import CONFIGURATIONS
 from siso.bench.report import report
 from siso.bench.run import BenchError, BenchSettings, run_bench
 
-__all__ = ["CONFIGURATIONS", "BenchError", "BenchSettings", "report", "run_bench"]
+__all__ = [
+    "CONFIGURATIONS",
+    "BenchError",
+    "BenchSettings",
+    "estimate_memory",
+    "estimate_model",
+    "memory_report",
+    "report",
+    "run_bench",
+]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siso.backbones import load_backbone
+from siso.backbones import config_for, load_backbone
 from siso.bench.timing import _RUSAGE, PARTS, PartTimer, count_flops, device_peak_tflops
 from siso.compose import default_slots, subject_names
 from siso.config import (
@@ -33,7 +33,7 @@ from siso.config import (
 )
 from siso.devices import TORCH_DTYPES, resolve_dtype
 from siso.editing import BackgroundLoss, EditObjective, Scene, invert_scene, prepare_scene
-from siso.losses import ClipImageEmbedding, CompositionLoss, DinoEmbedding, SimilarityLoss, load_nets
+from siso.losses import ClipImageEmbedding, DinoEmbedding, LossNetworks, load_nets
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import optimize_lora
 from siso.runs.memory import PeakMemory, allocator
@@ -104,8 +104,9 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
 
         backbone = build_backbone(model, device, TORCH_DTYPES[dtype], settings.resolution)
         built = build_similarity(device, TORCH_DTYPES[dtype])
-        side = FastSettings(configuration.fast).similarity_for(SimilaritySettings()).dino_resolution
-        nets, weights = {"dino": DinoEmbedding(built["dino"], side), "ir": ClipImageEmbedding(built["ir"])}, None
+        similarity = FastSettings(configuration.fast).similarity_for(SimilaritySettings())
+        dino = DinoEmbedding(built["dino"], similarity.dino_resolution)
+        nets, weights = {"dino": dino, "ir": ClipImageEmbedding(built["ir"])}, None
         if configuration.fast:
             loss_vae = build_tiny_vae(model, device, TORCH_DTYPES[dtype])
     else:  # a model folder and similarity networks on disk (the tests' tiny ones)
@@ -114,13 +115,15 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
         nets, weights = load_nets(similarity, backbone.device, backbone.dtype)
         if configuration.fast:
             loss_vae = load_tiny_vae(tiny_vae_name(FastSettings(True, settings.tiny_vae), model), backbone)
+    # The loss as a run builds it (`siso.losses.LossNetworks`), on these networks.
+    networks = LossNetworks(similarity, backbone.device, backbone.dtype, nets=(nets, weights))
     photos = subject_photos(subjects)
     if subjects == 1:
-        loss_fn = SimilarityLoss(nets, photos[0], weights)
+        loss_fn = networks.loss(photos)
     else:
         side = backbone.resolution
         boxes = [slot.pixels(side, side) for slot in default_slots(subjects)]
-        loss_fn = CompositionLoss(nets, photos, boxes, subject_names([None] * subjects), weights)
+        loss_fn = networks.loss(photos, boxes, subject_names([None] * subjects))
     return backbone, loss_fn, dtype, loss_vae
 
 
@@ -133,7 +136,7 @@ def optim_settings(model: str, settings, edit: bool = False) -> OptimSettings:
     Raises:
         ValueError: settings the loop refuses.
     """
-    family = (EditConfig if edit else SisoConfig).for_model(model).optim
+    family = config_for(EditConfig if edit else SisoConfig, model).optim
     total = settings.warmup + settings.iters
     steps = family.num_inference_steps if edit else max(family.num_inference_steps, settings.grad_steps or 0)
     return dataclasses.replace(

@@ -60,16 +60,9 @@ def run(args: argparse.Namespace) -> None:
     """
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be 1 to 65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise ValueError(f"--max-upload-mb must be more than 0, got {args.max_upload_mb:g}")
-    try:
-        from siso.app.ui import build_app
-    except ImportError as err:
-        if err.name in ("gradio", "pandas"):
-            raise ValueError(f"siso app needs Gradio, which is not installed: {INSTALL}") from None
-        raise
-    from siso.app.studio import AppSettings, Studio
+    from siso.app.settings import AppSettings
 
+    # Its checks (--max-upload-mb) come before Gradio is asked for, as the port's.
     settings = AppSettings(
         model=args.model,
         root=Path(args.root),
@@ -78,6 +71,14 @@ def run(args: argparse.Namespace) -> None:
         similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
         max_upload_mb=args.max_upload_mb,
     )
+    try:
+        from siso.app.ui import build_app
+    except ImportError as err:
+        if err.name in ("gradio", "pandas"):
+            raise ValueError(f"siso app needs Gradio, which is not installed: {INSTALL}") from None
+        raise
+    from siso.app.studio import Studio
+
     print(f"siso: loading {args.model} (once; then the page starts)", file=sys.stderr)
     studio = Studio(settings)
     page = build_app(studio).queue(default_concurrency_limit=1)

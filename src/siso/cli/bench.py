@@ -19,7 +19,20 @@ def add_parser(sub) -> None:
         "code's configuration (fp32, prompt re-encoded every iteration, everything on the device) and siso's default, "
         "as a ratio to it. Each configuration runs in a fresh process, once per --subjects count.",
     )
-    bench.add_argument("--model", default="sd-turbo", metavar="NAME", help=f"backbone: {', '.join(BACKBONES)}")
+    bench.add_argument(
+        "--model",
+        default="sd-turbo",
+        metavar="NAME",
+        help=f"backbone: {', '.join(BACKBONES)}; with --memory also all (the four)",
+    )
+    bench.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of running: estimate the GPU memory of optimizing at real size in bf16 (default, "
+        "--gradient-checkpointing, + --quantize int8, + --quantize nf4; weights, LoRA + AdamW, activations kept for "
+        "backward), from the models built on PyTorch's meta device (nothing runs at real size: about a minute for "
+        "all four on a CPU); uses --model, --resolution and --json only",
+    )
     bench.add_argument(
         "--config",
         default="all",
@@ -66,6 +79,12 @@ def _configs(args: argparse.Namespace) -> tuple[str, ...]:
     return ("reference", "default", "fast") if has_tiny_vae else ("reference", "default")
 
 
+def _check_json(path: str | None) -> None:
+    """Refuse a ``--json`` file whose folder does not exist, before anything runs."""
+    if path and not Path(path).absolute().parent.is_dir():
+        raise ValueError(f"--json {path}: folder {Path(path).absolute().parent} does not exist")
+
+
 def _subjects(text: str) -> tuple[int, ...]:
     """The subject counts ``--subjects`` names (`siso.bench.BenchSettings` checks their range).
 
@@ -88,6 +107,8 @@ def run(args: argparse.Namespace) -> str:
     from siso.bench import BenchError, BenchSettings, report, run_bench
     from siso.io import write_json
 
+    if args.memory:
+        return _memory(args)
     similarity = None
     if args.dino_model or args.ir_model:
         similarity = SimilaritySettings(
@@ -95,8 +116,7 @@ def run(args: argparse.Namespace) -> str:
         )
     elif args.model not in BACKBONES:
         raise ValueError(f"siso bench builds these backbones at their published architectures: {', '.join(BACKBONES)}")
-    if args.json and not Path(args.json).absolute().parent.is_dir():
-        raise ValueError(f"--json {args.json}: folder {Path(args.json).absolute().parent} does not exist")
+    _check_json(args.json)
     settings = BenchSettings(
         model=args.model,
         configs=_configs(args),
@@ -119,3 +139,26 @@ def run(args: argparse.Namespace) -> str:
     if args.json:
         write_json(args.json, result)
     return report(result)
+
+
+def _memory(args: argparse.Namespace) -> str:
+    """``siso bench --memory``: `siso.bench.estimate_model` of ``--model`` (or of all four); returns the table.
+
+    Raises:
+        ValueError: a model with no published architecture, a resolution that is not a multiple of 64, or a
+            ``--json`` file in a folder that does not exist.
+    """
+    from siso.bench import estimate_model, memory_report
+    from siso.bench.architectures import MODELS
+    from siso.io import write_json
+
+    models = MODELS if args.model == "all" else (args.model,)
+    if any(model not in MODELS for model in models):
+        raise ValueError(f"siso bench --memory estimates these backbones: {', '.join(MODELS)} or all")
+    if args.resolution < 64 or args.resolution % 64:
+        raise ValueError(f"resolution must be a multiple of 64, got {args.resolution}")
+    _check_json(args.json)
+    estimates = {model: estimate_model(model, args.resolution) for model in models}
+    if args.json:
+        write_json(args.json, {"dtype": "bf16", "resolution": args.resolution, "estimates": estimates})
+    return memory_report(estimates, args.resolution)

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from siso.backbones import check_can_edit
+from siso.backbones import check_can_edit, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
@@ -15,7 +15,8 @@ from siso.config import BACKGROUND_TARGETS, INVERSION_METHODS, MAX_SUBJECTS, Edi
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob
-from siso.runs.run import run_edit
+from siso.runs.run import run as run_spec
+from siso.runs.spec import RunSpec
 from siso.vision.masks import box_mask, load_mask
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
@@ -100,13 +101,15 @@ def add_parser(sub) -> None:
         "--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"Grounding DINO ({DEFAULT_DETECTOR})"
     )
     edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"SAM ({DEFAULT_SEGMENTER})")
-    add_shared_options(edit)
+    # --steps is editing's schedule; the fast loss and an IP-Adapter start are generation's.
+    add_shared_options(edit, without=("optim.num_inference_steps", "fast", "ip_adapter"))
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``siso edit``; returns the exit code."""
     check_can_edit(args.model)
-    config = EditConfig.for_model(
+    config = config_for(
+        EditConfig,
         args.model,
         edit=EditSettings(
             strength=args.strength,
@@ -123,18 +126,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     specs = subject_specs(args)
     regions = [_region(spec, scene.size) for spec in specs]
     if len(specs) == 1:
-        spec, (mask, source) = specs[0], regions[0]
-        job = EditJob(scene, mask, source, args.object, spec.get("class"), args.prompt, args.detector, args.segmenter)
-        subject = load_subject_spec(spec)
+        given, (mask, source) = specs[0], regions[0]
+        job = EditJob(scene, mask, source, args.object, given.get("class"), args.prompt, args.detector, args.segmenter)
+        subjects = [load_subject_spec(given)]
     else:
         sources = "; ".join(source for _, source in regions)
         job = EditJob(scene, None, sources, None, None, args.prompt, args.detector, args.segmenter)
-        subject = [load_subject_spec(spec, region=mask) for spec, (mask, _) in zip(specs, regions, strict=True)]
+        subjects = [load_subject_spec(given, region=mask) for given, (mask, _) in zip(specs, regions, strict=True)]
     out = RunFolder(args.out, args.overwrite)
     paths = {"image": str(args.image), "subject": str(specs[0]["photo"]) if len(specs) == 1 else None}
-    metrics = interruptible(
-        lambda: run_edit(out, config, job, subject, command=argv, paths=paths, progress=not args.quiet), out
-    )
+    spec = RunSpec("edit", config, out, subjects, job, command=argv, paths=paths, detector=args.detector)
+    metrics = interruptible(lambda: run_spec(spec, progress=not args.quiet), out)
     if metrics is None:
         return EXIT_INTERRUPTED
     print(

@@ -9,15 +9,9 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from siso.backbones import check_can_edit
-from siso.cli.options import (
-    add_ip_adapter_options,
-    add_memory_options,
-    add_negative_options,
-    ip_adapter_settings,
-    memory_settings,
-)
-from siso.config import DTYPES, EditConfig, OptimSettings, SimilaritySettings, SisoConfig
+from siso.backbones import check_can_edit, config_for
+from siso.cli.options import add_setting_options, shared_settings
+from siso.config import EditConfig, SisoConfig
 from siso.eval.edit import edit_suite
 from siso.eval.fetch import fetch
 from siso.eval.generate import PROTOCOLS, generate_suite, plan, unit_metrics
@@ -132,22 +126,7 @@ def add_parser(sub) -> None:
         help="generation: steps of the final images (default: 1); editing: the schedule that strength 0.75 cuts, "
         "as `siso edit --steps` (default: 4)",
     )
-    ru.add_argument("--seed", type=int, default=0, help="optimization seed and first image seed (0)")
-    ru.add_argument("--max-iters", type=int, help=f"iteration cap ({OptimSettings.max_iters})")
-    ru.add_argument("--lr", type=float, help=f"AdamW learning rate (backbone's; {OptimSettings.lr} for SD/SDXL)")
-    ru.add_argument("--dino-model", default=SimilaritySettings.dino_model, metavar="ID|DIR", help="loss DINOv2")
-    ru.add_argument(
-        "--ir-model",
-        default=SimilaritySettings.ir_model,
-        metavar="ID|DIR|FILE.pth",
-        help=f"loss IR model: a CLIP vision model ({SimilaritySettings.ir_model}, a substitute) or the paper's GUIE "
-        "checkpoint file",
-    )
-    ru.add_argument("--dtype", choices=DTYPES, default="auto", help="weights dtype (auto: bf16 on CUDA, else fp32)")
-    ru.add_argument("--resolution", type=int, metavar="PX", help="image side (backbone default: 512)")
-    add_memory_options(ru)
-    add_negative_options(ru)
-    add_ip_adapter_options(ru)
+    add_setting_options(ru, without=("device",))  # --device is the scoring's too (above)
     fe = commands.add_parser("fetch", help="download a suite into the layout --data expects (needs internet)")
     fe.add_argument("--suite", required=True, choices=sorted(SUITES), help="benchmark suite")
     fe.add_argument("--out", required=True, metavar="DIR", help="folder to create")
@@ -163,8 +142,6 @@ def run(args: argparse.Namespace) -> str:
         if not sep or not model:
             raise ValueError(f"--metric-model takes NAME=ID|DIR|FILE, got {spec!r}")
         models[name] = model
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.eval_command == "run" and args.subject_photos not in ("1", "all"):
         raise ValueError(f"--subject-photos takes 1 or all, got {args.subject_photos!r}")
     items = SUITES[args.suite](args.data, args.unique_token)[: args.limit]
@@ -175,32 +152,8 @@ def run(args: argparse.Namespace) -> str:
     generated = args.generated if args.eval_command == "score" else None
     optimizations = None  # the LoRAs behind the images: eval run's own
     if args.eval_command == "run":
-        overrides = {
-            "resolution": args.resolution,
-            "dtype": args.dtype,
-            "device": args.device,
-            "similarity": {"dino_model": args.dino_model, "ir_model": args.ir_model},
-            "optim": {"lr": args.lr, "max_iters": args.max_iters, "seed": args.seed},
-            "memory": memory_settings(args),
-            "negatives": {"kinds": args.negative},
-            "ip_adapter": ip_adapter_settings(args),
-        }
+        config = run_config(args)
         if args.suite in EDITING_SUITES:
-            if args.num_images != 1:
-                raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
-            if args.protocol is not None:
-                raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
-            if args.subject_photos != "1":
-                raise ValueError(
-                    f"{args.suite} is an editing suite: its edits learn from one photo; drop --subject-photos"
-                )
-            if "generic" in (args.negative or ()):
-                raise ValueError(f"{args.suite} is an editing suite: it takes --negative blur, not generic")
-            if args.ip_adapter is not None:
-                raise ValueError(f"{args.suite} is an editing suite: its edits take no --ip-adapter")
-            check_can_edit(args.model)
-            overrides["optim"]["num_inference_steps"] = args.steps
-            config = EditConfig.for_model(args.model, **overrides)
             generated, skipped = edit_suite(
                 items, args.out, config, args.detector, args.segmenter, args.box_threshold, progress=not args.quiet
             )
@@ -209,7 +162,6 @@ def run(args: argparse.Namespace) -> str:
                     print(f"siso: skipped {item_id}: {reason}", file=sys.stderr)
             units = [item.id for item in items]
         else:
-            config = SisoConfig.for_model(args.model, **overrides)
             generated = generate_suite(
                 items,
                 args.out,
@@ -239,3 +191,32 @@ def run(args: argparse.Namespace) -> str:
         optimizations=optimizations,
     )
     return (scores / "summary.md").read_text() if PartialState().is_main_process else ""
+
+
+def run_config(args: argparse.Namespace) -> SisoConfig:
+    """The settings of an ``eval run``: the family's defaults, then its flags (`siso.cli.options.shared_settings`);
+    an `EditConfig` on an editing suite (its schedule: --steps), else a `SisoConfig`.
+
+    Raises:
+        ValueError: a flag the suite does not take, or a value the settings refuse.
+    """
+    editing = args.suite in EDITING_SUITES
+    overrides = shared_settings(args, args.model, args.steps if editing else None)
+    if args.tiny_vae and not args.fast:
+        raise ValueError("--tiny-vae needs --fast")
+    if not editing:
+        return config_for(SisoConfig, args.model, **overrides)
+    if args.num_images != 1:
+        raise ValueError(f"{args.suite} is an editing suite: one edit per item, so --num-images must be 1")
+    if args.protocol is not None:
+        raise ValueError(f"{args.suite} is an editing suite: each item gets its own LoRA; drop --protocol")
+    if args.subject_photos != "1":
+        raise ValueError(f"{args.suite} is an editing suite: its edits learn from one photo; drop --subject-photos")
+    if "generic" in (args.negative or ()):
+        raise ValueError(f"{args.suite} is an editing suite: it takes --negative blur, not generic")
+    if args.ip_adapter is not None:
+        raise ValueError(f"{args.suite} is an editing suite: its edits take no --ip-adapter")
+    if args.train_steps is not None:
+        raise ValueError(f"{args.suite} is an editing suite: its schedule is --steps; drop --train-steps")
+    check_can_edit(args.model)
+    return config_for(EditConfig, args.model, **overrides)

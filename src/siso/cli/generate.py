@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from siso.backbones import BACKBONES, check_ip_adapter
+from siso.backbones import BACKBONES, check_ip_adapter, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
-from siso.cli.options import add_ip_adapter_options, add_shared_options, shared_settings
+from siso.cli.options import add_shared_options, shared_settings
 from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
 from siso.compose import Box
-from siso.config import MAX_SUBJECTS, FastSettings, SisoConfig
+from siso.config import MAX_SUBJECTS, SisoConfig
 from siso.lora import check_lora_file, read_subject_info
 from siso.losses.tiny_vae import tiny_vae_name
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import GenerationJob
-from siso.runs.reuse import run_reuse
-from siso.runs.run import run_generate
+from siso.runs.run import run as run_spec
+from siso.runs.spec import RunSpec
 from siso.vision.grounding import DEFAULT_DETECTOR
 
 
@@ -71,25 +71,12 @@ def add_parser(sub) -> None:
         "--steps", type=int, metavar="N", help="denoising steps of the final images (default: --train-steps)"
     )
     gen.add_argument(
-        "--train-steps", type=int, metavar="N", help="denoising steps while optimizing (backbone's; 1 for SD/SDXL)"
-    )
-    gen.add_argument(
-        "--fast",
-        action="store_true",
-        help="the fast loss: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees 224 px; NOT the paper's "
-        "loss, and its effect on quality is not measured (final images still use the full VAE)",
-    )
-    gen.add_argument(
-        "--tiny-vae", metavar="ID|DIR", help="with --fast: the AutoencoderTiny to use (default: the backbone's)"
-    )
-    gen.add_argument(
         "--detector",
         default=DEFAULT_DETECTOR,
         metavar="ID|DIR",
         help=f"Grounding DINO, to place several subjects given no --box ({DEFAULT_DETECTOR})",
     )
     add_shared_options(gen)
-    add_ip_adapter_options(gen)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -119,28 +106,30 @@ def check(args: argparse.Namespace) -> None:
                 box.pixels(side, side)
         if "class" in spec and not spec["class"].strip():
             raise ValueError("a subject class must not be empty")
-    # With --lora nothing is optimized, but the optimization options must be valid too (before the folder is read).
-    model = None if args.lora else args.model or "sdxl-turbo"
-    SisoConfig.for_model(model or "sdxl-turbo", **shared_settings(args, model, args.train_steps))
-    if args.ip_adapter:
-        if len(specs) > 1:
-            raise ValueError("--ip-adapter takes one subject (its photos are the adapter's image)")
-        check_ip_adapter(model)  # a family without one is refused before anything loads
+    if args.lora:  # nothing is optimized, but the flags' values are checked too, before the saved subject is read
+        config_for(SisoConfig, "sdxl-turbo", **shared_settings(args, None))
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run ``siso generate``; returns the exit code."""
+    """Run ``siso generate``: translate the flags into a run (`siso.runs.RunSpec`) and run it; returns the exit code."""
     if args.lora:
         check_lora_file(args.lora)  # a damaged subject is the error to report, whatever the model
-    model = args.model or (read_subject_info(args.lora).get("model") if args.lora else None) or "sdxl-turbo"
-    fast = FastSettings(args.fast, args.tiny_vae)
-    # The run's settings: the family's defaults, then the flags given.
-    config = SisoConfig.for_model(
+        model = args.model or read_subject_info(args.lora).get("model")
+        if model is None:
+            raise ValueError(f"{args.lora} does not say which model it was learned on; pass --model")
+    else:
+        model = args.model or "sdxl-turbo"
+    # The run's settings, merged once: the family's defaults, then the flags given.
+    config = config_for(
+        SisoConfig,
         model,
         train_prompt=args.train_prompt or args.prompt[0],
-        fast=fast,
         **shared_settings(args, model, args.train_steps),
     )
+    if args.ip_adapter:
+        if len(subject_specs(args)) > 1:
+            raise ValueError("--ip-adapter takes one subject (its photos are the adapter's image)")
+        check_ip_adapter(model)  # a family without one is refused before anything loads
     optim = config.optim
     job = GenerationJob(
         prompts=args.prompt,
@@ -150,40 +139,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if args.lora:
         out = RunFolder(args.out, args.overwrite)
-
-        def work():
-            return run_reuse(
-                out,
-                args.lora,
-                job,
-                args.model,
-                args.dtype,
-                args.device,
-                command=argv,
-                progress=not args.quiet,
-                quantize=args.quantize,
-            )
-
+        spec = RunSpec("reuse", config, out, job=job, lora=args.lora, command=argv)
     else:
-        if fast.enabled:
-            tiny_vae_name(fast, model)  # a family without a tiny VAE is refused before anything loads
+        if config.fast.enabled:
+            tiny_vae_name(config.fast, model)  # a family without a tiny VAE is refused before anything loads
         subjects = [
-            load_subject_spec(spec, box=Box.parse(spec["box"]) if "box" in spec else None)
-            for spec in subject_specs(args)
+            load_subject_spec(given, box=Box.parse(given["box"]) if "box" in given else None)
+            for given in subject_specs(args)
         ]
         out = RunFolder(args.out, args.overwrite)
+        spec = RunSpec("learn", config, out, subjects, job, command=argv, detector=args.detector)
+    notify = None if args.lora else lambda line: print(f"siso: {line}")
 
-        def work():
-            return run_generate(
-                out,
-                config,
-                subjects,
-                job,
-                command=argv,
-                progress=not args.quiet,
-                notify=lambda line: print(f"siso: {line}"),
-                detector=args.detector,
-            )
+    def work():
+        return run_spec(spec, progress=not args.quiet, notify=notify)
 
     metrics = interruptible(work, out)
     if metrics is None:

@@ -42,8 +42,8 @@ NOTICES: dict[str, re.Pattern] = {
     ),
 }
 # About the second diffusers notice: it is said of every int quantization in any dtype but bf16. siso's --quantize int8
-# (weight-only) optimizes in fp32 on the CPU (tests/test_memory.py), where bf16 is unusably slow; were a kernel to lack
-# a dtype, the first forward pass would fail with an error, not quietly.
+# (weight-only) optimizes in fp32 on the CPU (tests/backbones/test_quantize.py), where bf16 is unusably slow; were a
+# kernel to lack a dtype, the first forward pass would fail with an error, not quietly.
 
 
 class NoticeFilter(logging.Filter):

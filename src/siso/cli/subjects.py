@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from siso.compose import Subject
-from siso.config import MAX_SUBJECTS, ComposeSettings
+from siso.config import MAX_SUBJECTS
 from siso.images import load_photos
 
 # Option dest -> the key of a subject's spec.
@@ -69,45 +69,3 @@ def load_subject_spec(spec: dict, **fields) -> Subject:
     """
     photos, files = load_photos(spec["photo"])
     return Subject(photos, spec.get("class"), path=str(spec["photo"]), files=files, **fields)
-
-
-def add_compose_options(parser: argparse.ArgumentParser) -> None:
-    """The weights of the composition loss (`siso.config.ComposeSettings`), for several subjects or one in a box."""
-    group = parser.add_argument_group("several subjects, or one in a box")
-    defaults = ComposeSettings()
-    group.add_argument(
-        "--worst-weight",
-        type=float,
-        metavar="W",
-        help=f"weight of the worst subject's excess over the mean identity term, 0..1 ({defaults.worst_weight})",
-    )
-    group.add_argument(
-        "--leak-weight",
-        type=float,
-        metavar="W",
-        help=f"weight of the leakage term: a box looking like another subject ({defaults.leak_weight})",
-    )
-    group.add_argument(
-        "--leak-margin",
-        type=float,
-        metavar="M",
-        help=f"leakage tolerance: how much more alike than the two photos a box may look ({defaults.leak_margin})",
-    )
-    group.add_argument(
-        "--presence-weight",
-        type=float,
-        metavar="W",
-        help="weight of the presence term: the subject likely inside its box, unlikely outside "
-        f"({defaults.presence_weight}; 0: off)",
-    )
-    group.add_argument(
-        "--presence-top-k",
-        type=float,
-        metavar="SHARE",
-        help=f"share of the cells inside and outside a box the presence term averages ({defaults.presence_top_k})",
-    )
-
-
-def compose_settings(args: argparse.Namespace) -> dict:
-    """The composition flags as overrides for `siso.config.SisoConfig.for_model` (``None``: not given)."""
-    return {name: getattr(args, name) for name in ComposeSettings.__dataclass_fields__}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from siso.config.fields import setting
+
 
 @dataclass(frozen=True)
 class AccelSettings:
@@ -27,7 +29,12 @@ class AccelSettings:
     channels_last_vae: bool = True
     lean_graph: bool = True
     fuse_upsampling: bool = True
-    compile: bool = False
+    compile: bool = setting(
+        False,
+        flag="--compile",
+        help="torch.compile the denoiser, VAE decoder and similarity networks while optimizing: the first iteration "
+        "takes the compile time (minutes); on a CPU it needs a C++ compiler",
+    )
 
     @classmethod
     def preset(cls, name: str, **overrides) -> AccelSettings:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from siso.config.fields import setting
+
 # The negative targets `NegativeSettings.kinds` may name.
 NEGATIVE_KINDS = ("blur", "generic")
+# Where --help lists the `IPAdapterSettings` flags.
+IP_ADAPTER_SECTION = "zero-shot start (not in the SISO paper; not measured on real weights here)"
 
 
 @dataclass
@@ -34,7 +38,16 @@ class NegativeSettings:
         temperature: InfoNCE temperature tau of the generic term (0.07).
     """
 
-    kinds: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = setting(
+        (),
+        flag="--negative",
+        choices=NEGATIVE_KINDS,
+        help="add a negative target; repeat for both: blur (the photo blurred, radius {blur_radius:g} px, weight "
+        "{blur_weight}) or generic ({generic_images} images of 'a photo of a CLASS' drawn once by the frozen model, "
+        "InfoNCE at tau {temperature}, weight {generic_weight}; needs the subject's class: --subject-class, else "
+        "detected)",
+        section="negatives (SFO; not measured on real weights here)",
+    )
     blur_radius: float = 5.0
     beta: float = 10.0
     blur_weight: float = 0.2
@@ -77,9 +90,24 @@ class IPAdapterSettings:
         scale: The adapter's scale (diffusers' ``set_ip_adapter_scale``; 0.5).
     """
 
-    model: str | None = None
-    weight_name: str | None = None
-    scale: float = 0.5
+    model: str | None = setting(
+        None,
+        flag="--ip-adapter",
+        metavar="ID|DIR[:WEIGHT_FILE]",
+        help="start from a frozen IP-Adapter that sees the subject photo(s), the LoRA learned over it: e.g. "
+        "h94/IP-Adapter (SDXL family; default weight file sdxl_models/ip-adapter_sdxl.safetensors); a saved "
+        "subject (--lora) brings its own",
+        section=IP_ADAPTER_SECTION,
+    )
+    weight_name: str | None = None  # given with --ip-adapter (`parse`)
+    scale: float = setting(
+        0.5,
+        flag="--ip-adapter-scale",
+        metavar="S",
+        help="with --ip-adapter: its scale ({scale})",
+        section=IP_ADAPTER_SECTION,
+        minimum=0,
+    )
 
     def __post_init__(self):
         if self.model is not None and not self.model.strip():

@@ -12,6 +12,7 @@ from typing import Self
 
 from siso.config.accel import AccelSettings
 from siso.config.fidelity import IPAdapterSettings, NegativeSettings
+from siso.config.fields import setting
 from siso.config.settings import (
     DTYPES,
     ComposeSettings,
@@ -48,9 +49,17 @@ class SisoConfig:
 
     model: str = "sdxl-turbo"
     train_prompt: str = "a photo of a subject"
-    resolution: int | None = None
-    dtype: str = "auto"
-    device: str | None = None
+    resolution: int | None = setting(
+        None, flag="--resolution", metavar="PX", help="image side (backbone default: 512)", minimum=8
+    )
+    dtype: str = setting(
+        "auto",
+        flag="--dtype",
+        choices=DTYPES,
+        help="weights dtype (auto: bf16 on CUDA, fp32 elsewhere)",
+        filled=True,
+    )
+    device: str | None = setting(None, flag="--device", help="torch device (default: cuda, else mps, else cpu)")
     lora: LoraSettings = field(default_factory=LoraSettings)
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
@@ -74,15 +83,15 @@ class SisoConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def for_model(cls, model: str, **overrides) -> Self:
-        """The configuration of ``model`` with its backbone family's defaults, then the caller's values.
-
-        The family's defaults are the reference code's values where they differ from this module's
-        (`siso.backbones.Backbone.defaults`: FLUX.1-schnell learns at lr 2e-4, Sana at 8e-4 with 20 steps, ...); a
-        model that cannot be resolved gets none (its error comes when it loads).
+    def merged(cls, model: str, defaults: dict[str, dict], **overrides) -> Self:
+        """The configuration of ``model`` with its backbone family's ``defaults``, then the caller's values
+        (`siso.backbones.config_for` looks the family's defaults up).
 
         Args:
             model: Backbone name, Hub id or local diffusers directory.
+            defaults: The family's settings where they differ from this module's, per settings group
+                (`siso.backbones.Backbone.defaults`: FLUX.1-schnell learns at lr 2e-4, Sana at 8e-4 with 20 steps,
+                ...); ``{}`` for none.
             **overrides: Top-level fields (``train_prompt="a photo of a dog"``), or per settings group either a dict
                 of the fields to set over the family's (``optim={"lr": 1e-4}``) or a settings object, taken whole. A
                 ``None`` value means "not given" (a flag left out), so the default stays.
@@ -91,14 +100,12 @@ class SisoConfig:
             TypeError: an unknown field or group.
             ValueError: a value the settings refuse.
         """
-        from siso.backbones import family_defaults  # (imports diffusers: only when a model's family is asked for)
-
         types = typing.get_type_hints(cls)
         groups = {name for name, kind in types.items() if dataclasses.is_dataclass(kind)}
         unknown = sorted(set(overrides) - set(types))
         if unknown:
             raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
-        defaults = cls._family_defaults(family_defaults(model))
+        defaults = cls._family_defaults(defaults)
         values: dict = {"model": model}
         for name, value in overrides.items():
             if name not in groups and value is not None:

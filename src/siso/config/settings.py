@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from siso.config.fields import setting
+
 T = TypeVar("T")
 
-# "auto": bf16 on CUDA, fp32 elsewhere (`siso.backbones.resolve_dtype`); the CLI records the dtype it picked.
+# "auto": bf16 on CUDA, fp32 elsewhere (`siso.devices.resolve_dtype`); the CLI records the dtype it picked.
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-# --quantize methods of the frozen denoiser (`siso.quantize`).
+# --quantize methods of the frozen denoiser (`siso.backbones.quantize`).
 QUANTIZE_METHODS = ("int8", "nf4")
 # What torch.Generator.manual_seed accepts (a negative seed s is taken as 2**64 + s).
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -40,9 +43,9 @@ class LoraSettings:
         text_encoder_weight_decay: AdamW weight decay of the text-encoder LoRA; ``None`` means the denoiser's.
     """
 
-    rank: int = 4
+    rank: int = setting(4, flag="--rank", help="LoRA rank ({rank})", filled=True, minimum=1)
     alpha: float | None = None
-    train_text_encoder: bool = False
+    train_text_encoder: bool = setting(False, flag="--text-encoder-lora", help="also train LoRA on the text encoder(s)")
     text_encoder_lr: float | None = None
     text_encoder_weight_decay: float | None = None
 
@@ -80,12 +83,29 @@ class SimilaritySettings:
             takes 290 only).
     """
 
-    dino_model: str = "facebook/dinov2-large"
-    ir_model: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    dino_model: str = setting(
+        "facebook/dinov2-large", flag="--dino-model", metavar="ID|DIR", help="DINOv2 model ({dino_model})", filled=True
+    )
+    ir_model: str = setting(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        flag="--ir-model",
+        metavar="ID|DIR|FILE.pth",
+        help="IR term: the paper's GUIE model as its Kaggle checkpoint file (ir_features.pth), or a CLIP model "
+        "standing in for it ({ir_model}, a substitute)",
+        filled=True,
+    )
     dino_weight: float = 1.0
     ir_weight: float = 1.0
-    dino_resolution: int | None = None
-    ir_resolution: int | None = None
+    dino_resolution: int | None = setting(
+        None, flag="--dino-resolution", metavar="PX", help="DINO input side (model config: 518)", minimum=14
+    )
+    ir_resolution: int | None = setting(
+        None,
+        flag="--ir-resolution",
+        metavar="PX",
+        help="IR input side (CLIP: model config, 224; GUIE: 290 only)",
+        minimum=14,
+    )
 
     def __post_init__(self):
         if not all(math.isfinite(w) and w >= 0 for w in (self.dino_weight, self.ir_weight)):
@@ -118,16 +138,58 @@ class OptimSettings:
         seed: Seed of the fixed starting noise (and of any sampler noise).
     """
 
-    lr: float = 3e-4
-    max_iters: int = 50
-    patience: int = 7
-    min_improvement: float = 0.03
+    lr: float = setting(
+        3e-4,
+        flag="--lr",
+        help="AdamW learning rate (backbone's; {lr} for SD/SDXL)",
+        label="Learning rate",
+        minimum=0,
+    )
+    max_iters: int = setting(
+        50, flag="--max-iters", help="iteration cap ({max_iters})", label="Max iterations", minimum=1
+    )
+    patience: int = setting(
+        7,
+        flag="--patience",
+        help="early stopping: iterations without improvement (backbone's; {patience} for SD/SDXL)",
+        minimum=1,
+    )
+    min_improvement: float = setting(
+        0.03,
+        flag="--min-improvement",
+        help="early stopping: relative improvement that counts ({min_improvement})",
+        minimum=0,
+        maximum=1,
+    )
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
-    num_inference_steps: int = 1
-    grad_steps: int = 1
-    guidance_scale: float = 0.0
-    seed: int = 0
+    num_inference_steps: int = setting(
+        1,
+        flag="--train-steps",
+        metavar="N",
+        help="denoising steps while optimizing (backbone's; {num_inference_steps} for SD/SDXL)",
+        minimum=1,
+    )
+    grad_steps: int = setting(
+        1,
+        flag="--grad-steps",
+        metavar="K",
+        help="last steps that keep gradients while optimizing (backbone's; {grad_steps})",
+        minimum=1,
+    )
+    guidance_scale: float = setting(
+        0.0, flag="--guidance-scale", help="CFG scale (backbone's; turbo models: {guidance_scale:g})", minimum=0
+    )
+    # A negative seed s is the seed 2**64 + s, so 0..SEED_MAX are all the seeds there are.
+    seed: int = setting(
+        0,
+        flag="--seed",
+        help="seed of the optimization noise ({seed})",
+        filled=True,
+        label="Seed",
+        minimum=0,
+        maximum=SEED_MAX,
+    )
 
     def __post_init__(self):
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -170,9 +232,26 @@ class MemorySettings:
             Changes the images a little (the base model is approximated). ``None``: off.
     """
 
-    offload_text_encoders: bool = True
-    gradient_checkpointing: bool = False
-    quantize: str | None = None
+    offload_text_encoders: bool = setting(
+        True,
+        flag="--keep-text-encoders",
+        help="keep the text encoders on the device while optimizing (default: moved off, or freed on CPU, once the "
+        "prompt is encoded)",
+        to_field=operator.not_,
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        flag="--gradient-checkpointing",
+        help="recompute the denoiser's and VAE decoder's activations in the backward pass: less memory, slower, "
+        "same images",
+    )
+    quantize: str | None = setting(
+        None,
+        flag="--quantize",
+        choices=QUANTIZE_METHODS,
+        help="quantize the frozen denoiser (LoRA stays full precision): int8 (torchao; CPU and CUDA) or nf4 "
+        "(bitsandbytes; CUDA only); pip install 'siso[quantize]'",
+    )
 
     def __post_init__(self):
         if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
@@ -181,6 +260,7 @@ class MemorySettings:
 
 # The most subjects one image composes (`ComposeSettings`): each adds a crop per similarity network to every iteration.
 MAX_SUBJECTS = 4
+COMPOSE_SECTION = "several subjects, or one in a box"  # where --help lists the `ComposeSettings` flags
 
 
 @dataclass
@@ -212,11 +292,49 @@ class ComposeSettings:
         presence_top_k: Share (0, 1] of the map's cells inside (and outside) a box that the term averages.
     """
 
-    worst_weight: float = 0.5
-    leak_weight: float = 0.5
-    leak_margin: float = 0.05
-    presence_weight: float = 0.5
-    presence_top_k: float = 0.2
+    worst_weight: float = setting(
+        0.5,
+        flag="--worst-weight",
+        metavar="W",
+        help="weight of the worst subject's excess over the mean identity term, 0..1 ({worst_weight})",
+        section=COMPOSE_SECTION,
+        minimum=0,
+        maximum=1,
+    )
+    leak_weight: float = setting(
+        0.5,
+        flag="--leak-weight",
+        metavar="W",
+        help="weight of the leakage term: a box looking like another subject ({leak_weight})",
+        section=COMPOSE_SECTION,
+        minimum=0,
+    )
+    leak_margin: float = setting(
+        0.05,
+        flag="--leak-margin",
+        metavar="M",
+        help="leakage tolerance: how much more alike than the two photos a box may look ({leak_margin})",
+        section=COMPOSE_SECTION,
+        minimum=0,
+    )
+    presence_weight: float = setting(
+        0.5,
+        flag="--presence-weight",
+        metavar="W",
+        help="weight of the presence term: the subject likely inside its box, unlikely outside "
+        "({presence_weight}; 0: off)",
+        section=COMPOSE_SECTION,
+        minimum=0,
+    )
+    presence_top_k: float = setting(
+        0.2,
+        flag="--presence-top-k",
+        metavar="SHARE",
+        help="share of the cells inside and outside a box the presence term averages ({presence_top_k})",
+        section=COMPOSE_SECTION,
+        minimum=0,
+        maximum=1,
+    )
 
     def __post_init__(self):
         for name in ("worst_weight", "leak_weight", "leak_margin", "presence_weight"):
@@ -246,8 +364,18 @@ class FastSettings:
             ``taef1`` for FLUX.1-schnell; Sana has none); the run's config.json records the one used.
     """
 
-    enabled: bool = False
-    tiny_vae: str | None = None
+    enabled: bool = setting(
+        False,
+        flag="--fast",
+        help="the fast loss: a tiny VAE decoder (TAESD) scores the images and DINOv2 sees 224 px; NOT the paper's "
+        "loss, and its effect on quality is not measured (final images still use the full VAE)",
+    )
+    tiny_vae: str | None = setting(
+        None,
+        flag="--tiny-vae",
+        metavar="ID|DIR",
+        help="with --fast: the AutoencoderTiny to use (default: the backbone's)",
+    )
 
     def similarity_for(self, similarity: SimilaritySettings) -> SimilaritySettings:
         """``similarity`` as this loss uses it: DINOv2 at `FAST_DINO_RESOLUTION` when on and no side was given."""

@@ -21,7 +21,7 @@ from siso.config import EditConfig
 from siso.editing.inversion import Inversion, invert
 from siso.editing.scene import Scene
 from siso.images import pil_to_tensor, tensor_to_pil
-from siso.losses import SimilarityLoss
+from siso.losses.networks import LossNetworks
 from siso.optimize import IterationCallback, Objective, SisoResult, optimize_lora
 
 
@@ -189,7 +189,8 @@ def edit_subject(
         ``background``, ``loss``), and the inversion's reconstruction and PSNR. The backbone carries the best LoRA.
     """
     inverted = inverted or invert_scene(backbone, scene, config, progress)
-    loss_fn = loss_fn or SimilarityLoss.from_pretrained(config.similarity, subject, backbone.device, backbone.dtype)
+    if loss_fn is None:
+        loss_fn = LossNetworks(config.similarity, backbone.device, backbone.dtype).loss([subject])
     image, reconstruction = inverted.image, inverted.reconstruction
     weights, valid = scene.background.to(backbone.device), scene.valid.to(backbone.device)
     target = reconstruction if config.edit.bg_target == "reconstruction" else image

@@ -20,12 +20,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from siso.compose import Subject
 from siso.config import EditConfig
 from siso.editing import edit_subject, prepare_scene
-from siso.eval.generate import SuiteModels, process_share
+from siso.eval.generate import process_share, suite_device
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.io import save_image, write_atomic, write_json
+from siso.runs.models import Models
+from siso.runs.run import objective
 from siso.vision.masks import MaskError, load_mask
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
@@ -60,7 +63,7 @@ def edit_suite(
     generated = out / "generated"
     generated.mkdir(parents=True, exist_ok=True)  # scored even when every item is skipped
     pending = [item for item in items if not (generated / item.id / "0.png").is_file()]
-    models = SuiteModels(config)
+    models, config = Models(), dataclasses.replace(config, device=suite_device(config))
     objects: ObjectSegmenter | None = None
     for item in process_share(pending, "edits", progress):
         folder = out / "subjects" / item.id
@@ -71,29 +74,25 @@ def edit_suite(
                 mask, source = load_mask(item.mask, photo.size), str(item.mask)
             else:
                 if objects is None:
-                    objects = ObjectSegmenter(detector, segmenter, models.device, box_threshold)
+                    objects = ObjectSegmenter(detector, segmenter, config.device, box_threshold)
                 mask, source = objects.segment(photo, item.class_name), "detected"
                 if mask is None or not mask.any():
                     raise MaskError(
                         f"no {item.class_name!r} detected in {item.input_image} (box threshold {box_threshold}): "
                         f"draw its mask as masks/{item.input_image.stem}.png in the suite folder"
                     )
-            scene = prepare_scene(photo, mask, models.backbone.resolution, config.edit.mask_dilation)
+            scene = prepare_scene(photo, mask, models.backbone(config).resolution, config.edit.mask_dilation)
         except MaskError as err:
             write_atomic(folder / SKIPPED, f"{err}\n")
             continue
         (folder / SKIPPED).unlink(missing_ok=True)
         subject = load_subject(item.subject_image)
-        backbone = models.backbone
+        backbone = models.backbone(config)
+        item_config = dataclasses.replace(config, train_prompt=item.prompt)
+        # What `siso.runs.run` optimizes, in its order (editing suites take no generic negative and no IP-Adapter).
+        loss_fn, _ = objective(models, item_config, [Subject(subject, item.class_name)])
         try:
-            result = edit_subject(
-                backbone,
-                scene,
-                subject,
-                dataclasses.replace(config, train_prompt=item.prompt),
-                loss_fn=models.similarity(subject),
-                progress=False,
-            )
+            result = edit_subject(backbone, scene, subject, item_config, loss_fn=loss_fn, progress=False)
         finally:
             # The next item must start from the stock model (and add_lora refuses a module that has an adapter).
             backbone.pipe.unload_lora_weights()

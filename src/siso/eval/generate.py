@@ -7,7 +7,7 @@ Two protocols:
   (plain SISO).
 
 A multi-subject item (`siso.eval.multi.MultiItem`) is learned as ``siso generate`` learns several subjects with
-boxes (`siso.runs.run.run_generate`): `siso.losses.CompositionLoss` on each subject's box, in whole pixels of the
+boxes (`siso.runs.run.run`): `siso.losses.CompositionLoss` on each subject's box, in whole pixels of the
 model's image; its two-stage unit is the pair, learned from "a photo of a <class A> and a <class B>". Only the image
 of the optimization's seed (image 0, per-prompt) is the one the boxes were optimized on.
 
@@ -24,8 +24,9 @@ reason) and ``subjects/<unit>/negatives/<term>-<k>.png`` (the generic negatives 
 LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
 half-written PNG that looks done.
 
-The pieces both halves of ``eval run`` share (`process_share`, `SuiteModels`) live here; the editing half is
-`siso.eval.edit`.
+The pieces both halves of ``eval run`` share (`process_share`, `suite_device`) live here; the editing half is
+`siso.eval.edit`. Both learn on one `siso.runs.models.Models` (the backbone and similarity networks, loaded once for
+the suite) and put each optimization together with `siso.runs.run.objective`, as ``siso generate`` does.
 """
 
 from __future__ import annotations
@@ -34,25 +35,25 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from PIL import Image
 from tqdm.auto import tqdm
 
-from siso.backbones import Backbone, check_ip_adapter, load_backbone
+from siso.backbones import check_ip_adapter
 from siso.compose import Subject, subject_names
 from siso.config import SisoConfig
 from siso.eval.multi import MultiItem
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
 from siso.io import save_image, write_json
-from siso.lora import WEIGHTS_FILE, check_lora_file, load_lora, save_lora, saved_ip_adapter
-from siso.losses import CompositionLoss, Embedding, SubjectLosses, describe_ir, load_nets
+from siso.lora import WEIGHTS_FILE, check_lora_file, load_saved_subject, save_lora
+from siso.losses import describe_ir
 from siso.optimize import optimize_generation
-from siso.runs.negatives import draw_generic, save_generic
+from siso.runs.models import Models
+from siso.runs.negatives import save_generic
+from siso.runs.run import objective
 
 PROTOCOLS = ("two-stage", "per-prompt")
 
@@ -99,69 +100,22 @@ def process_share(work: list, desc: str, progress: bool = True) -> Iterator:
     state.wait_for_everyone()
 
 
-class SuiteModels:
-    """The backbone and similarity loss of a suite run, loaded at first use: a fully resumed run loads nothing.
+def suite_device(config: SisoConfig) -> str:
+    """``config.device``, else this process's accelerator under ``accelerate launch``, else cpu."""
+    return config.device or str(PartialState(cpu=not torch.cuda.is_available()).device)
 
-    Attributes:
-        config: The run's configuration.
-        device: ``config.device``, else this process's accelerator under ``accelerate launch``, else cpu.
-    """
 
-    def __init__(self, config: SisoConfig):
-        self.config = config
-        self.device = config.device or str(PartialState(cpu=not torch.cuda.is_available()).device)
-        self._generic: dict[str, list[Image.Image]] = {}
-
-    @cached_property
-    def backbone(self) -> Backbone:
-        config = self.config
-        return load_backbone(config.model, config.dtype, self.device, config.resolution, config.memory.quantize)
-
-    @cached_property
-    def similarity(self) -> SubjectLosses:
-        """The similarity loss with ``config.negatives``, set to a subject by calling it (its networks load at the
-        first subject)."""
-        return SubjectLosses(self.config.similarity, self.backbone.device, self.backbone.dtype, self.config.negatives)
-
-    @cached_property
-    def nets(self) -> tuple[dict[str, Embedding], dict[str, float]]:
-        """The similarity networks and their weights (`siso.losses.load_nets`), for the multi-subject losses."""
-        return load_nets(self.config.similarity, self.backbone.device, self.backbone.dtype)
-
-    def generic(self, class_name: str) -> list[Image.Image]:
-        """The generic negatives of ``class_name`` (`siso.runs.negatives.draw_generic`), drawn at the class's first
-        call and kept for the suite. Call it while the backbone carries no LoRA: they must be the frozen model's."""
-        if class_name not in self._generic:
-            self._generic[class_name] = draw_generic(self.backbone, self.config, class_name)
-        return self._generic[class_name]
-
-    def composition(
-        self, item: MultiItem, all_photos: bool = False, generic: list[list[Image.Image]] | None = None
-    ) -> tuple[CompositionLoss, list[dict]]:
-        """The loss of ``item``'s subjects in their boxes, as `siso.runs.run.run_generate` builds it: each subject
-        from its first photo (or ``all_photos``), with ``config.negatives`` and per subject its ``generic`` images;
-        and the saved subject records of each (class, box, loss term, photos)."""
-        side = self.backbone.resolution
-        subjects = []
-        for s in item.subjects:
-            files = s.references if all_photos else (s.photo,)
-            photos = [load_subject(f) for f in files]
-            subjects.append(Subject(photos, s.class_name, s.box, str(s.photo), files=[str(f) for f in files]))
-        boxes = [s.box.pixels(side, side) for s in subjects]
-        terms = subject_names([s.class_name for s in subjects])
-        nets, weights = self.nets
-        loss = CompositionLoss(
-            nets,
-            [s.photos for s in subjects],
-            boxes,
-            terms,
-            weights,
-            self.config.compose,
-            negatives=self.config.negatives,
-            generic=generic,
-        )
-        records = [{**s.record(), "box_pixels": b, "term": t} for s, b, t in zip(subjects, boxes, terms, strict=True)]
-        return loss, records
+def unit_subjects(item: EvalItem | MultiItem, all_photos: bool = False) -> list[Subject]:
+    """The subjects a unit learns from ``item``: each from its first photo (or ``all_photos``), with its class (and,
+    for a multi-subject item, its box)."""
+    if isinstance(item, MultiItem):
+        files = [s.references if all_photos else (s.photo,) for s in item.subjects]
+        return [
+            Subject([load_subject(f) for f in fs], s.class_name, s.box, str(s.photo), files=[str(f) for f in fs])
+            for s, fs in zip(item.subjects, files, strict=True)
+        ]
+    files = item.references if all_photos else (item.subject_image,)
+    return [Subject([load_subject(f) for f in files], item.class_name, files=[str(f) for f in files])]
 
 
 def unit_metrics(out: str | Path, names: Sequence[str]) -> list[dict]:
@@ -227,37 +181,34 @@ def generate_suite(
     for unit in pending:  # a damaged saved LoRA fails now, not after the models have loaded
         if (out / "subjects" / unit.name / "lora" / WEIGHTS_FILE).is_file():
             check_lora_file(out / "subjects" / unit.name / "lora")
-    models = SuiteModels(config)
+    # The suite's models, loaded at the first unit that needs them (a fully resumed run loads nothing).
+    models, device_config = Models(), dataclasses.replace(config, device=suite_device(config))
     for unit in process_share(pending, "subjects", progress):
-        if models.backbone.ip_adapter is not None:
+        if models.loaded is not None and models.loaded.ip_adapter is not None:
             # The adapter's image is the last subject's, and the encoder that would embed another's is gone.
-            del models.backbone
-        backbone = models.backbone
+            models.drop_backbone()
+        backbone = models.backbone(device_config)
         folder = out / "subjects" / unit.name
         lora = folder / "lora"
         if (lora / WEIGHTS_FILE).is_file():
-            adapter = saved_ip_adapter(lora)  # the adapter the subject was learned over, before its LoRA
-            if adapter is not None:
-                backbone.load_ip_adapter(*adapter)
-            load_lora(backbone, lora)
+            load_saved_subject(backbone, lora)  # with the IP-Adapter it was learned over, if any
         else:
-            unit_config = dataclasses.replace(config, train_prompt=unit.train_prompt)
-            first = unit.items[0]
-            classes = [s.class_name for s in first.subjects] if isinstance(first, MultiItem) else [first.class_name]
-            # Drawn now, while the backbone is the frozen model: this unit's LoRA comes with the optimization.
-            generic = [models.generic(c) for c in classes] if config.negatives.generic else None
-            info = {}
-            if isinstance(first, MultiItem):
-                loss_fn, info["subjects"] = models.composition(first, all_photos, generic)
-                terms = [record["term"] for record in info["subjects"]]
+            unit_config = dataclasses.replace(device_config, train_prompt=unit.train_prompt)
+            subjects = unit_subjects(unit.items[0], all_photos)
+            classes = [s.class_name for s in subjects]
+            info: dict = {}
+            boxes = terms = None
+            if isinstance(unit.items[0], MultiItem):
+                side = backbone.resolution
+                boxes = [s.box.pixels(side, side) for s in subjects]
+                terms = subject_names(classes)
+                info["subjects"] = [
+                    {**s.record(), "box_pixels": b, "term": t} for s, b, t in zip(subjects, boxes, terms, strict=True)
+                ]
             else:
-                files = first.references if all_photos else (first.subject_image,)
-                info["photos"] = [str(f) for f in files]
-                photos = [load_subject(f) for f in files]
-                loss_fn = models.similarity(photos, generic[0] if generic else ())
-                terms = ["subject"]
-                if config.ip_adapter.enabled:  # after the generic images, which must not see the subject
-                    backbone.load_ip_adapter(config.ip_adapter, photos)
+                info["photos"] = list(subjects[0].files)
+            # What `siso.runs.run` optimizes, in its order (generic negatives, IP-Adapter, loss).
+            loss_fn, generic = objective(models, unit_config, subjects, boxes, terms, classes)
             result = optimize_generation(backbone, loss_fn, unit_config, progress=False)
             if not result.complete:
                 raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
@@ -266,7 +217,7 @@ def generate_suite(
             write_json(folder / "metrics.json", result.record())
             save_image(result.best_image, folder / "best.png")
             if generic:  # kept to look at
-                save_generic(folder, generic, terms)
+                save_generic(folder, generic, terms or ["subject"])
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)

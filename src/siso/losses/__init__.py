@@ -17,7 +17,8 @@ from siso.losses.embeddings import (
 )
 from siso.losses.guie import GuieEmbedding, GuieNet, describe_ir, is_guie_checkpoint
 from siso.losses.negatives import NegativeTargets, Photos, negative_loss
-from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, SubjectLosses, load_ir, load_nets
+from siso.losses.networks import LossNetworks
+from siso.losses.similarity import SIMILARITY_NETS, SimilarityLoss, load_ir, load_nets
 
 __all__ = [
     "CLIP_MEAN",
@@ -31,10 +32,10 @@ __all__ = [
     "Embedding",
     "GuieEmbedding",
     "GuieNet",
+    "LossNetworks",
     "NegativeTargets",
     "Photos",
     "SimilarityLoss",
-    "SubjectLosses",
     "clip_vision_config",
     "describe_ir",
     "is_guie_checkpoint",

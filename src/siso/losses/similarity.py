@@ -140,34 +140,3 @@ class SimilarityLoss(torch.nn.Module):
             loss = loss + negative_loss(negatives, self.negatives)
         terms["loss"] = loss.mean()
         return terms
-
-
-class SubjectLosses:
-    """One `SimilarityLoss` per run of many subjects (an evaluation suite, the app): its networks are loaded at the
-    first subject and reused, set to each new subject.
-
-    Args:
-        settings: The similarity settings.
-        device, dtype: Where and in what the networks run.
-        negatives: The negative targets; ``None``: none.
-    """
-
-    def __init__(
-        self,
-        settings: SimilaritySettings,
-        device: str | torch.device,
-        dtype: torch.dtype,
-        negatives: NegativeSettings | None = None,
-    ):
-        self.settings, self.device, self.dtype, self.negatives = settings, device, dtype, negatives
-        self._loss: SimilarityLoss | None = None
-
-    def __call__(self, subject: Photos, generic: Sequence[Image.Image] = ()) -> SimilarityLoss:
-        """The loss with ``subject`` (a photo, or several) as its reference and ``generic`` as its generic images."""
-        if self._loss is None:
-            self._loss = SimilarityLoss.from_pretrained(
-                self.settings, subject, self.device, self.dtype, self.negatives, generic
-            )
-        else:
-            self._loss.set_subject(subject, generic)
-        return self._loss

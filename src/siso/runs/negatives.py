@@ -51,12 +51,14 @@ def generic_negatives(
     subjects: Sequence[Subject],
     classes: Sequence[str | None] | None = None,
     detector: str = DEFAULT_DETECTOR,
+    drawn: dict[str, list[Image.Image]] | None = None,
 ) -> list[list[Image.Image]]:
     """Per subject, the generic images of its class (drawn once per class), when ``config.negatives.generic``.
 
     Args:
         classes: The subjects' classes where already known (a composition's); a subject without one is named by
             Grounding DINO in its photo (``detector``, loaded only then).
+        drawn: Class -> its images, drawn by an earlier run with the same settings; the classes drawn here are added.
 
     Raises:
         MaskError: a subject's class could not be told (the message asks for ``--subject-class``).
@@ -72,7 +74,10 @@ def generic_negatives(
             ) from None
         named = name_subjects(subjects, cropper)
         classes = [given or found for given, found in zip(classes, named, strict=True)]
-    drawn = {name: draw_generic(backbone, config, name) for name in dict.fromkeys(classes)}
+    drawn = {} if drawn is None else drawn
+    for name in dict.fromkeys(classes):
+        if name not in drawn:
+            drawn[name] = draw_generic(backbone, config, name)
     return [drawn[name] for name in classes]
 
 

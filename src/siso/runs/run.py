@@ -1,6 +1,7 @@
-"""The runs behind ``siso generate`` (learning a subject) and ``siso edit``: load, optimize, then write everything
-into a run folder (`siso.runs.folder.RunFolder`, whose docstring gives the layout). Reusing a saved subject is
-`siso.runs.reuse.run_reuse`."""
+"""The one function that runs a run (`run`), whatever built its description (`siso.runs.spec.RunSpec`): learn a
+subject, edit a photo, or reuse a saved subject, written into a run folder (`siso.runs.folder.RunFolder`, whose
+docstring gives the layout). What a learning run optimizes is put together in one order by `objective`, which
+``eval run``'s units share."""
 
 from __future__ import annotations
 
@@ -11,19 +12,24 @@ from importlib.metadata import version
 
 from PIL import Image
 
-from siso.backbones import Backbone, check_ip_adapter, load_backbone
-from siso.compose import Subject, check_subjects, place_subjects, subject_names
-from siso.config import EditConfig, SisoConfig
-from siso.devices import resolve_dtype
+from siso.backbones import check_ip_adapter
+from siso.compose import Subject, place_subjects, subject_names
+from siso.config import SisoConfig
 from siso.editing import composite, edit_subject, prepare_scene
-from siso.losses import CompositionLoss, SimilarityLoss, describe_ir
+from siso.lora import check_lora_file, load_saved_subject, read_subject_info, saved_ip_adapter
+from siso.losses import describe_ir
+from siso.losses.composition import CompositionLoss
+from siso.losses.similarity import SimilarityLoss
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
-from siso.optimize import IterationCallback, Objective, optimize_generation
-from siso.runs.folder import RunFolder
-from siso.runs.jobs import EditJob, GenerationJob, resolve_edit, resolve_edit_subjects
+from siso.optimize import IterationCallback, optimize_generation
+from siso.runs.jobs import resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
-from siso.runs.negatives import generic_negatives, save_generic
+from siso.runs.models import Models
+from siso.runs.negatives import save_generic
+from siso.runs.spec import RunSpec
 from siso.vision.grounding import DEFAULT_DETECTOR
+
+Notify = Callable[[str], None]
 
 
 def versions() -> dict[str, str]:
@@ -31,64 +37,87 @@ def versions() -> dict[str, str]:
     return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
 
 
-def run_generate(
-    out: RunFolder,
-    config: SisoConfig,
-    subject: Image.Image | Sequence[Subject],
-    job: GenerationJob | None,
-    command: list[str] | None = None,
-    subject_path: str | None = None,
+def run(
+    spec: RunSpec,
+    models: Models | None = None,
     progress: bool = True,
-    backbone: Backbone | None = None,
-    loss_fn: Objective | None = None,
     callback: IterationCallback | None = None,
-    notify: Callable[[str], None] | None = None,
-    detector: str = DEFAULT_DETECTOR,
-    nets: tuple[dict, dict] | None = None,
+    notify: Notify | None = None,
 ) -> dict:
-    """Optimize a subject (or several, each in its box), save it, then generate every prompt x seed of ``job`` (if
-    any) with the learned LoRA.
+    """Run ``spec`` into its run folder.
 
-    On Ctrl-C / SIGTERM (as KeyboardInterrupt) during optimization, the best-so-far image, LoRA, config and
-    metrics are still written, with ``"complete": false`` in metrics.json.
+    On Ctrl-C / SIGTERM (as KeyboardInterrupt) while optimizing, the best-so-far image, LoRA, config and metrics are
+    still written, with ``"complete": false`` in metrics.json, and the KeyboardInterrupt is raised again.
 
     Args:
-        subject: The subject photo, or the subjects (`siso.compose.Subject`: photo, class, box). Several subjects,
-            or one with a box, are learned with `siso.losses.CompositionLoss`; without boxes, several are placed as
-            the frozen model's first image has them (`siso.compose.place_subjects`).
-        subject_path: The photo's file (one photo given), for config.json.
-        backbone: An already loaded backbone without LoRA, instead of loading ``config.model`` (the app's); it
-            carries the best LoRA after.
-        loss_fn: The loss, already set to the subject(s) (instead of loading its networks).
-        callback: Also called after every iteration, as `optimize_subject`'s (returning True stops the run, which
-            keeps the best so far).
-        notify: Told each line worth a user's eye before the optimization (a subject put in a default slot).
-        detector: Grounding DINO, to find the layout of several subjects without boxes.
-        nets: Similarity networks already loaded and their weights (`siso.losses.load_nets`), for the loss of
-            several subjects (or one in a box) when ``loss_fn`` is not given (the app's).
+        spec: What to run.
+        models: The models to run it on, kept for the runs after it (the app's, ``eval run``'s); ``None``: loaded
+            for this run. After a learn or edit run the backbone carries the best LoRA, after reuse the saved one.
+        progress: Show progress bars.
+        callback: Also called after every iteration with (iteration, image, loss terms), as `optimize_subject`'s
+            (returning True stops the run, which keeps the best so far); an edit's image is the crop it scores.
+        notify: Told each line worth a user's eye before optimizing (a subject put in a default slot); ``None``:
+            printed.
 
     Returns:
         The metrics written to ``metrics.json``.
 
     Raises:
         BoxError: a box reaches outside the image (before anything is written).
+        MaskError: an edit without a usable mask.
+        FileNotFoundError, LoraError: a reuse run's saved subject is missing, damaged or does not fit the model
+            (before anything is written).
     """
+    kinds = {"learn": _learn, "edit": _edit, "reuse": _reuse}
+    return kinds[spec.kind](spec, models or Models(), progress, callback, notify or print)
+
+
+def objective(
+    models: Models,
+    config: SisoConfig,
+    subjects: Sequence[Subject],
+    boxes: Sequence[tuple[int, int, int, int]] | None = None,
+    terms: Sequence[str] | None = None,
+    classes: Sequence[str | None] | None = None,
+    detector: str = DEFAULT_DETECTOR,
+) -> tuple[SimilarityLoss | CompositionLoss, list[list[Image.Image]] | None]:
+    """What a run optimizes, put together in the one order every run follows: the generic negatives first (drawn by
+    the frozen model: the class's images, not the subject's), then the IP-Adapter (it sees the subject's photos,
+    before any LoRA), then the loss on the models' shared networks.
+
+    Args:
+        models: The backbone (without LoRA) and the similarity networks.
+        config: ``negatives``, ``ip_adapter``, ``similarity`` and ``compose`` are used.
+        subjects: The subjects (one anywhere without ``boxes``).
+        boxes, terms: Per subject, its box in whole pixels of the model's image and its terms' name; ``None``: one
+            subject anywhere.
+        classes: Per subject, its class where known (the generic negative's; else named by ``detector``).
+
+    Returns:
+        The loss and, per subject, the generic images it uses (``None``: none).
+    """
+    generic = models.generic(config, subjects, classes, detector)
+    if config.ip_adapter.enabled:
+        models.backbone(config).load_ip_adapter(config.ip_adapter, subjects[0].photos)
+    photos = [subject.photos for subject in subjects]
+    loss = models.networks(config).loss(photos, boxes, terms, config.compose, config.negatives, generic)
+    return loss, generic
+
+
+def _learn(spec: RunSpec, models: Models, progress: bool, callback, notify: Notify) -> dict:
     start = time.perf_counter()
-    subjects = [Subject(subject, path=subject_path)] if isinstance(subject, Image.Image) else list(subject)
-    check_subjects(subjects)
-    config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))  # recorded as used
+    config, out, subjects, job = spec.config, spec.out, spec.subjects, spec.job
     if config.ip_adapter.enabled:  # refused before anything loads
         if len(subjects) > 1:
             raise ValueError("an IP-Adapter start takes one subject (its photos are the adapter's image)")
         check_ip_adapter(config.model)
-    if backbone is None:
-        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
-    composed = len(subjects) > 1 or subjects[0].box is not None
-    records = layout_notes = None
+    backbone = models.backbone(config)
+    composed = spec.composed
+    records = layout_notes = boxes = names = classes = None
     if composed:
-        placements, classes, layout_notes = place_subjects(backbone, subjects, config, detector)
+        placements, classes, layout_notes = place_subjects(backbone, subjects, config, spec.detector)
         for note in layout_notes:
-            (notify or print)(note)
+            notify(note)
         side = backbone.resolution
         boxes = [placement.box.pixels(side, side) for placement in placements]
         names = subject_names(classes)
@@ -96,54 +125,36 @@ def run_generate(
             {**s.record(), "class": name, "box": str(p.box), "box_pixels": box, "placed": p.source, "term": term}
             for s, name, p, box, term in zip(subjects, classes, placements, boxes, names, strict=True)
         ]
-    generic = None
-    if loss_fn is None and config.negatives.generic:
-        generic = generic_negatives(backbone, config, subjects, classes if composed else None, detector)
-    if config.ip_adapter.enabled:  # after the generic negatives (the class's images, not the subject's), before the
-        # LoRA; the saved subject records it (siso.lora.save_lora)
-        backbone.load_ip_adapter(config.ip_adapter, subjects[0].photos)
-    if composed:
-        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, names, nets, generic)
-    else:
-        loss_fn = loss_fn or _subject_loss(config, backbone, subjects[0], generic)
+    loss_fn, generic = objective(models, config, subjects, boxes, names, classes, spec.detector)
     loss_vae = None
     if config.fast.enabled:  # config.json records the tiny VAE used
         fast = dataclasses.replace(config.fast, tiny_vae=tiny_vae_name(config.fast, type(backbone)))
         config = dataclasses.replace(config, fast=fast)
         loss_vae = load_tiny_vae(fast.tiny_vae, backbone)
     out.timings["load_seconds"] = time.perf_counter() - start
+    ir_network = describe_ir(config.similarity.ir_model)  # config.json's, and metrics.json's note
     placed = (
         {"subjects": records} if composed else {"subject": subjects[0].path, "photos": subjects[0].record()["photos"]}
     )
     out.write_json(
         "config.json",
         {
-            "command": command,
+            "command": spec.command,
             **placed,
             "job": job.__dict__ if job else None,
             "siso": config.to_dict(),
-            "ir_network": describe_ir(config.similarity.ir_model),
+            "ir_network": ir_network,
             "versions": versions(),
         },
     )
     if generic:
         save_generic(out.path, generic, names if composed else ["subject"])
-
-    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
-        out.save_iteration(iteration, image)
-        return callback(iteration, image, terms) if callback else None
-
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
-        result = optimize_generation(backbone, loss_fn, config, on_iteration, progress, loss_vae)
+        result = optimize_generation(backbone, loss_fn, config, _saving(out, callback), progress, loss_vae)
     out.timings["optimize_seconds"] = time.perf_counter() - start
-    metrics = {
-        "complete": False,
-        **result.record(),
-        **peak.record(),
-        "timings": out.timings,
-        "ir_model_note": _ir_note(config),
-    }
+    metrics = {"complete": False, **result.record(), **peak.record(), "timings": out.timings}
+    metrics["ir_model_note"] = "IR term: " + ir_network
     if composed:
         metrics["layout_notes"] = layout_notes
     info = {"model": config.model, "train_prompt": config.train_prompt}
@@ -164,62 +175,26 @@ def run_generate(
     return metrics
 
 
-def run_edit(
-    out: RunFolder,
-    config: EditConfig,
-    job: EditJob,
-    subject: Image.Image | Subject | Sequence[Subject],
-    command: list[str] | None = None,
-    paths: dict | None = None,
-    progress: bool = True,
-    backbone: Backbone | None = None,
-    loss_fn: Objective | None = None,
-    callback: IterationCallback | None = None,
-    nets: tuple[dict, dict] | None = None,
-) -> dict:
-    """Edit a photo: find the object mask, invert the photo, optimize the subject LoRA, write the run folder.
-
-    ``config.train_prompt`` is replaced by the job's prompt (given, or "a photo of a {subject class}").
-    Ctrl-C / SIGTERM (as KeyboardInterrupt) keeps the best-so-far edit, like `run_generate`. ``backbone``,
-    ``loss_fn``, ``callback`` and ``nets`` as `run_generate`'s (the callback sees the crop of each edit).
-
-    Args:
-        subject: The subject photo, one `siso.compose.Subject` (its photos; ``job`` says where it goes), or several
-            subjects, each with its ``region`` of the photo: each is learned on the box around its region
-            (`siso.losses.CompositionLoss`), and the background term keeps the photo outside their union
-            (``job.mask`` and ``job.object_name`` are then unused).
-
-    Returns:
-        The metrics written to ``metrics.json``.
-
-    Raises:
-        MaskError: no usable mask (nothing detected, a region missing, or a mask that vanishes at the model
-            resolution).
-    """
+def _edit(spec: RunSpec, models: Models, progress: bool, callback, notify: Notify) -> dict:
+    """Find the object mask, invert the photo, optimize the subject LoRA. ``config.train_prompt`` is replaced by the
+    job's prompt (given, or "a photo of a {subject class}"); several subjects are each learned on the box around
+    their region, and the background term keeps the photo outside their union (``job.mask`` is then unused)."""
     start = time.perf_counter()
+    config, out, job, subjects = spec.config, spec.out, spec.job, spec.subjects
     if config.ip_adapter.enabled:
         raise ValueError("editing takes no IP-Adapter: the zero-shot start is for generation")
-    if isinstance(subject, Image.Image):
-        subject = Subject(subject)
-    subjects = None if isinstance(subject, Subject) else list(subject)
-    if subjects is None:
-        mask, prompt, names = resolve_edit(job, subject.photos[0], config.device)
-        names["photos"] = subject.record()["photos"]
-    else:
-        check_subjects(subjects)
+    composed = spec.composed
+    if composed:
         mask, prompt, classes = resolve_edit_subjects(job, subjects, config.device)
-    config = dataclasses.replace(config, train_prompt=prompt, dtype=resolve_dtype(config.dtype, config.device))
-    if backbone is None:
-        backbone = load_backbone(config.model, config.dtype, config.device, config.resolution, config.memory.quantize)
-    scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
-    generic = None
-    if loss_fn is None and config.negatives.generic:
-        given = [Subject(subject.photos, names["subject_class"])] if subjects is None else subjects
-        generic = generic_negatives(backbone, config, given, None if subjects is None else classes, job.detector)
-    if subjects is None:
-        loss_fn = loss_fn or _subject_loss(config, backbone, subject, generic)
-        subject = subject.photos[0]
     else:
+        mask, prompt, names = resolve_edit(job, subjects[0].photos[0], config.device)
+        names["photos"] = subjects[0].record()["photos"]
+        classes = [names["subject_class"]]
+    config = dataclasses.replace(config, train_prompt=prompt)
+    backbone = models.backbone(config)
+    scene = prepare_scene(job.scene, mask, backbone.resolution, config.edit.mask_dilation)
+    boxes = terms = None
+    if composed:
         boxes = [scene.locate(s.region) for s in subjects]
         terms = subject_names(classes)
         names = {
@@ -228,35 +203,36 @@ def run_edit(
                 for s, name, box, term in zip(subjects, classes, boxes, terms, strict=True)
             ]
         }
-        loss_fn = loss_fn or _composition_loss(config, backbone, subjects, boxes, terms, nets, generic)
-        subject = subjects[0].photos[0]
+    loss_fn, generic = objective(models, config, subjects, boxes, terms, classes, job.detector)
     out.timings["load_seconds"] = time.perf_counter() - start
+    ir_network = describe_ir(config.similarity.ir_model)  # config.json's, and metrics.json's note
     out.write_json(
         "config.json",
         {
-            "command": command,
-            **(paths or {}),
+            "command": spec.command,
+            **(spec.paths or {}),
             "mask": job.mask_source,
             **names,
             "prompt": prompt,
             "siso": config.to_dict(),
-            "ir_network": describe_ir(config.similarity.ir_model),
+            "ir_network": ir_network,
             "versions": versions(),
         },
     )
     out.save_image("input.png", scene.input_image)
     out.save_image("mask.png", scene.mask_image)
     if generic:
-        save_generic(out.path, generic, ["subject"] if subjects is None else terms)
-
-    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
-        out.save_iteration(iteration, image)
-        return callback(iteration, image, terms) if callback else None
-
+        save_generic(out.path, generic, terms or ["subject"])
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
         result = edit_subject(
-            backbone, scene, subject, config, callback=on_iteration, loss_fn=loss_fn, progress=progress
+            backbone,
+            scene,
+            subjects[0].photos[0],
+            config,
+            callback=_saving(out, callback),
+            loss_fn=loss_fn,
+            progress=progress,
         )
     out.timings["edit_seconds"] = time.perf_counter() - start
     out.save_image("inversion.png", result.reconstruction)
@@ -271,7 +247,7 @@ def run_edit(
         **peak.record(),
         "inversion_method": config.inversion.method,
         "timings": out.timings,
-        "ir_model_note": _ir_note(config),
+        "ir_model_note": "IR term: " + ir_network,
     }
     out.write_json("metrics.json", metrics)
     if not result.complete:
@@ -279,42 +255,44 @@ def run_edit(
     return metrics
 
 
-def _composition_loss(
-    config: SisoConfig,
-    backbone: Backbone,
-    subjects: Sequence[Subject],
-    boxes: list[tuple[int, int, int, int]],
-    terms: list[str],
-    nets: tuple[dict, dict] | None,
-    generic: list[list[Image.Image]] | None = None,
-) -> CompositionLoss:
-    """The loss of ``subjects`` in their ``boxes`` (whole pixels of the model's image), on ``nets`` (networks, weights)
-    when given, else on the networks of ``config.similarity``, loaded here; with ``config.negatives`` and each
-    subject's ``generic`` images."""
-    photos = [subject.photos for subject in subjects]
-    negatives = {"negatives": config.negatives, "generic": generic}
-    if nets is None:
-        return CompositionLoss.from_pretrained(
-            config.similarity, photos, boxes, terms, config.compose, backbone.device, backbone.dtype, **negatives
-        )
-    networks, weights = nets
-    return CompositionLoss(networks, photos, boxes, terms, weights, config.compose, **negatives)
-
-
-def _subject_loss(
-    config: SisoConfig, backbone: Backbone, subject: Subject, generic: list[list[Image.Image]] | None
-) -> SimilarityLoss:
-    """The loss of one subject anywhere in the image: its photos, ``config.negatives`` and its ``generic`` images (the
-    one list of `siso.runs.negatives.generic_negatives`, when drawn)."""
-    return SimilarityLoss.from_pretrained(
-        config.similarity,
-        subject.photos,
-        backbone.device,
-        backbone.dtype,
-        negatives=config.negatives,
-        generic=generic[0] if generic else (),
+def _reuse(spec: RunSpec, models: Models, progress: bool, callback, notify: Notify) -> dict:
+    """Draw every prompt x seed of the job with the saved subject (stage two of prompt simplification), at the
+    resolution it was learned at; nothing is optimized. The saved subject is checked before the model loads, and
+    loaded (`siso.lora.load_saved_subject`) before the first write: one that does not fit leaves no output folder."""
+    out, lora = spec.out, spec.lora
+    check_lora_file(lora)
+    info = read_subject_info(lora)
+    if saved_ip_adapter(lora) is not None:
+        check_ip_adapter(spec.config.model)
+    config = dataclasses.replace(spec.config, resolution=info.get("resolution"))
+    backbone = models.backbone(config)
+    load_saved_subject(backbone, lora)
+    out.write_json(
+        "config.json",
+        {
+            "command": spec.command,
+            "lora": str(lora),
+            "model": config.model,
+            "dtype": config.dtype,
+            "quantize": config.memory.quantize,
+            "job": spec.job.__dict__,
+            "versions": versions(),
+        },
     )
+    metrics: dict = {"complete": False}
+    try:
+        metrics["images"] = out.generate_images(backbone, spec.job, progress)
+        metrics["complete"] = True
+    finally:
+        out.write_json("metrics.json", metrics)
+    return metrics
 
 
-def _ir_note(config: SisoConfig) -> str:
-    return "IR term: " + describe_ir(config.similarity.ir_model)
+def _saving(out, callback: IterationCallback | None) -> IterationCallback:
+    """A callback that writes each iteration's image into the run folder, then calls ``callback``."""
+
+    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
+        out.save_iteration(iteration, image)
+        return callback(iteration, image, terms) if callback else None
+
+    return on_iteration
