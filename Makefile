@@ -22,5 +22,8 @@ lint: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
+# The browser tests on their own (a page's timing suffers on a busy machine), then the rest with one test process per
+# core (pytest-xdist), a test file's tests together in one of them (module fixtures built once).
 test: lint docs
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m browser
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow and not browser"

@@ -9,8 +9,9 @@
 #                                  working tree with .whl/ beside it: installs the wheels into /tmp/siso-site, then
 #                                  writes OUT/bench-<model>.md and .json (OUT: the argument, else $OUT, else
 #                                  benchmarks/results/gpu); about 8 minutes on an H200, each backbone cut at its share
-#   benchmarks/gpu.sh --tiny [OUT] the same runs with tiny random models on the CPU, installed as it is (CI runs it:
-#                                  tests/bench/test_gpu_script.py)
+#   benchmarks/gpu.sh --tiny [OUT] the script's path with tiny random models on the CPU, installed as it is (CI runs
+#                                  it: tests/bench/test_gpu_script.py): every configuration once, on sd-turbo, and
+#                                  sdxl-turbo's edit, flux-schnell's fast loss and sana's default
 #
 # A backbone that fails or runs out of its time is named at the end and the others still run; the exit status is 1
 # then. The reports say which allocator, device and dtype each row ran with.
@@ -95,10 +96,17 @@ run() {  # MODEL CONFIGS SECONDS
     fi
 }
 
-run sd-turbo reference,default,fast,edit 120
-run sdxl-turbo reference,default,fast,edit 130
-run flux-schnell reference,default,fast 150
-run sana reference,default 80
+if [ "$tiny" = 0 ]; then
+    run sd-turbo reference,default,fast,edit 120
+    run sdxl-turbo reference,default,fast,edit 130
+    run flux-schnell reference,default,fast 150
+    run sana reference,default 80
+else  # the script's path: every configuration once (on sd-turbo), every other backbone once, in its own path
+    run sd-turbo reference,default,fast,edit 120
+    run sdxl-turbo edit 130
+    run flux-schnell fast 150
+    run sana default 80
+fi
 
 echo "gpu.sh: reports in $out"
 if [ ${#failed[@]} -gt 0 ]; then

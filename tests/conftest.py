@@ -3,6 +3,10 @@
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may touch the network
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One test process per core (`make test`): each, and the commands its tests start, computes on one thread;
+    # tiny models on two threads of a busy core run many times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

@@ -23,9 +23,12 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright i
 pytest.importorskip("gradio", reason="Gradio is not installed (the app extra)")
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium); .ci/run installs it"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="no Chromium found (Debian: apt-get install chromium); .ci/run installs it"
+    ),
+    pytest.mark.browser,  # `make test` runs these alone, before the rest: a page's timing suffers on a busy machine
+]
 
 
 def _free_port() -> int:

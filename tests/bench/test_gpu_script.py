@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# On tiny models: every configuration once, on sd-turbo, and each other backbone once (what it alone has: sdxl-turbo's
+# edit, flux-schnell's tiny VAE); the real-size run does every configuration on every backbone.
 EXPECTED = {
     "sd-turbo": ["reference", "default", "fast", "edit"],
-    "sdxl-turbo": ["reference", "default", "fast", "edit"],
-    "flux-schnell": ["reference", "default", "fast"],
-    "sana": ["reference", "default"],
+    "sdxl-turbo": ["edit"],
+    "flux-schnell": ["fast"],
+    "sana": ["default"],
 }
 
 
@@ -31,9 +33,11 @@ def test_the_gpu_script_runs_every_backbone_and_the_edit_on_tiny_models(tmp_path
         rows = {row["config"]: row for row in result["rows"]}
         assert list(rows) == configs
         assert all(row["seconds_per_iteration"] > 0 and row["flops_per_iteration"] > 0 for row in rows.values())
-        assert rows["default"]["speedup"] > 0 and rows["reference"]["dtype"] == "fp32"
         report = (tmp_path / f"bench-{model}.md").read_text()
-        assert report.startswith("siso bench: ") and "| reference | fp32 |" in report
+        assert report.startswith("siso bench: ")
+        if "reference" in rows:
+            assert rows["default"]["speedup"] > 0 and rows["reference"]["dtype"] == "fp32"
+            assert "| reference | fp32 |" in report
         if "edit" in rows:
             assert rows["edit"]["inversion"]["model_evaluations"] > 0 and "speedup" not in rows["edit"]
             assert "`edit`: the photo was inverted first" in report

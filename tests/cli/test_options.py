@@ -6,7 +6,7 @@ the flags reach the run's config."""
 import json
 
 import pytest
-from parser_snapshot import SNAPSHOT, snapshot
+import torch
 
 from siso.backbones import config_for
 from siso.cli import build_parser
@@ -14,6 +14,9 @@ from siso.cli.eval import run_config
 from siso.cli.options import declared_settings, shared_settings
 from siso.config import EditConfig, IPAdapterSettings, OptimSettings, SisoConfig
 from siso.config.fields import declared
+
+from .helpers import NOT_A_MODEL, _error, _eval_args, _generate_args, _reuse_args
+from .parser_snapshot import SNAPSHOT, snapshot
 
 # Options of generate that belong to the command (what it learns and writes), not to the run's settings.
 GENERATE_OWN = {
@@ -150,3 +153,41 @@ def test_eval_run_flags_reach_the_config_it_writes():
 def test_eval_run_refuses_what_its_suite_cannot_take(suite, extra, message):
     with pytest.raises(ValueError, match=message):
         run_config(_eval_run(suite, *extra))
+
+
+def _device_cases():
+    cases = [("banana", "device 'banana' is not a torch device; usable here: cpu"), ("", "is not a torch device")]
+    if not torch.cuda.is_available():
+        cases += [("cuda", "device 'cuda' cannot be used"), ("cuda:0", "device 'cuda:0' cannot be used")]
+    if torch.cuda.device_count() < 8:
+        cases.append(("cuda:7", "device 'cuda:7' cannot be used"))
+    if not torch.backends.mps.is_available():
+        cases.append(("mps", "device 'mps' cannot be used (MPS is not available)"))
+    return cases
+
+
+@pytest.mark.parametrize(("device", "message"), _device_cases())
+@pytest.mark.parametrize("command", ["generate", "generate --lora", "eval score", "eval run"])
+def test_unusable_device(capsys, subject_path, tmp_path, command, device, message):
+    args = {
+        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
+        "generate --lora": [*_reuse_args(tmp_path), "--model", NOT_A_MODEL],
+        "eval score": _eval_args("score", tmp_path),
+        "eval run": _eval_args("run", tmp_path),
+    }[command]
+    line = _error(capsys, [*args, "--device", device])
+    assert message in line and "usable here: cpu" in line
+
+
+@pytest.mark.parametrize("command", ["generate", "eval score", "eval fetch"])
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_output_folder_that_cannot_be(capsys, subject_path, tmp_path, command, where):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "run"
+    args = {
+        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
+        "eval score": _eval_args("score", tmp_path),
+        "eval fetch": ["eval", "fetch", "--suite", "dreambench"],
+    }[command]
+    message = "exists and is not a folder" if where == "file" else f"{tmp_path / 'file'} is a file"
+    assert message in _error(capsys, [*args, "--out", str(out)])

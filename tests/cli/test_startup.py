@@ -144,3 +144,9 @@ def test_the_bench_reports_the_allocator_of_each_configuration():
     preloaded = {**os.environ, "LD_PRELOAD": TCMALLOC}
     assert "LD_PRELOAD" not in worker_environment(CONFIGURATIONS["reference"], preloaded)
     assert worker_environment(CONFIGURATIONS["default"], preloaded)["LD_PRELOAD"] == TCMALLOC
+
+
+def test_console_script_starts_without_transformers_torchvision_notices():
+    proc = run_siso(["--help"])
+    assert proc.returncode == 0 and "usage: siso" in proc.stdout
+    assert "requires torchvision" not in proc.stderr and proc.stderr == ""

@@ -1,6 +1,6 @@
 """`SisoConfig` (`siso.config.run`): the family's defaults then the caller's (`merged`, and
-`siso.backbones.config_for`, which looks the family's up), config.json round trips, and the acceleration presets it
-carries."""
+`siso.backbones.config_for`, which looks the family's up), and config.json round trips (acceleration settings
+included)."""
 
 import pytest
 
@@ -55,15 +55,3 @@ def test_a_config_json_from_before_the_acceleration_settings_still_loads(tmp_pat
     assert SisoConfig.from_dict(data).accel == AccelSettings(compile=True)
     SisoConfig(train_prompt="a dog").save(tmp_path / "config.json")
     assert SisoConfig.load(tmp_path / "config.json").train_prompt == "a dog"
-
-
-def test_acceleration_presets():
-    from siso.config import ACCEL_PRESETS, AccelSettings
-
-    assert set(ACCEL_PRESETS) == {"reference", "default", "fast"}
-    assert AccelSettings.preset("default") == AccelSettings()
-    reference = AccelSettings.preset("reference")
-    assert not (reference.channels_last_vae or reference.lean_graph or reference.fuse_upsampling or reference.compile)
-    assert AccelSettings.preset("default", compile=True).compile
-    with pytest.raises(ValueError, match="unknown acceleration preset 'turbo'; known: reference, default, fast"):
-        AccelSettings.preset("turbo")

@@ -11,8 +11,8 @@ import tiny
 from diffusers import UNet2DConditionModel
 from PIL import Image, ImageOps
 
-import siso.eval.generate
 import siso.runs.negatives
+import siso.runs.run
 from siso.cli import main
 from siso.config import SisoConfig
 from siso.eval.multi import PAIRS
@@ -211,7 +211,7 @@ def test_ip_adapter_start_per_subject_and_resume(dreambench, model_dirs, tmp_pat
     lost = out / "generated" / "dog" / "00" / "0.png"
     before = np.asarray(Image.open(lost), dtype=int)
     lost.unlink()
-    monkeypatch.setattr(siso.eval.generate, "optimize_generation", None)  # calling it would fail
+    monkeypatch.setattr(siso.runs.run, "optimize_generation", None)  # calling it would fail
     assert main(args) == 0
     assert np.abs(np.asarray(Image.open(lost), dtype=int) - before).max() <= 1
 

@@ -20,7 +20,6 @@ from siso.cli import main
 from siso.compose import Box, iou
 from siso.eval.metrics import read_rgb
 from siso.eval.multi import MULTI_PROMPTS, PAIR_LAYOUT, PAIRS, BoxedSubject, MultiItem
-from siso.eval.multiscore import match_detections, summary_names
 from siso.eval.score import ITEMS_FILE, read_records, score
 from siso.eval.suites import SUITES, SuiteError, generated_images, load_dreambench_multi
 
@@ -140,23 +139,6 @@ def test_multi_item_checks(tmp_path):
         BoxedSubject("dog", "dog", (photo,), Box(0, 0, 16, 32))
     with pytest.raises(ValueError, match="has no photo"):
         BoxedSubject("dog", "dog", (), Box(0, 0, 0.5, 1))
-
-
-def test_match_detections_gives_each_box_to_one_subject():
-    requested = [(0, 0, 10, 10), (10, 0, 20, 10), (0, 10, 10, 20)]
-    found = {"dog": [[11, 0, 20, 10], [0, 0, 9, 10]], "cat": []}
-    # The two dogs each take the detection over their own box, whatever the detector's order; no cat was found.
-    assert match_detections(requested, ["dog", "dog", "cat"], found) == [[0, 0, 9, 10], [11, 0, 20, 10], None]
-    # One dog detected for two dog boxes: the box it overlaps most takes it.
-    assert match_detections(requested[:2], ["dog", "dog"], {"dog": [[9, 0, 20, 10]]}) == [None, [9, 0, 20, 10]]
-    assert summary_names(["dino", "clip_t"], ["dino"], True) == [
-        "dino",
-        "dino_min",
-        "clip_t",
-        "success",
-        "iou",
-        "iou_min",
-    ]
 
 
 def _compose(item: MultiItem, order: list[int]) -> Image.Image:
@@ -339,7 +321,7 @@ def test_eval_run_resumes_without_learning_again(
     def no_learning(*args, **kwargs):
         raise AssertionError("a saved subject was learned again")
 
-    monkeypatch.setattr("siso.eval.generate.optimize_generation", no_learning)
+    monkeypatch.setattr("siso.runs.run.optimize_generation", no_learning)
     assert main(_run_args(dreambench, model_dirs, eval_models, out)) == 0
     assert np.abs(np.asarray(Image.open(lost)).astype(int) - before).max() <= 1  # from the saved LoRA
 

@@ -9,10 +9,17 @@ An item without a usable mask (nothing detected, or a mask that is empty, covers
 the model's resolution) is skipped, not fatal: the reason goes to ``subjects/<item id>/skipped.txt`` and is
 returned, and scoring then names the item among those without images (after scoring the rest).
 
-Layout under ``OUT``: ``generated/<item id>/0.png`` (the edit at model resolution, cropped to the photo's aspect),
-``subjects/<item id>/metrics.json`` (`siso.editing.EditResult.record`, with the inversion PSNR, plus the mask's
-source), ``best.png`` (the same edit) and ``mask.png`` (the dilated mask the edit kept the background outside of).
-Items whose ``0.png`` exists are skipped on a rerun; it is written last, atomically.
+Each edit is a run (an ``edit`` `siso.runs.spec.RunSpec` with the item's mask, run by `siso.runs.run.run` as
+``siso edit``'s is); every item runs on the suite's one `siso.runs.models.Models` (the backbone and the similarity
+networks load once), and the LoRA each run leaves on the backbone is taken off before the next item.
+
+Layout under ``OUT``: ``generated/<item id>/0.png`` (the edit at model resolution, cropped to the photo's aspect) and
+``subjects/<item id>/``, the item's run folder (`siso.runs.folder.RunFolder`): ``metrics.json``
+(`siso.editing.EditResult.record`, with the inversion PSNR, plus the mask's source), ``best.png`` (the same edit),
+``mask.png`` (the dilated mask the edit kept the background outside of), and the run's own ``config.json``,
+``input.png``, ``inversion.png``, ``lora``, ``iterations/`` and ``loss.png``. An edit is written into a hidden folder
+beside the item's (``.<name>.partial``) that replaces it only when the run completes (`siso.io.atomic_folder`): an
+interrupted edit is removed. Items whose ``0.png`` exists are skipped on a rerun; it is written last, atomically.
 """
 
 from __future__ import annotations
@@ -22,13 +29,15 @@ from pathlib import Path
 
 from siso.compose import Subject
 from siso.config import EditConfig
-from siso.editing import edit_subject, prepare_scene
 from siso.eval.generate import process_share, suite_device
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
-from siso.io import save_image, write_atomic, write_json
+from siso.io import atomic_folder, write_atomic
+from siso.runs.folder import RunFolder
+from siso.runs.jobs import EditJob
 from siso.runs.models import Models
-from siso.runs.run import objective
+from siso.runs.run import run
+from siso.runs.spec import RunSpec
 from siso.vision.masks import MaskError, load_mask
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, ObjectSegmenter
 
@@ -67,7 +76,6 @@ def edit_suite(
     objects: ObjectSegmenter | None = None
     for item in process_share(pending, "edits", progress):
         folder = out / "subjects" / item.id
-        folder.mkdir(parents=True, exist_ok=True)
         photo = load_subject(item.input_image, what="photo to edit")
         try:
             if item.mask is not None:
@@ -81,28 +89,24 @@ def edit_suite(
                         f"no {item.class_name!r} detected in {item.input_image} (box threshold {box_threshold}): "
                         f"draw its mask as masks/{item.input_image.stem}.png in the suite folder"
                     )
-            scene = prepare_scene(photo, mask, models.backbone(config).resolution, config.edit.mask_dilation)
-        except MaskError as err:
+            job = EditJob(photo, mask, source, None, item.class_name, item.prompt, detector, segmenter, box_threshold)
+            subject = Subject(load_subject(item.subject_image), item.class_name, path=str(item.subject_image))
+            paths = {"image": str(item.input_image), "subject": str(item.subject_image)}
+            backbone = models.backbone(config)
+            # Whole or not at all, replacing an earlier attempt (and its skipped.txt): an interrupted edit is removed.
+            with atomic_folder(folder) as partial:
+                spec = RunSpec("edit", config, RunFolder(partial), [subject], job, paths=paths, detector=detector)
+                try:
+                    run(spec, models, progress=False)
+                finally:
+                    # The next item must start from the stock model (and add_lora refuses a module that has an adapter).
+                    backbone.pipe.unload_lora_weights()
+        except MaskError as err:  # unusable: nothing detected, or the mask vanishes at the model's resolution
+            folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / SKIPPED, f"{err}\n")
             continue
-        (folder / SKIPPED).unlink(missing_ok=True)
-        subject = load_subject(item.subject_image)
-        backbone = models.backbone(config)
-        item_config = dataclasses.replace(config, train_prompt=item.prompt)
-        # What `siso.runs.run` optimizes, in its order (editing suites take no generic negative and no IP-Adapter).
-        loss_fn, _ = objective(models, item_config, [Subject(subject, item.class_name)])
-        try:
-            result = edit_subject(backbone, scene, subject, item_config, loss_fn=loss_fn, progress=False)
-        finally:
-            # The next item must start from the stock model (and add_lora refuses a module that has an adapter).
-            backbone.pipe.unload_lora_weights()
-        if not result.complete:
-            raise KeyboardInterrupt  # save nothing half-edited: a rerun edits this item again
-        write_json(folder / "metrics.json", {**result.record(), "mask": source})
-        save_image(result.best_image, folder / "best.png")
-        save_image(scene.mask_image, folder / "mask.png")
         (generated / item.id).mkdir(parents=True, exist_ok=True)
-        save_image(result.best_image, generated / item.id / "0.png")
+        write_atomic(generated / item.id / "0.png", (folder / "best.png").read_bytes())  # the run's best image
     skipped = {
         item.id: (out / "subjects" / item.id / SKIPPED).read_text().strip()
         for item in items

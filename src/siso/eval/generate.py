@@ -17,16 +17,23 @@ targets; the ``generic`` ones are drawn once per class by the frozen model and k
 ``config.ip_adapter`` (single-subject items) each LoRA is learned over a frozen IP-Adapter that sees the same photos;
 its saved subject records the adapter, and a rerun loads both.
 
+Each unit's learning is a run (a ``learn`` `siso.runs.spec.RunSpec`, run by `siso.runs.run.run` as ``siso generate``'s
+is), and its drawing uses the LoRA the run leaves on the backbone. Every unit of the suite runs on one
+`siso.runs.models.Models`: the backbone and the similarity networks load once and stay loaded between units (the
+backbone is loaded again only after a unit learned over an IP-Adapter).
+
 Layout under ``OUT``: ``config.json`` (the settings of the latest invocation), ``generated/<item id>/<k>.png`` (seed
-``seed + k``), ``subjects/<unit>/lora`` (the learned LoRA, reused when present; its ``siso_subject.json`` lists the
-photos it was learned from), ``subjects/<unit>/metrics.json`` (loss history with each iteration's seconds, stop
-reason) and ``subjects/<unit>/negatives/<term>-<k>.png`` (the generic negatives it used). Finished images and saved
-LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
-half-written PNG that looks done.
+``seed + k``) and ``subjects/<unit>/``, the unit's run folder (`siso.runs.folder.RunFolder`): ``lora`` (the learned
+LoRA, reused when present; its ``siso_subject.json`` lists the photos it was learned from), ``metrics.json`` (loss
+history with each iteration's seconds, stop reason), ``best.png``, ``negatives/<term>-<k>.png`` (the generic
+negatives it used), and the run's own ``config.json``, ``iterations/``, ``iterations.png`` and ``loss.png``. A unit
+is learned into a hidden folder beside its own (``.<name>.partial``) that replaces it only when the run completes
+(`siso.io.atomic_folder`): an interrupted unit is removed, so no LoRA that looks learned is left half done, and a
+rerun learns it again. Finished images and saved LoRAs are skipped on a rerun; images are written to a temporary
+name and renamed, so a crash never leaves a half-written PNG that looks done.
 
 The pieces both halves of ``eval run`` share (`process_share`, `suite_device`) live here; the editing half is
-`siso.eval.edit`. Both learn on one `siso.runs.models.Models` (the backbone and similarity networks, loaded once for
-the suite) and put each optimization together with `siso.runs.run.objective`, as ``siso generate`` does.
+`siso.eval.edit`.
 """
 
 from __future__ import annotations
@@ -42,18 +49,18 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from siso.backbones import check_ip_adapter
-from siso.compose import Subject, subject_names
+from siso.compose import Subject
 from siso.config import SisoConfig
 from siso.eval.multi import MultiItem
 from siso.eval.suites import EvalItem
 from siso.images import load_subject
-from siso.io import save_image, write_json
-from siso.lora import WEIGHTS_FILE, check_lora_file, load_saved_subject, save_lora
+from siso.io import atomic_folder, save_image, write_json
+from siso.lora import WEIGHTS_FILE, check_lora_file, load_saved_subject
 from siso.losses import describe_ir
-from siso.optimize import optimize_generation
+from siso.runs.folder import RunFolder
 from siso.runs.models import Models
-from siso.runs.negatives import save_generic
-from siso.runs.run import objective
+from siso.runs.run import run
+from siso.runs.spec import RunSpec
 
 PROTOCOLS = ("two-stage", "per-prompt")
 
@@ -169,9 +176,9 @@ def generate_suite(
     seeds = [config.optim.seed + k for k in range(num_images)]
     if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        run = {"protocol": protocol, "subject_photos": "all" if all_photos else "1", "num_images": num_images}
-        run.update(num_inference_steps=steps, ir_network=describe_ir(config.similarity.ir_model))
-        write_json(out / "config.json", {**run, "siso": config.to_dict()})
+        suite = {"protocol": protocol, "subject_photos": "all" if all_photos else "1", "num_images": num_images}
+        suite.update(num_inference_steps=steps, ir_network=describe_ir(config.similarity.ir_model))
+        write_json(out / "config.json", {**suite, "siso": config.to_dict()})
 
     def todo(unit: Unit) -> list[tuple[EvalItem, int, Path]]:
         wanted = [(item, seed, generated / item.id / f"{seed - seeds[0]}.png") for item in unit.items for seed in seeds]
@@ -189,35 +196,15 @@ def generate_suite(
             models.drop_backbone()
         backbone = models.backbone(device_config)
         folder = out / "subjects" / unit.name
-        lora = folder / "lora"
-        if (lora / WEIGHTS_FILE).is_file():
-            load_saved_subject(backbone, lora)  # with the IP-Adapter it was learned over, if any
+        if (folder / "lora" / WEIGHTS_FILE).is_file():
+            load_saved_subject(backbone, folder / "lora")  # with the IP-Adapter it was learned over, if any
         else:
             unit_config = dataclasses.replace(device_config, train_prompt=unit.train_prompt)
             subjects = unit_subjects(unit.items[0], all_photos)
-            classes = [s.class_name for s in subjects]
-            info: dict = {}
-            boxes = terms = None
-            if isinstance(unit.items[0], MultiItem):
-                side = backbone.resolution
-                boxes = [s.box.pixels(side, side) for s in subjects]
-                terms = subject_names(classes)
-                info["subjects"] = [
-                    {**s.record(), "box_pixels": b, "term": t} for s, b, t in zip(subjects, boxes, terms, strict=True)
-                ]
-            else:
-                info["photos"] = list(subjects[0].files)
-            # What `siso.runs.run` optimizes, in its order (generic negatives, IP-Adapter, loss).
-            loss_fn, generic = objective(models, unit_config, subjects, boxes, terms, classes)
-            result = optimize_generation(backbone, loss_fn, unit_config, progress=False)
-            if not result.complete:
-                raise KeyboardInterrupt  # save nothing half-learned: a rerun optimizes this unit again
-            # Whole or not at all: a crash mid-save must not leave a LoRA that looks done.
-            save_lora(backbone, lora, model=config.model, train_prompt=unit.train_prompt, **info)
-            write_json(folder / "metrics.json", result.record())
-            save_image(result.best_image, folder / "best.png")
-            if generic:  # kept to look at
-                save_generic(folder, generic, terms or ["subject"])
+            # Whole or not at all: an interrupted unit (whose run saves its best so far) or a crash leaves no LoRA
+            # that looks learned, and a rerun learns the unit again.
+            with atomic_folder(folder) as partial:
+                run(RunSpec("learn", unit_config, RunFolder(partial), subjects), models, progress=False)
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)

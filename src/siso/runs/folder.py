@@ -12,7 +12,7 @@ Layout::
                          the IP-Adapter's image(s) (ip_adapter_image*.png) when the run started from one
     images/              final images, one per prompt x seed
 
-An edit (`siso.runs.run.run_edit` of a `siso.runs.jobs.EditJob`) writes the same files except ``images/``, plus
+An edit (an ``edit`` `siso.runs.spec.RunSpec`) writes the same files except ``images/``, plus
 ``input.png`` (the photo as the model saw it), ``mask.png`` (the dilated object mask), ``inversion.png`` (the inverted
 photo denoised with no LoRA) and, with ``--composite``, ``best_uncomposited.png`` (``best.png`` is then the
 composite).

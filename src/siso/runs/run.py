@@ -1,7 +1,6 @@
 """The one function that runs a run (`run`), whatever built its description (`siso.runs.spec.RunSpec`): learn a
 subject, edit a photo, or reuse a saved subject, written into a run folder (`siso.runs.folder.RunFolder`, whose
-docstring gives the layout). What a learning run optimizes is put together in one order by `objective`, which
-``eval run``'s units share."""
+docstring gives the layout). What a learning run optimizes is put together in one order by `objective`."""
 
 from __future__ import annotations
 
@@ -159,7 +158,10 @@ def _learn(spec: RunSpec, models: Models, progress: bool, callback, notify: Noti
         metrics["layout_notes"] = layout_notes
     info = {"model": config.model, "train_prompt": config.train_prompt}
     if composed:
-        info["subjects"] = [{k: r[k] for k in ("class", "box", "term")} for r in records]
+        keys = ("photo", "photos", "class", "box", "box_pixels", "term")
+        info["subjects"] = [{k: r[k] for k in keys} for r in records]
+    else:
+        info["photos"] = placed["photos"]
     out.save_optimization(result, backbone, info)
     if not result.complete:
         out.write_json("metrics.json", metrics)
@@ -246,6 +248,7 @@ def _edit(spec: RunSpec, models: Models, progress: bool, callback, notify: Notif
         **result.record(),
         **peak.record(),
         "inversion_method": config.inversion.method,
+        "mask": job.mask_source,
         "timings": out.timings,
         "ir_model_note": "IR term: " + ir_network,
     }

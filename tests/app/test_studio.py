@@ -1,21 +1,18 @@
-"""`siso.app`: the app's work without a browser (`Studio`), its upload checks, and ``siso app`` itself."""
+"""`siso.app.studio`: the app's work without a browser: learning, generating and editing streamed, stopped, and on
+networks loaded once."""
 
 import json
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from console import run_siso
 from PIL import Image
 
-from siso.app.studio import AppSettings, Studio, UploadError, check_upload, train_prompt_for
-from siso.app.uploads import learn_subjects, upload_subject
-from siso.cli.app import is_loopback
-from siso.config import SimilaritySettings, SisoConfig
+from siso.app.studio import UploadError
+from siso.app.uploads import learn_subjects
+from siso.config import SisoConfig
 from siso.losses import SimilarityLoss
 from siso.losses.networks import LossNetworks
 from siso.runs.folder import RunFolder
@@ -24,29 +21,8 @@ from siso.runs.run import run
 from siso.runs.spec import RunSpec
 
 
-@pytest.fixture(scope="module")
-def studio(model_dirs, tmp_path_factory):
-    settings = AppSettings(
-        model=str(model_dirs["sd"]),
-        root=tmp_path_factory.mktemp("app-runs"),
-        device="cpu",
-        similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
-        optim={"patience": 1000, "min_improvement": 0.0},  # runs end when the test says (or at max iterations)
-    )
-    return Studio(settings)
-
-
 def _learn(studio, session, subject_path, **kwargs):
     return list(studio.learn(session, subject_path, "a photo of a dog", **{"max_iters": 3, **kwargs}))
-
-
-@pytest.fixture
-def album(subject, tmp_path) -> list[Path]:
-    """Two photos of the subject: as it is, and mirrored."""
-    front, side = tmp_path / "front.png", tmp_path / "side.png"
-    subject.save(front)
-    subject.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(side)
-    return [front, side]
 
 
 @pytest.fixture
@@ -70,55 +46,6 @@ def _learned_from(loss, photos: list[Path]) -> None:
         for name, references in loss.references.items():
             assert references.shape[0] == len(photos)
             torch.testing.assert_close(references[k], alone.references[name][0])
-
-
-def test_check_upload_gives_readable_messages(tmp_path, subject_path):
-    settings = AppSettings(root=tmp_path)
-    assert check_upload(subject_path, settings, "subject photo").size == (96, 72)
-    with pytest.raises(UploadError, match="upload a subject photo first"):
-        check_upload(None, settings, "subject photo")
-    with pytest.raises(UploadError, match=r"is 0\.0 MB; the limit is 1e-06 MB"):
-        check_upload(subject_path, AppSettings(root=tmp_path, max_upload_mb=1e-6), "subject photo")
-    with pytest.raises(UploadError, match="has 0.0 megapixels; the limit is 0.005"):
-        check_upload(subject_path, AppSettings(root=tmp_path, max_pixels=5000), "subject photo")
-    text = tmp_path / "notes.png"
-    text.write_text("not an image")
-    with pytest.raises(UploadError, match="notes.png is not an image") as err:
-        check_upload(text, settings, "subject photo")
-    assert str(tmp_path) not in str(err.value)  # the page does not show server paths
-
-
-def test_train_prompt_from_the_class():
-    assert train_prompt_for(" a photo of sks ", "dog") == "a photo of sks"
-    assert train_prompt_for("", " dog ") == "a photo of a dog"
-    with pytest.raises(UploadError, match="type a train prompt"):
-        train_prompt_for(" ", "")
-
-
-def test_two_subjects_need_a_class_and_boxes(studio, subject_path):
-    """Bad input for a composed run: one line each, and no run folder."""
-    side = studio.backbone.resolution
-    cat = {"second_path": subject_path, "second_class": "cat"}
-    refusals = {
-        "the subject's box: box '1,2,3' is not 4 numbers": {"box": "1,2,3"},
-        "the subject's box: box 0,0,0,1 is empty": {"box": "0,0,0,1"},
-        f"the subject's box: box 0,0,{side},{side + 1} reaches outside the {side}x{side} image": {
-            "box": f"0,0,{side},{side + 1}"
-        },
-        "upload the second subject's photo, or clear its class and box": {"second_box": "0.5,0,1,1"},
-        "type the second subject's class": {"box": "0,0,0.5,1", "second_path": subject_path},
-        "give the second subject its box": cat,
-        "with two subjects, give each its box": {**cat, "second_box": "0.5,0,1,1"},
-        "the second subject's box: box '1' is not 4 numbers": {"box": "0,0,1,1", **cat, "second_box": "1"},
-    }
-    for message, fields in refusals.items():
-        with pytest.raises(UploadError, match=message):
-            next(studio.learn("composer", subject_path, "a photo", **fields))
-    two = {"box": "0,0,0.5,1", "second_path": subject_path, "second_class": "cat", "second_box": "0.5,0,1,1"}
-    with pytest.raises(UploadError, match="type a train prompt, or each subject's class"):
-        next(studio.learn("composer", subject_path, "", "", **two))
-    assert not (studio.root / "composer").exists()
-    assert train_prompt_for("", "dog", " cat ") == "a photo of a dog and a cat"
 
 
 def test_learn_two_subjects_in_their_boxes(studio, subject_path, subject, tmp_path):
@@ -149,12 +76,6 @@ def test_learn_two_subjects_in_their_boxes(studio, subject_path, subject, tmp_pa
     own = run(spec, Models(studio.backbone), progress=False)
     terms = {key: value for key, value in iterations[0].items() if key != "seconds"}
     assert {key: own["iterations"][0][key] for key in terms} == pytest.approx(terms, rel=1e-6)
-
-
-def test_session_folders_stay_under_the_root(studio):
-    for session in ("../../etc", "/abs/path", "", "a b\\c", "x" * 500):
-        folder = studio.session_folder(session)
-        assert folder.parent == studio.root and folder.name and ".." not in folder.name
 
 
 def test_learn_streams_every_iteration_then_the_subject(studio, subject_path):
@@ -190,32 +111,6 @@ def test_learn_from_several_photos_of_the_subject(studio, album, built):
     assert config["subject"] == "front.png" and config["photos"] == ["front.png", "side.png"]
     (loss,) = built
     _learned_from(loss, album)
-
-
-def test_every_photo_is_checked_and_named(studio, album, tmp_path):
-    """One bad photo among several: one line naming it, and no run folder."""
-    broken = tmp_path / "notes.png"
-    broken.write_text("not an image")
-    with pytest.raises(UploadError, match="subject photo notes.png is not an image") as err:
-        next(studio.learn("album-refusals", [*album, broken], "a photo of a dog"))
-    assert str(tmp_path) not in str(err.value)
-    with pytest.raises(UploadError, match="second subject photo notes.png is not an image"):
-        next(studio.learn("album-refusals", album, "", "dog", box="0,0,0.5,1", second_path=[album[0], broken],
-                          second_class="cat", second_box="0.5,0,1,1"))  # fmt: skip
-    with pytest.raises(UploadError, match="11 photos of one subject; at most 10"):
-        next(studio.learn("album-refusals", album * 5 + [broken], "a photo of a dog"))
-    with pytest.raises(UploadError, match="upload a subject photo first"):
-        next(studio.learn("album-refusals", [], "a photo of a dog"))
-    assert not (studio.root / "album-refusals").exists()
-    # The limits hold for each photo.
-    large = tmp_path / "large.png"
-    Image.new("RGB", (128, 128)).save(large)
-    settings = AppSettings(root=tmp_path, max_pixels=10_000)
-    with pytest.raises(UploadError, match="the subject photo large.png has 0.0 megapixels; the limit is 0.01"):
-        upload_subject([*album, large], settings, "subject photo", "dog")
-    megabyte = AppSettings(root=tmp_path, max_upload_mb=1e-6)
-    with pytest.raises(UploadError, match=r"the subject photo front.png is 0\.0 MB; the limit is 1e-06 MB"):
-        upload_subject(album, megabyte, "subject photo", "dog")
 
 
 def test_stop_ends_the_run_at_once_and_keeps_the_best(studio, subject_path):
@@ -272,73 +167,6 @@ def test_generate_with_the_learned_or_an_uploaded_subject(studio, subject_path, 
             archive.writestr(name, data)
     with pytest.raises(UploadError, match="this subject was learned on sdxl-turbo; the app runs"):
         studio.generate("visitor", "a dog", subject_zip=other)
-
-
-def test_bad_subject_zips_are_refused(studio, tmp_path):
-    not_zip = tmp_path / "subject.zip"
-    not_zip.write_text("no")
-    with pytest.raises(UploadError, match="subject.zip is not a zip file"):
-        studio.subject_from_zip("zips", not_zip)
-    escape = tmp_path / "escape.zip"
-    with zipfile.ZipFile(escape, "w") as archive:
-        archive.writestr("../outside.txt", "x")
-    with pytest.raises(UploadError, match="a path outside its folder"):
-        studio.subject_from_zip("zips", escape)
-    assert not (studio.root / "zips" / "outside.txt").exists()
-    empty = tmp_path / "empty.zip"
-    with zipfile.ZipFile(empty, "w") as archive:
-        archive.writestr("readme.txt", "x")
-    with pytest.raises(UploadError, match="must hold one LoRA folder"):
-        studio.subject_from_zip("zips", empty)
-    damaged = tmp_path / "damaged.zip"
-    with zipfile.ZipFile(damaged, "w") as archive:
-        archive.writestr("lora/pytorch_lora_weights.safetensors", b"")
-    with pytest.raises(UploadError, match="damaged.zip"):
-        studio.subject_from_zip("zips", damaged)
-
-
-def test_bad_fields_are_refused_before_any_work(studio, subject_path):
-    with pytest.raises(UploadError, match="max iterations must be 1 to 1000"):
-        next(studio.learn("fields", subject_path, "a dog", max_iters=0))
-    with pytest.raises(UploadError, match="lr"):
-        next(studio.learn("fields", subject_path, "a dog", lr=-1.0))
-    with pytest.raises(UploadError, match="max iterations is empty"):  # a field the page left empty
-        next(studio.learn("fields", subject_path, "a dog", max_iters=None))
-    with pytest.raises(UploadError, match="seed must be a whole number, got 1.5"):
-        next(studio.learn("fields", subject_path, "a dog", seed=1.5))
-    with pytest.raises(UploadError, match="number of images is empty"):
-        studio.generate("fields", "a dog", num_images=None)
-    assert not (studio.root / "fields").exists()
-
-
-def test_loopback_hosts():
-    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
-
-
-def test_siso_app_without_gradio_says_what_to_install(monkeypatch, capsys):
-    from siso import cli
-
-    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
-    monkeypatch.delitem(sys.modules, "siso.app.ui", raising=False)
-    assert cli.main(["app", "--model", "sd-turbo"]) == 2
-    assert "siso app needs Gradio, which is not installed: pip install 'siso[app]'" in capsys.readouterr().err
-
-
-def test_siso_app_refuses_a_bad_port():
-    result = run_siso(["app", "--port", "70000"])
-    assert result.returncode == 2 and "--port must be 1 to 65535" in result.stderr
-
-
-@pytest.mark.parametrize("gradio", ["installed", "missing"])
-def test_siso_app_refuses_a_bad_upload_limit_before_anything_loads(monkeypatch, capsys, gradio):
-    from siso import cli
-
-    if gradio == "missing":  # the limit is reported, as the port is, before the missing Gradio
-        monkeypatch.setitem(sys.modules, "gradio", None)
-        monkeypatch.delitem(sys.modules, "siso.app.ui", raising=False)
-    assert cli.main(["app", "--model", "sd-turbo", "--max-upload-mb", "0"]) == 2
-    assert capsys.readouterr().err == "siso: error: --max-upload-mb must be more than 0, got 0\n"
 
 
 def _scene(painted: bool):
@@ -421,88 +249,6 @@ def test_edit_two_subjects_each_in_its_region(studio, subject_path):
         with pytest.raises(UploadError, match=message):
             next(studio.edit("pair-refusals", _scene(True), "", subject_path, "dog", **fields))
     assert not (studio.root / "pair-refusals").exists()
-
-
-def test_siso_app_serves_the_page_on_localhost(model_dirs, tmp_path):
-    """The console script loads the model, prints its URL, binds 127.0.0.1 and serves the page until stopped."""
-    import signal
-    import subprocess
-    import urllib.request
-
-    from console import OFFLINE, SISO
-    from test_app_browser import _free_port
-
-    port = _free_port()
-    args = [SISO, "app", "--model", str(model_dirs["sd"]), "--port", str(port), "--root", str(tmp_path / "runs")]
-    args += ["--dino-model", str(model_dirs["dino"]), "--ir-model", str(model_dirs["clip"]), "--device", "cpu"]
-
-    # Ctrl-C as in a terminal, even where this test runs in a background job (which ignores SIGINT, and children
-    # inherit that).
-    def default_sigint():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    server = subprocess.Popen(args, env=OFFLINE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    try:
-        lines = []
-        while not any("siso: app at" in line for line in lines):
-            line = server.stderr.readline()
-            assert line, f"siso app ended: {''.join(lines)}"
-            lines.append(line)
-        assert f"siso: app at http://127.0.0.1:{port}" in "".join(lines)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
-                    assert page.status == 200 and "siso" in page.read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the page did not come up"
-                time.sleep(0.5)
-        # Listening on 127.0.0.1 only (Linux's table: local address in hex, state 0A = listening).
-        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        listening = {line.split()[1] for line in table if line.split()[3] == "0A"}
-        assert {a for a in listening if a.endswith(f":{port:04X}")} == {f"0100007F:{port:04X}"}
-    finally:
-        server.send_signal(signal.SIGINT)  # Ctrl-C: the server closes and the process ends
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise AssertionError(f"siso app did not end on Ctrl-C: {server.stderr.read()[-2000:]}") from None
-
-
-def test_page_errors_are_one_line(caplog):
-    """What the page shows for a failure: the reason, no stack trace (an unexpected one is logged in full)."""
-    pytest.importorskip("gradio")
-    from siso.app.ui import _page_error
-
-    assert _page_error(UploadError("upload a subject photo first")).message == "upload a subject photo first"
-    out_of_memory = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
-    assert _page_error(out_of_memory).message.startswith("out of memory on the CPU; to use less, try")
-    with caplog.at_level("ERROR"):
-        assert _page_error(KeyError("x")).message == "the run failed: KeyError: 'x'"
-    assert "a run failed" in caplog.text
-
-
-def test_ctrl_c_while_the_app_loads_is_one_line(monkeypatch, capsys):
-    from siso import cli
-    from siso.app import studio
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(studio, "load_backbone", interrupted)
-    assert cli.main(["app", "--model", "sd-turbo"]) == 130
-    assert capsys.readouterr().err.splitlines()[-1] == "siso: interrupted before the app started"
-
-
-def test_the_default_root_is_the_users_data_folder(monkeypatch, tmp_path):
-    from siso.app.settings import default_root
-
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert AppSettings().root == default_root() == tmp_path / "siso" / "app"
-    monkeypatch.delenv("XDG_DATA_HOME")
-    assert default_root() == Path.home() / ".local" / "share" / "siso" / "app"
 
 
 def test_runs_share_the_networks_loaded_once(studio, subject_path, built):

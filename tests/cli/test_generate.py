@@ -1,16 +1,13 @@
-"""The `siso` command: end to end on tiny local models, and every bad input ends in one clear line."""
+"""``siso generate`` (`siso.cli.generate`): end to end on tiny local models (and its saved subject reused), and
+every bad input ends in one clear line."""
 
 import json
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from console import OFFLINE, SISO, run_siso
+from console import run_siso
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -19,19 +16,7 @@ from siso.cli import main
 from siso.config import LoraSettings
 from siso.lora import SUBJECT_FILE, WEIGHTS_FILE, add_lora, save_lora
 
-
-@pytest.fixture
-def base_args(model_dirs, subject_path, similarity_args):
-    return [
-        "generate",
-        "--subject",
-        str(subject_path),
-        "--model",
-        str(model_dirs["sd"]),
-        *similarity_args,
-        "--lr",
-        "1e-2",
-    ]
+from .helpers import NOT_A_MODEL, _error, _generate_args, _reuse_args, _truncate
 
 
 def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
@@ -118,55 +103,6 @@ def test_console_script_end_to_end_and_reuse(base_args, tmp_path):
         )
 
 
-def test_console_script_starts_without_transformers_torchvision_notices():
-    proc = run_siso(["--help"])
-    assert proc.returncode == 0 and "usage: siso" in proc.stdout
-    assert "requires torchvision" not in proc.stderr and proc.stderr == ""
-
-
-def test_sigterm_keeps_best_so_far(base_args, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            SISO,
-            *base_args,
-            "--prompt",
-            "a dog",
-            "--max-iters",
-            "100000",
-            "--patience",
-            "100000",
-            "--quiet",
-            "--out",
-            str(out),
-        ],
-        env=OFFLINE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (out / "iterations" / "0002.png").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert "interrupted; the best-so-far image, LoRA and config are in" in stderr and "Traceback" not in stderr
-    for name in ("best.png", "config.json", "metrics.json", "lora/pytorch_lora_weights.safetensors", "loss.png"):
-        assert (out / name).is_file(), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["complete"] is False and metrics["stop_reason"] == "interrupted"
-
-
-def _error(capsys, args) -> str:
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("siso: error: "), captured.err
-    return lines[0]
-
-
 def test_missing_photo(capsys, base_args, tmp_path):
     args = [a if a != base_args[2] else str(tmp_path / "gone.jpg") for a in base_args]
     assert "subject photo not found" in _error(capsys, [*args, "--prompt", "x", "--out", str(tmp_path / "o")])
@@ -242,17 +178,6 @@ def test_lora_folder_without_weights(capsys, tmp_path):
 
 # --- bad input, swept option by option: one "siso: error:" line, exit 2, decided before any model loads -------
 
-NOT_A_MODEL = "/nonexistent/model"  # had anything loaded before the check, this would be the error
-
-
-def _generate_args(subject_path, tmp_path):
-    return ["generate", "--subject", str(subject_path), "--prompt", "x", "--out", str(tmp_path / "o")]
-
-
-def _reuse_args(tmp_path):
-    return ["generate", "--lora", str(tmp_path / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")]
-
-
 # (extra arguments, what the error says); "--lr=-inf": argparse takes "--lr -inf" for two options (its own error)
 GENERATE_NUMBERS = [
     *[
@@ -316,70 +241,7 @@ def test_non_integer_counts_are_argparse_errors(capsys, subject_path, tmp_path, 
     assert exit_info.value.code == 2 and error in capsys.readouterr().err
 
 
-def _eval_args(command, tmp_path):
-    args = ["eval", command, "--suite", "dreambench", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")]
-    return [*args, "--generated", str(tmp_path / "g")] if command == "score" else [*args, "--model", NOT_A_MODEL]
-
-
-EVAL_NUMBERS = [
-    ("score", ["--limit", "0"], "--limit must be >= 1, got 0"),
-    ("run", ["--limit", "-1"], "--limit must be >= 1, got -1"),
-    *[("run", [f"--{opt}", "0"], f"--{opt} must be >= 1, got 0") for opt in ("num-images", "steps", "max-iters")],
-    *[("run", [f"--lr={v}"], f"--lr must be a finite number, got {v}") for v in ("nan", "inf", "-inf")],
-    ("run", ["--seed", str(2**64)], "--seed must be between"),
-    ("run", [f"--seed={-(2**63) - 1}"], "--seed must be between"),
-    ("run", ["--seed", str(2**64 - 2), "--num-images", "3"], "--seed + --num-images - 1 must be between"),
-]
-
-
-@pytest.mark.parametrize(("command", "extra", "message"), EVAL_NUMBERS)
-def test_bad_numbers_eval(capsys, tmp_path, command, extra, message):
-    assert message in _error(capsys, [*_eval_args(command, tmp_path), *extra])  # not the missing --data
-
-
-def _device_cases():
-    cases = [("banana", "device 'banana' is not a torch device; usable here: cpu"), ("", "is not a torch device")]
-    if not torch.cuda.is_available():
-        cases += [("cuda", "device 'cuda' cannot be used"), ("cuda:0", "device 'cuda:0' cannot be used")]
-    if torch.cuda.device_count() < 8:
-        cases.append(("cuda:7", "device 'cuda:7' cannot be used"))
-    if not torch.backends.mps.is_available():
-        cases.append(("mps", "device 'mps' cannot be used (MPS is not available)"))
-    return cases
-
-
-@pytest.mark.parametrize(("device", "message"), _device_cases())
-@pytest.mark.parametrize("command", ["generate", "generate --lora", "eval score", "eval run"])
-def test_unusable_device(capsys, subject_path, tmp_path, command, device, message):
-    args = {
-        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
-        "generate --lora": [*_reuse_args(tmp_path), "--model", NOT_A_MODEL],
-        "eval score": _eval_args("score", tmp_path),
-        "eval run": _eval_args("run", tmp_path),
-    }[command]
-    line = _error(capsys, [*args, "--device", device])
-    assert message in line and "usable here: cpu" in line
-
-
-@pytest.mark.parametrize("command", ["generate", "eval score", "eval fetch"])
-@pytest.mark.parametrize("where", ["file", "under a file"])
-def test_output_folder_that_cannot_be(capsys, subject_path, tmp_path, command, where):
-    (tmp_path / "file").write_text("x")
-    out = tmp_path / "file" if where == "file" else tmp_path / "file" / "run"
-    args = {
-        "generate": [*_generate_args(subject_path, tmp_path), "--model", NOT_A_MODEL],
-        "eval score": _eval_args("score", tmp_path),
-        "eval fetch": ["eval", "fetch", "--suite", "dreambench"],
-    }[command]
-    message = "exists and is not a folder" if where == "file" else f"{tmp_path / 'file'} is a file"
-    assert message in _error(capsys, [*args, "--out", str(out)])
-
-
 # --- damaged files: the error names the file and the fix ---------------------------------------------------------
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 @pytest.mark.parametrize(
