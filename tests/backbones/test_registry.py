@@ -1,4 +1,5 @@
-"""The grad-enabled sampler matches the stock diffusers pipelines; model names resolve or fail clearly."""
+"""`generate` draws the stock pipelines' images and only the last steps keep a graph; model names resolve or fail
+clearly, and the device is checked before anything loads."""
 
 import numpy as np
 import pytest
@@ -11,27 +12,6 @@ from siso.hub import ModelLoadError
 
 PIPELINES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 PROMPT = "a photo of a dog"
-
-
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
-@pytest.mark.parametrize(("steps", "guidance"), [(1, 0.0), (2, 0.0), (2, 3.0)])
-def test_sampler_matches_stock_pipeline(model_dirs, family, steps, guidance):
-    # 2 steps exercise the scheduler state and (SDXL-Turbo) ancestral noise from the generator; 3.0 exercises CFG.
-    backbone = load_backbone(str(model_dirs[family]), device="cpu")
-    cond = backbone.encode_prompt(PROMPT, guidance)
-    ours = backbone.sample(cond, torch.Generator().manual_seed(7), steps, grad_steps=steps, guidance_scale=guidance)
-    assert ours.shape == (1, 3, 32, 32)
-
-    stock = PIPELINES[family].from_pretrained(model_dirs[family])
-    expected = stock(
-        PROMPT,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(7),
-    ).images
-    # Same operations in the same order on CPU fp32: identical up to float rounding.
-    torch.testing.assert_close(ours.detach(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])

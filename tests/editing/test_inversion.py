@@ -131,15 +131,3 @@ def test_regularisers_push_towards_gaussian_statistics():
     cleaned = regularize(smooth, white, settings, torch.Generator().manual_seed(2))
     assert patch_kl(cleaned, white) < patch_kl(smooth, white)
     assert not torch.equal(cleaned, smooth) and cleaned.shape == smooth.shape
-
-
-def test_inversion_presets_and_validation():
-    ddim = InversionSettings.preset("ddim")
-    assert (ddim.renoise_steps, ddim.kl_weight, ddim.ac_weight, ddim.noise_correction) == (0, 0.0, 0.0, True)
-    assert InversionSettings.preset("renoise") == InversionSettings()
-    with pytest.raises(ValueError, match="inversion method"):
-        InversionSettings(method="null-text")
-    with pytest.raises(ValueError, match="kl_weight"):
-        InversionSettings(kl_weight=float("nan"))
-    with pytest.raises(ValueError, match="average"):
-        InversionSettings(average=(5, 2))

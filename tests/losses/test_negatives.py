@@ -1,42 +1,24 @@
 """Negative targets (SFO): the blur and generic terms against hand computations, their weights in the total, the
 gradient through each, and nothing changed when they are off."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 
 from siso.config import NegativeSettings, SimilaritySettings
 from siso.images import pil_to_tensor
-from siso.losses import LossNetworks, SimilarityLoss, load_nets
+from siso.losses import SimilarityLoss, load_nets
+
+from .helpers import GENERIC, PHOTOS, _images
 
 WEIGHTS = {"dino": 2.0, "ir": 0.5}
-
-
-def _photo(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
-    img = np.stack([xx * rng.uniform(2, 8), yy * rng.uniform(2, 8), 255 - xx * rng.uniform(1, 6)], -1)
-    img[rng.integers(4, 12) : rng.integers(18, 28), rng.integers(4, 12) : rng.integers(18, 28)] = rng.integers(
-        0, 255, 3
-    )
-    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
-
-
-PHOTOS = [_photo(0), _photo(5, (40, 32))]  # two photos of one subject, of different sizes
-GENERIC = [_photo(seed) for seed in (10, 11, 12)]
 
 
 @pytest.fixture(scope="module")
 def nets(model_dirs):
     settings = SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]))
     return load_nets(settings, "cpu", torch.float32)[0]
-
-
-def _images(requires_grad: bool = False) -> torch.Tensor:
-    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    return images.requires_grad_(requires_grad)
 
 
 @torch.no_grad()
@@ -127,18 +109,3 @@ def test_the_negative_targets_are_embedded_once(nets):
     loss(_images())
     loss(_images())
     assert len(calls) == 2  # one per generated batch: no photo, blurred photo or generic image is embedded again
-
-
-def test_loss_networks_pass_the_negatives_through(model_dirs):
-    settings = SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"]))
-    networks = LossNetworks(settings, "cpu", torch.float32)
-    negatives = NegativeSettings(kinds=("blur", "generic"))
-    first = networks.loss([PHOTOS], negatives=negatives, generic=[GENERIC])
-    assert {"negative/blur", "negative/generic"} <= set(first(_images()))
-    second = networks.loss([_photo(3)], negatives=negatives, generic=[GENERIC[:1]])
-    # The next subject's loss runs on the same networks, loaded once.
-    assert all(second.nets[name] is first.nets[name] for name in first.nets)
-    assert second.references["dino"].shape[0] == 1
-    assert second.targets.generic["dino"].shape[0] == 1
-    with pytest.raises(ValueError, match="generic negative needs generic images"):
-        networks.loss([_photo(3)], negatives=negatives)
