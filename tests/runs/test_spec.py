@@ -8,6 +8,7 @@ from siso.compose import Box, Subject
 from siso.config import EditConfig, SisoConfig
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob, GenerationJob
+from siso.runs.run import run
 from siso.runs.spec import RunSpec
 
 JOB = GenerationJob(["a dog"], [0])
@@ -49,3 +50,9 @@ def test_which_runs_compose_their_subjects(subject, tmp_path):
     assert not RunSpec("edit", EditConfig(), out, [placed], EditJob(subject, region, "box")).composed
     assert RunSpec("edit", EditConfig(), out, [placed], EditJob(subject)).composed
     assert not RunSpec("edit", EditConfig(), out, [one], EditJob(subject)).composed
+
+
+def test_a_spec_without_a_folder_is_described_but_not_run(subject):
+    spec = RunSpec("learn", SisoConfig(), None, [Subject(subject)])  # what `siso bench` measures
+    with pytest.raises(ValueError, match="give the RunSpec an out"):
+        run(spec)

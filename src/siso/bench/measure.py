@@ -5,6 +5,10 @@ only in what a user can choose (dtype, memory options, the fast loss, editing) a
 (`siso.config.ACCEL_PRESETS` of the same names), plus, for ``reference``, what the SISO reference code does that siso
 does not (the prompt re-encoded every iteration). Any of them but ``edit`` can score several subjects, each in its
 box (`siso.losses.CompositionLoss`), as ``siso generate`` does with several ``--subject``.
+
+Each configuration's run is described as every entry point describes one (`bench_spec`: a `siso.runs.spec.RunSpec`
+with no run folder) and its loss is put together as every run's is (`siso.runs.run.objective`); the benchmark then
+times that run's loop itself, with its timers on, instead of running it with `siso.runs.run.run`.
 """
 
 from __future__ import annotations
@@ -20,11 +24,10 @@ from PIL import Image
 
 from siso.backbones import config_for, load_backbone
 from siso.bench.timing import _RUSAGE, PARTS, PartTimer, count_flops, device_peak_tflops
-from siso.compose import default_slots, subject_names
+from siso.compose import Subject, default_slots, subject_names
 from siso.config import (
     AccelSettings,
     EditConfig,
-    EditSettings,
     FastSettings,
     MemorySettings,
     OptimSettings,
@@ -32,11 +35,15 @@ from siso.config import (
     SisoConfig,
 )
 from siso.devices import TORCH_DTYPES, resolve_dtype
-from siso.editing import BackgroundLoss, EditObjective, Scene, invert_scene, prepare_scene
+from siso.editing import BackgroundLoss, EditObjective, invert_scene, prepare_scene
 from siso.losses import ClipImageEmbedding, DinoEmbedding, LossNetworks, load_nets
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import optimize_lora
+from siso.runs.jobs import EditJob
 from siso.runs.memory import PeakMemory, allocator
+from siso.runs.models import Models
+from siso.runs.run import objective as run_objective
+from siso.runs.spec import RunSpec
 
 
 @dataclass
@@ -93,9 +100,9 @@ def subject_photos(count: int) -> list[Image.Image]:
     ]
 
 
-def _loss_and_backbone(model: str, settings, configuration: Configuration, subjects: int):
-    """The backbone, the loss of ``subjects`` subjects (`SimilarityLoss` for one; `CompositionLoss` for several, in
-    side-by-side boxes: `siso.compose.default_slots`), the dtype used and (for the fast loss) the tiny VAE decoder."""
+def _models(model: str, settings, configuration: Configuration) -> tuple[Models, SimilaritySettings, str, object]:
+    """The backbone and similarity networks of a configuration (`siso.runs.models.Models`), the similarity settings
+    they stand for, the dtype used and (for the fast loss) the tiny VAE decoder."""
     device = settings.device
     dtype = resolve_dtype(configuration.dtype, device)
     loss_vae = None
@@ -115,16 +122,34 @@ def _loss_and_backbone(model: str, settings, configuration: Configuration, subje
         nets, weights = load_nets(similarity, backbone.device, backbone.dtype)
         if configuration.fast:
             loss_vae = load_tiny_vae(tiny_vae_name(FastSettings(True, settings.tiny_vae), model), backbone)
-    # The loss as a run builds it (`siso.losses.LossNetworks`), on these networks.
     networks = LossNetworks(similarity, backbone.device, backbone.dtype, nets=(nets, weights))
+    return Models(backbone, networks), similarity, dtype, loss_vae
+
+
+def bench_spec(
+    model: str, settings, configuration: Configuration, subjects: int, similarity: SimilaritySettings, dtype: str
+) -> RunSpec:
+    """The run a configuration measures, described as every entry point describes a run (`siso.runs.spec.RunSpec`):
+    learn ``subjects`` subjects (several side by side, each in its box: `siso.compose.default_slots`), or edit the
+    bench's photo; written nowhere (``out`` is ``None``: the benchmark times the loop, it keeps no run folder)."""
     photos = subject_photos(subjects)
-    if subjects == 1:
-        loss_fn = networks.loss(photos)
-    else:
-        side = backbone.resolution
-        boxes = [slot.pixels(side, side) for slot in default_slots(subjects)]
-        loss_fn = networks.loss(photos, boxes, subject_names([None] * subjects))
-    return backbone, loss_fn, dtype, loss_vae
+    slots = default_slots(subjects) if subjects > 1 else [None]
+    chosen = [Subject(photo, box=slot) for photo, slot in zip(photos, slots, strict=True)]
+    kind = EditConfig if configuration.edit else SisoConfig
+    config = kind(
+        model=model,
+        train_prompt="a photo of a dog",
+        dtype=dtype,
+        similarity=similarity,
+        optim=optim_settings(model, settings, configuration.edit),
+        memory=configuration.memory,
+        fast=FastSettings(configuration.fast, settings.tiny_vae),
+        accel=configuration.accel,
+    )
+    if configuration.edit:
+        photo, mask = _photo_and_mask(settings.resolution)
+        return RunSpec("edit", config, None, chosen, EditJob(photo, mask, "box"))
+    return RunSpec("learn", config, None, chosen)
 
 
 def optim_settings(model: str, settings, edit: bool = False) -> OptimSettings:
@@ -149,13 +174,13 @@ def optim_settings(model: str, settings, edit: bool = False) -> OptimSettings:
     )
 
 
-def _scene(resolution: int) -> Scene:
-    """A photo-like scene at ``resolution`` (smooth colours) with a box in its middle as the object to replace."""
+def _photo_and_mask(resolution: int) -> tuple[Image.Image, np.ndarray]:
+    """A photo-like scene at ``resolution`` (smooth colours) and a box in its middle as the object to replace."""
     ys, xs = np.mgrid[0:resolution, 0:resolution] / resolution
     photo = Image.fromarray((np.stack([xs, ys, 1 - xs], -1) * 255).astype(np.uint8))
     mask = np.zeros((resolution, resolution), dtype=bool)
     mask[resolution // 4 : 3 * resolution // 4, resolution // 4 : 3 * resolution // 4] = True
-    return prepare_scene(photo, mask, resolution, EditSettings.mask_dilation)
+    return photo, mask
 
 
 def run_configuration(model: str, settings, name: str, configuration: Configuration, subjects: int = 1) -> dict:
@@ -168,22 +193,22 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     """
     start = time.perf_counter()
     with PeakMemory(settings.device) as peak:
-        backbone, loss_fn, dtype, loss_vae = _loss_and_backbone(model, settings, configuration, subjects)
-        optim = optim_settings(model, settings, configuration.edit)
-        kind = EditConfig if configuration.edit else SisoConfig
-        config = kind(
-            model=model,
-            train_prompt="a photo of a dog",
-            dtype=dtype,
-            optim=optim,
-            memory=configuration.memory,
-            accel=configuration.accel,
-        )
+        models, similarity, dtype, loss_vae = _models(model, settings, configuration)
+        spec = bench_spec(model, settings, configuration, subjects, similarity, dtype)
+        backbone, config = models.loaded, spec.config
+        optim = config.optim
+        boxes = terms = None
+        if subjects > 1:
+            side = backbone.resolution
+            boxes = [subject.box.pixels(side, side) for subject in spec.subjects]
+            terms = subject_names([None] * subjects)
+        # The loss as every run builds it, in the run's order (`siso.runs.run.objective`), on these networks.
+        loss_fn, _ = run_objective(models, config, spec.subjects, boxes, terms)
         timer = PartTimer(backbone, loss_fn, loss_vae)
         hook = loss_fn.register_forward_hook(lambda module, args, terms: timer.backward_started(terms["loss"]))
         objective, inversion = loss_fn, None
         if configuration.edit:
-            scene = _scene(backbone.resolution)
+            scene = prepare_scene(spec.job.scene, spec.job.mask, backbone.resolution, config.edit.mask_dilation)
             inverted = invert_scene(backbone, scene, config, progress=False)
             inversion = {
                 "seconds": time.perf_counter() - start,

@@ -62,11 +62,14 @@ def run(
         The metrics written to ``metrics.json``.
 
     Raises:
+        ValueError: a spec without a run folder.
         BoxError: a box reaches outside the image (before anything is written).
         MaskError: an edit without a usable mask.
         FileNotFoundError, LoraError: a reuse run's saved subject is missing, damaged or does not fit the model
             (before anything is written).
     """
+    if spec.out is None:
+        raise ValueError("a run writes its run folder: give the RunSpec an out")
     kinds = {"learn": _learn, "edit": _edit, "reuse": _reuse}
     return kinds[spec.kind](spec, models or Models(), progress, callback, notify or print)
 

@@ -32,7 +32,8 @@ class RunSpec:
         kind: One of `RUN_KINDS`.
         config: The run's settings: `SisoConfig` (learn, reuse: its ``model``, ``dtype``, ``device`` and
             ``memory.quantize`` load the backbone) or `EditConfig` (edit).
-        out: The run folder it writes.
+        out: The run folder it writes; ``None`` only for a run that is measured, not run (`siso bench` times the
+            loop of the run it describes and keeps no folder): `siso.runs.run.run` refuses it.
         subjects: learn and edit: the subjects (photos, class, box or region); reuse: none.
         job: learn: the images to draw after learning (``None``: none); edit: the photo and where the object is
             (`EditJob`); reuse: the images to draw.
@@ -49,7 +50,7 @@ class RunSpec:
 
     kind: str
     config: SisoConfig
-    out: RunFolder
+    out: RunFolder | None
     subjects: Sequence[Subject] = field(default_factory=list)
     job: GenerationJob | EditJob | None = None
     lora: Path | None = None
