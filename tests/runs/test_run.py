@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from siso.compose import Subject
@@ -39,3 +40,12 @@ def test_a_learn_run_writes_its_run_folder(make_config, subject, subject_path, t
     assert (image["prompt"], image["seed"]) == ("a dog on the beach", 3)
     drawn = models.loaded.generate("a dog on the beach", 3, 1)
     assert np.array_equal(np.asarray(Image.open(out / image["file"])), np.asarray(drawn))
+
+    # A saved subject learned at another side is refused on models that draw at this one (not drawn at the wrong one).
+    info = json.loads((out / "lora" / "siso_subject.json").read_text())
+    (out / "lora" / "siso_subject.json").write_text(json.dumps({**info, "resolution": models.loaded.resolution * 2}))
+    models.loaded.pipe.unload_lora_weights()
+    again = RunSpec("reuse", config, RunFolder(tmp_path / "again"), job=job, lora=out / "lora")
+    with pytest.raises(ValueError, match=f"was learned at {models.loaded.resolution * 2} px; these models draw at"):
+        run(again, models, progress=False)
+    assert not (tmp_path / "again").exists()

@@ -32,7 +32,7 @@ from siso.bench.architectures import build_backbone, build_similarity
 from siso.bench.measure import subject_photos
 from siso.config import AccelSettings, MemorySettings, SisoConfig
 from siso.lora import add_lora
-from siso.losses import ClipImageEmbedding, DinoEmbedding, SimilarityLoss
+from siso.losses import ClipImageEmbedding, DinoEmbedding, LossNetworks, SimilarityLoss
 
 GB = 1e9
 ADAM_BYTES = 16  # per LoRA parameter: fp32 weight, gradient and AdamW's two moments
@@ -211,7 +211,9 @@ def estimate_model(name: str, resolution: int = 512) -> dict:
     add_lora(backbone, config.lora)
     built = build_similarity("meta", torch.bfloat16)
     dino = DinoEmbedding(built["dino"], config.similarity.dino_resolution)
-    loss_fn = SimilarityLoss({"dino": dino, "ir": ClipImageEmbedding(built["ir"])}, subject_photos(1)[0])
+    nets = {"dino": dino, "ir": ClipImageEmbedding(built["ir"])}
+    # The loss as every run builds it (`siso.losses.LossNetworks`), on these networks.
+    loss_fn = LossNetworks(config.similarity, "meta", torch.bfloat16, nets=(nets, None)).loss(subject_photos(1))
     return estimate_memory(backbone, loss_fn, config)
 
 

@@ -111,7 +111,8 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    """Run ``siso generate``: translate the flags into a run (`siso.runs.RunSpec`) and run it; returns the exit code."""
+    """Run ``siso generate``: translate the flags into a run (`siso.runs.spec.RunSpec`) and run it; returns the exit
+    code."""
     if args.lora:
         check_lora_file(args.lora)  # a damaged subject is the error to report, whatever the model
         model = args.model or read_subject_info(args.lora).get("model")
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         SisoConfig,
         model,
         train_prompt=args.train_prompt or args.prompt[0],
-        **shared_settings(args, model, args.train_steps),
+        **shared_settings(args, model),
     )
     if args.ip_adapter:
         if len(subject_specs(args)) > 1:

@@ -95,7 +95,9 @@ def edit_suite(
             backbone = models.backbone(config)
             # Whole or not at all, replacing an earlier attempt (and its skipped.txt): an interrupted edit is removed.
             with atomic_folder(folder) as partial:
-                spec = RunSpec("edit", config, RunFolder(partial), [subject], job, paths=paths, detector=detector)
+                spec = RunSpec(
+                    "edit", config, RunFolder(partial, frames=False), [subject], job, paths=paths, detector=detector
+                )
                 try:
                     run(spec, models, progress=False)
                 finally:

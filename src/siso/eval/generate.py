@@ -20,7 +20,8 @@ its saved subject records the adapter, and a rerun loads both.
 Each unit's learning is a run (a ``learn`` `siso.runs.spec.RunSpec`, run by `siso.runs.run.run` as ``siso generate``'s
 is), and its drawing uses the LoRA the run leaves on the backbone. Every unit of the suite runs on one
 `siso.runs.models.Models`: the backbone and the similarity networks load once and stay loaded between units (the
-backbone is loaded again only after a unit learned over an IP-Adapter).
+backbone is loaded again after a unit whose subject carries an IP-Adapter, learned or loaded). A unit's folder keeps
+no iteration frames (a suite has hundreds of units).
 
 Layout under ``OUT``: ``config.json`` (the settings of the latest invocation), ``generated/<item id>/<k>.png`` (seed
 ``seed + k``) and ``subjects/<unit>/``, the unit's run folder (`siso.runs.folder.RunFolder`): ``lora`` (the learned
@@ -204,7 +205,7 @@ def generate_suite(
             # Whole or not at all: an interrupted unit (whose run saves its best so far) or a crash leaves no LoRA
             # that looks learned, and a rerun learns the unit again.
             with atomic_folder(folder) as partial:
-                run(RunSpec("learn", unit_config, RunFolder(partial), subjects), models, progress=False)
+                run(RunSpec("learn", unit_config, RunFolder(partial, frames=False), subjects), models, progress=False)
         for item, seed, path in todo(unit):
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)

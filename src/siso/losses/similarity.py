@@ -62,8 +62,8 @@ class SimilarityLoss(torch.nn.Module):
     the cosine averaged over the subject's photos (the reference code's mean over keys); plus, when
     ``negatives.kinds`` names them, the negative terms of `NegativeSettings` (`siso.losses.negatives`).
 
-    The subject's embeddings are computed once, without gradient (`set_subject`); the networks are reused for the
-    next subject.
+    The subject's embeddings are computed once, without gradient (`set_subject`); the networks can serve the next
+    subject's loss (`siso.losses.networks.LossNetworks`).
 
     Args:
         nets: Name -> embedding network (loaded by `SIMILARITY_NETS`, or any module images -> (B, D)).

@@ -65,11 +65,13 @@ class RunFolder:
 
     The check happens at once, so a bad ``--out`` fails before any slow loading; the folder is created (and an
     earlier run in it removed) only at the first write, so a run that fails while loading leaves nothing behind.
+    ``frames=False`` keeps no iteration frames (no ``iterations/`` and no contact sheet): ``eval run``'s many units.
     """
 
     path: Path
     overwrite: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    frames: bool = True
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -104,6 +106,8 @@ class RunFolder:
         A Ctrl-C / SIGTERM mid-write must not leave a truncated frame: the interrupted run's contact sheet reads them.
         `wait_for_frames` (called by `save_optimization`) waits for the writes.
         """
+        if not self.frames:
+            return
         (self.path / "iterations").mkdir(exist_ok=True)
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siso-frames")

@@ -71,6 +71,7 @@ class Models:
         if not config.negatives.generic:
             return None
         opt = config.optim
-        key = (opt.seed, opt.num_inference_steps, opt.grad_steps, opt.guidance_scale, config.negatives.generic_images)
+        key = (config.model, config.resolution, opt.seed, opt.num_inference_steps, opt.grad_steps)
+        key += (opt.guidance_scale, config.negatives.generic_images)
         drawn = self._generic.setdefault(key, {})
         return generic_negatives(self.backbone(config), config, subjects, classes, detector, drawn)

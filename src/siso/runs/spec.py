@@ -31,7 +31,8 @@ class RunSpec:
     Attributes:
         kind: One of `RUN_KINDS`.
         config: The run's settings: `SisoConfig` (learn, reuse: its ``model``, ``dtype``, ``device`` and
-            ``memory.quantize`` load the backbone) or `EditConfig` (edit).
+            ``memory.quantize`` load the backbone; a reuse run's model is the saved subject's, ``siso_subject.json``'s
+            ``model``) or `EditConfig` (edit).
         out: The run folder it writes; ``None`` only for a run that is measured, not run (`siso bench` times the
             loop of the run it describes and keeps no folder): `siso.runs.run.run` refuses it.
         subjects: learn and edit: the subjects (photos, class, box or region); reuse: none.
