@@ -6,6 +6,7 @@ maps each default to the paper's and the reference code's value.
 """
 
 from siso.config.accel import ACCEL_PRESETS, AccelSettings
+from siso.config.compose import MAX_SUBJECTS, ComposeSettings
 from siso.config.editing import (
     BACKGROUND_TARGETS,
     INVERSION_METHODS,
@@ -18,11 +19,9 @@ from siso.config.run import SisoConfig
 from siso.config.settings import (
     DTYPES,
     FAST_DINO_RESOLUTION,
-    MAX_SUBJECTS,
     QUANTIZE_METHODS,
     SEED_MAX,
     SEED_MIN,
-    ComposeSettings,
     FastSettings,
     LoraSettings,
     MemorySettings,

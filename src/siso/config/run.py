@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Self
 
 from siso.config.accel import AccelSettings
+from siso.config.compose import ComposeSettings
 from siso.config.fidelity import IPAdapterSettings, NegativeSettings
 from siso.config.fields import setting
 from siso.config.settings import (
     DTYPES,
-    ComposeSettings,
     FastSettings,
     LoraSettings,
     MemorySettings,
