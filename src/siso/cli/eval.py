@@ -202,8 +202,6 @@ def run_config(args: argparse.Namespace) -> SisoConfig:
     """
     editing = args.suite in EDITING_SUITES
     overrides = shared_settings(args, args.model, args.steps if editing else None)
-    if args.tiny_vae and not args.fast:
-        raise ValueError("--tiny-vae needs --fast")
     if not editing:
         return config_for(SisoConfig, args.model, **overrides)
     if args.num_images != 1:

@@ -89,8 +89,6 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(
             "--fast, --tiny-vae and --negative are for learning a subject (--subject); with --lora nothing is optimized"
         )
-    if args.tiny_vae and not args.fast:
-        raise ValueError("--tiny-vae needs --fast")
     specs = subject_specs(args)
     if bool(specs) == bool(args.lora):
         raise ValueError("give the subject: --subject PHOTO (to learn it) or --lora DIR (a saved one), not both")

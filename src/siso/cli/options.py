@@ -107,8 +107,11 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
             ``--train-steps``; ``None``: not given.
 
     Raises:
-        ValueError: --text-encoder-lora for a family without text-encoder LoRA; a malformed --ip-adapter.
+        ValueError: --text-encoder-lora for a family without text-encoder LoRA, --tiny-vae without --fast; a
+            malformed --ip-adapter.
     """
+    if getattr(args, "tiny_vae", None) and not args.fast:
+        raise ValueError("--tiny-vae needs --fast")
     cls = family(model) if model else None
     if getattr(args, "text_encoder_lora", False) and cls is not None and not cls.text_encoder_names:
         raise ValueError(f"{model} has no text-encoder LoRA (its text encoder stays frozen); drop --text-encoder-lora")
