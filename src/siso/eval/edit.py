@@ -17,9 +17,10 @@ Layout under ``OUT``: ``generated/<item id>/0.png`` (the edit at model resolutio
 ``subjects/<item id>/``, the item's run folder (`siso.runs.folder.RunFolder`): ``metrics.json``
 (`siso.editing.EditResult.record`, with the inversion PSNR, plus the mask's source), ``best.png`` (the same edit),
 ``mask.png`` (the dilated mask the edit kept the background outside of), and the run's own ``config.json``,
-``input.png``, ``inversion.png``, ``lora``, ``iterations/`` and ``loss.png``. An edit is written into a hidden folder
-beside the item's (``.<name>.partial``) that replaces it only when the run completes (`siso.io.atomic_folder`): an
-interrupted edit is removed. Items whose ``0.png`` exists are skipped on a rerun; it is written last, atomically.
+``input.png``, ``inversion.png``, ``lora`` and ``loss.png`` (no iteration frames). An edit is written into a hidden
+folder beside the item's (``.<name>.partial``) that replaces it only when the run completes
+(`siso.io.atomic_folder`): an interrupted edit is removed. Items whose ``0.png`` exists are skipped on a rerun; it
+is written last, atomically.
 """
 
 from __future__ import annotations
