@@ -17,6 +17,7 @@ import torch
 
 from siso import SimilaritySettings
 from siso.cli import main
+from siso.config import CHECK_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md"))
@@ -57,7 +58,8 @@ def test_docs_have_runnable_examples():
 def docs_folder(tmp_path, monkeypatch, model_dirs, subject):
     """A working folder with what the examples name: the similarity networks and photos."""
     similarity = SimilaritySettings()
-    for hub_id, tiny in ((similarity.dino_model, "dino"), (similarity.ir_model, "clip")):
+    networks = ((similarity.dino_model, "dino"), (similarity.ir_model, "clip"), (CHECK_MODEL, "clip"))
+    for hub_id, tiny in networks:
         (tmp_path / hub_id).parent.mkdir(parents=True)
         (tmp_path / hub_id).symlink_to(model_dirs[tiny], target_is_directory=True)
     for name, size in PHOTOS.items():

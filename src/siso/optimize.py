@@ -103,9 +103,10 @@ class SisoResult:
         }
 
     @property
-    def seconds_per_iteration(self) -> float:
-        """The median wall time of an iteration (render, loss, backward, optimizer step, callback)."""
-        return statistics.median(h["seconds"] for h in self.history)
+    def seconds_per_iteration(self) -> float | None:
+        """The median wall time of an iteration (render, loss, backward, optimizer step, callback); ``None`` when the
+        run was interrupted inside its first iteration."""
+        return statistics.median(h["seconds"] for h in self.history) if self.history else None
 
 
 def optimize_subject(

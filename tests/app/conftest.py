@@ -1,4 +1,5 @@
-"""App fixtures: a `Studio` on the tiny models (one per test module), and two photos of one subject."""
+"""App fixtures: a `Studio` on the tiny models (one per test module), two photos of one subject, and editing's scene
+photo (in which the tiny detector finds a "dog")."""
 
 from pathlib import Path
 
@@ -7,6 +8,8 @@ from PIL import Image
 
 from siso.app.studio import AppSettings, Studio
 from siso.config import SimilaritySettings
+
+from ..editing.conftest import scene_photo  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +20,7 @@ def studio(model_dirs, tmp_path_factory):
         device="cpu",
         similarity=SimilaritySettings(dino_model=str(model_dirs["dino"]), ir_model=str(model_dirs["clip"])),
         optim={"patience": 1000, "min_improvement": 0.0},  # runs end when the test says (or at max iterations)
+        check_model=str(model_dirs["clip"]),  # a refine's check network
     )
     return Studio(settings)
 

@@ -1,8 +1,9 @@
-"""`siso.app.progress`: what the page shows of a run: captioned iteration images, identity terms, photo counts."""
+"""`siso.app.progress`: what the page shows of a run: captioned iteration images, identity terms, photo counts, a
+refine's similarity before and after."""
 
 from PIL import Image
 
-from siso.app.progress import frames, identities, photo_counts
+from siso.app.progress import frames, identities, photo_counts, similarity
 from siso.compose import Subject
 
 
@@ -23,3 +24,17 @@ def test_identity_terms_and_photo_counts(subject):
     assert photo_counts([Subject(subject)]) == "; subject: 1 photo"
     assert photo_counts([Subject([subject, subject])]) == "; subject: 2 photos"
     assert photo_counts([Subject([subject, subject], "dog"), Subject(subject, "cat")]) == "; photos: dog 2, cat 1"
+
+
+def test_a_refines_similarity_before_and_after_per_subject_and_network():
+    metrics = {
+        "before": {"dog": {"dino": 0.5, "check": 0.25}, "cat": {"dino": 0.75, "check": 0.5}},
+        "after": {"dog": {"dino": 0.625, "check": 0.375}, "cat": {"dino": 0.875, "check": 0.5}},
+    }
+    assert similarity(metrics) == [
+        ("dog", "dino", 0.5, 0.625),
+        ("dog", "check", 0.25, 0.375),
+        ("cat", "dino", 0.75, 0.875),
+        ("cat", "check", 0.5, 0.5),
+    ]
+    assert similarity({"best_iteration": 0}) is None  # a learn or edit run has none

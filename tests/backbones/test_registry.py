@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from siso.backbones import SDBackbone, SDXLBackbone, load_backbone, resolve_model
+from siso.backbones import BACKBONES, SDBackbone, SDXLBackbone, check_can_edit, config_for, load_backbone, resolve_model
+from siso.config import EditConfig, SisoConfig
 from siso.devices import check_device
 from siso.hub import ModelLoadError
 
@@ -38,6 +39,21 @@ def test_resolve_model_names_and_families(model_dirs):
     assert resolve_model("sd-turbo")[1] is SDBackbone
     assert resolve_model(str(model_dirs["sdxl"]))[1] is SDXLBackbone
     assert resolve_model(str(model_dirs["sd"]))[1] is SDBackbone
+
+
+def test_every_family_edits_with_its_own_editing_schedule():
+    """FLUX.1-schnell edits with editing's 4 steps; Sana, no few-step model, with its 20 (15 redone at strength 0.75),
+    its gradient steps and guidance; a flag left out (None) keeps the family's, a given one wins. Generation never
+    sees the editing entry."""
+    for name in BACKBONES:
+        check_can_edit(name)
+    steps = {name: config_for(EditConfig, name).optim.num_inference_steps for name in BACKBONES}
+    assert steps == {"sdxl-turbo": 4, "sd-turbo": 4, "flux-schnell": 4, "sana": 20}
+    sana = config_for(EditConfig, "sana", optim={"num_inference_steps": None})
+    assert (sana.optim.num_inference_steps, sana.optim.grad_steps, sana.optim.guidance_scale) == (20, 3, 4.5)
+    assert config_for(EditConfig, "sana", optim={"num_inference_steps": 8}).optim.num_inference_steps == 8
+    generation = {name: config_for(SisoConfig, name).optim.num_inference_steps for name in ("flux-schnell", "sana")}
+    assert generation == {"flux-schnell": 1, "sana": 20}
 
 
 def test_unknown_model_name():

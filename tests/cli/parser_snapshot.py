@@ -1,5 +1,5 @@
-"""The options of ``siso generate``, ``siso edit`` and ``siso eval run`` as data, and the committed snapshot of them
-(tests/fixtures/parsers.json) that `test_options` compares the parsers with.
+"""The options of ``siso generate``, ``siso edit``, ``siso refine`` and ``siso eval run`` as data, and the committed
+snapshot of them (tests/fixtures/parsers.json) that `test_options` compares the parsers with.
 
 Regenerate the snapshot (only when an option is meant to change) with
 ``.venv/bin/python tests/cli/parser_snapshot.py``.
@@ -14,7 +14,7 @@ from pathlib import Path
 from siso.cli import build_parser
 
 SNAPSHOT = Path(__file__).parents[1] / "fixtures" / "parsers.json"
-COMMANDS = (("generate",), ("edit",), ("eval", "run"))
+COMMANDS = (("generate",), ("edit",), ("refine",), ("eval", "run"))
 
 
 def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
-"""``siso eval`` (`siso.cli.eval`): ``eval score`` end to end, and bad input to ``eval score`` and ``eval run``
-in one line, decided before any model loads."""
+"""``siso eval`` (`siso.cli.eval`): ``eval score`` end to end, bad input to ``eval score`` and ``eval run`` (the
+dreambench-refine suite's too) in one line, decided before any model loads, and the refine settings reaching only the
+refine suite's runs."""
 
 import shutil
 from pathlib import Path
@@ -7,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from siso.backbones import load_backbone
-from siso.cli import main
-from siso.config import LoraSettings
+from siso.cli import build_parser, main
+from siso.cli.eval import run_config
+from siso.config import REFINE_STRENGTH, EditConfig, EditSettings, LoraSettings, RefineConfig, RefineSettings
 from siso.eval.suites import load_dreambench
 from siso.lora import WEIGHTS_FILE, add_lora, save_lora
 
-from ..eval.helpers import _generate, _run_args
-from .helpers import _error, _eval_args
+from ..eval.helpers import _generate, _run_args, _to_refine
+from .helpers import NOT_A_MODEL, _error, _eval_args
 
 
 def test_eval_score_cli(dreambench, eval_models, tmp_path, capsys):
@@ -122,3 +124,67 @@ def test_eval_run_refuses_a_saved_lora_of_another_model(dreambench, model_dirs, 
 def test_eval_run_checks_optimization_values(dreambench, model_dirs, eval_models, tmp_path, capsys):
     args = [*_run_args(dreambench, model_dirs, eval_models, tmp_path / "run"), "--lr", "0", "--model", "/no/model"]
     assert "lr must be a finite number > 0, got 0.0" in _error(capsys, args)
+
+
+def _refine_cli(dreambench, model, tmp_path, *extra, suite="dreambench-refine"):
+    args = ["eval", "run", "--suite", suite, "--data", str(dreambench), "--out", str(tmp_path / "o")]
+    return [*args, "--model", str(model), *extra]
+
+
+REFINE_REFUSALS = [
+    ([], "dreambench-refine refines another method's images: give them with --from DIR (DIR/<item id>/<k>.png)"),
+    (["--from", "{file}"], "is not a folder of images laid out as DIR/<item id>/<k>.png"),
+    (["--from", "{some}"], "lacks the images of 2 of 4 items (first: {some}/dog/01 has 0 of 1)"),
+    (["--from", "{some}", "--limit", "1", "--num-images", "2"], "(first: {some}/dog/00 has 1 of 2)"),
+    (["--from", "{some}", "--protocol", "per-prompt"], "refines each image with its own LoRA; drop --protocol"),
+    (["--from", "{some}", "--ip-adapter", "h94/IP-Adapter"], "drop --ip-adapter"),
+    (["--from", "{some}", "--crop"], "drop --reference and --crop"),
+    (["--from", "{some}", "--metrics", "dino,mse"], "dreambench-refine is not scored with mse"),
+    (["--from", "{some}", "--metrics", "dino,lpips"], "lpips needs the LPIPS weights"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), REFINE_REFUSALS)
+def test_eval_run_refuses_bad_refine_input_in_one_line_writing_nothing(
+    dreambench, model_dirs, tmp_path, capsys, extra, message
+):
+    (tmp_path / "file").write_text("x")
+    some = _to_refine(load_dreambench(dreambench)[::2], tmp_path / "some")  # dog/00 and red_teapot/00 only
+    paths = {"file": tmp_path / "file", "some": some}
+    args = _refine_cli(dreambench, model_dirs["sd"], tmp_path, *(arg.format(**paths) for arg in extra))
+    line = _error(capsys, args)
+    assert message.format(**paths) in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--from", "x"], "--from is dreambench-refine's (the images it refines); dreambench takes none"),
+        (["--region", "all"], "--region is dreambench-refine's (the images it refines); dreambench takes none"),
+        (["--strength", "0.5", "--check-model", "x"], "--strength, --check-model: settings of dreambench-refine's"),
+    ],
+)
+def test_eval_run_refuses_refine_options_on_other_suites(dreambench, tmp_path, capsys, extra, message):
+    assert message in _error(capsys, _refine_cli(dreambench, NOT_A_MODEL, tmp_path, *extra, suite="dreambench"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_refine_settings_reach_the_refine_suite_and_leave_the_editing_suite_its_defaults():
+    def config(suite, *extra):
+        args = ["eval", "run", "--suite", suite, "--data", "d", "--out", "o", "--model", "sdxl-turbo", *extra]
+        return run_config(build_parser().parse_args(args))
+
+    refine = config("dreambench-refine", "--from", "x")
+    assert isinstance(refine, RefineConfig) and refine.refine == RefineSettings()
+    assert (refine.edit.strength, refine.inversion.method, refine.optim.num_inference_steps) == (
+        REFINE_STRENGTH,
+        "renoise",
+        4,
+    )
+    given = ("--strength", "0.25", "--structure-weight", "0", "--check-model", "c", "--composite", "--steps", "8")
+    refine = config("dreambench-refine", "--from", "x", *given, "--inversion", "ddim")
+    assert (refine.edit.strength, refine.refine.structure_weight, refine.refine.check_model) == (0.25, 0, "c")
+    assert refine.edit.composite and refine.inversion.method == "ddim" and refine.optim.num_inference_steps == 8
+    edit = config("imagenhub-editing")
+    assert type(edit) is EditConfig and edit.edit == EditSettings() and edit.inversion.method == "renoise"

@@ -55,8 +55,8 @@ def saved() -> dict[str, dict[str, dict]]:
     return {command: _by_dest(options) for command, options in json.loads(SNAPSHOT.read_text()).items()}
 
 
-@pytest.mark.parametrize("command", ["generate", "edit"])
-def test_generate_and_edit_take_exactly_the_options_they_took(parsers, saved, command):
+@pytest.mark.parametrize("command", ["generate", "edit", "refine"])
+def test_generate_edit_and_refine_take_exactly_the_options_they_took(parsers, saved, command):
     assert sorted(parsers[command]) == sorted(saved[command])
     for dest, option in saved[command].items():
         assert parsers[command][dest] == option, dest

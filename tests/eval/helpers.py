@@ -123,3 +123,32 @@ def _edit_args(editing_suite, model_dirs, masks, out, *extra):
         "--quiet",
         *extra,
     ]
+
+
+# Seeds of 96x96 noise in which the tiny Grounding DINO and SAM (tests/tiny.py) find a "dog" on 6-10% of the image.
+FOUND_SEEDS = (200, 204, 205, 220)
+
+
+def _to_refine(items, root: Path, per_item: int = 1, seeds=None) -> Path:
+    """Another method's images of ``items`` to refine: 96x96 noise of ``seeds`` (one per image, item by item),
+    laid out as ``ROOT/<item id>/<k>.png``."""
+    seeds = iter(seeds or range(300, 300 + per_item * len(items)))
+    for item in items:
+        (root / item.id).mkdir(parents=True)
+        for k in range(per_item):
+            _photo(next(seeds), size=(96, 96)).save(root / item.id / f"{k}.png")
+    return root
+
+
+def _refine_args(dreambench, source, model_dirs, eval_models, out, *extra):
+    """`siso eval run --suite dreambench-refine` on the tiny models: 2 iterations of DDIM-inverted refines without
+    the structure term, scored with the tiny DINO and CLIP."""
+    return [
+        *("eval", "run", "--suite", "dreambench-refine", "--data", str(dreambench), "--from", str(source)),
+        *("--out", str(out), "--model", str(model_dirs["sd"]), "--dino-model", str(model_dirs["dino"])),
+        *("--ir-model", str(model_dirs["clip"]), "--check-model", str(model_dirs["clip"]), "--dino-resolution", "28"),
+        *("--lr", "1e-2", "--max-iters", "2", "--inversion", "ddim", "--structure-weight", "0", "--quiet"),
+        *("--metric-model", f"dino={eval_models['dino']}", "--metric-model", f"clip_i={eval_models['clip_i']}"),
+        *("--metric-model", f"clip_t={eval_models['clip_t']}"),
+        *extra,
+    ]  # fmt: skip

@@ -21,6 +21,7 @@ class Progress:
         message: One line on where the run stands (at the end: why it stopped).
         best_image, lora_zip, run_zip: At the end: the best image, the subject's LoRA folder zipped, the whole run
             folder zipped.
+        similarity: At the end of a refine: (subject term, network, before, after) per row (`similarity`).
     """
 
     frames: list[tuple[str, str]]
@@ -31,6 +32,7 @@ class Progress:
     best_image: str | None = None
     lora_zip: str | None = None
     run_zip: str | None = None
+    similarity: list[tuple[str, str, float, float]] | None = None
 
 
 def frames(run: Path, losses: list[float], best: int | None) -> list[tuple[str, str]]:
@@ -62,9 +64,22 @@ def photo_counts(subjects: Sequence[Subject]) -> str:
     return "; photos: " + ", ".join(f"{name} {len(s.photos)}" for name, s in zip(names, subjects, strict=True))
 
 
+def similarity(metrics: dict) -> list[tuple[str, str, float, float]] | None:
+    """A refine's similarity of each subject's region to its photos before and after (metrics.json's ``before`` and
+    ``after``), as (subject term, network, before, after) rows, per network of the loss and the check network;
+    ``None`` for a run that reports none."""
+    if "before" not in metrics:
+        return None
+    return [
+        (term, network, score, metrics["after"][term][network])
+        for term, scores in metrics["before"].items()
+        for network, score in scores.items()
+    ]
+
+
 def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str, note: str = "") -> Progress:
     """What the page shows of a run that ended: why, its best iteration (with each subject's identity term), ``note``
-    (`photo_counts`), and the downloads."""
+    (`photo_counts`), the downloads, and a refine's `similarity`."""
     best = metrics["best_iteration"]
     reason = {"converged": "the loss stopped improving", "max_iters": "max iterations reached"}.get(
         metrics["stop_reason"], "stopped"
@@ -75,4 +90,7 @@ def finished(run: Path, metrics: dict, lora_zip: str, run_zip: str, note: str = 
         f"{metrics['seconds_per_iteration']:.2f} s/iteration{note}"
     )
     losses = [h["loss"] for h in metrics["iterations"]]
-    return Progress(frames(run, losses, best), losses, best, False, message, str(run / "best.png"), lora_zip, run_zip)
+    best_image = str(run / "best.png")
+    return Progress(
+        frames(run, losses, best), losses, best, False, message, best_image, lora_zip, run_zip, similarity(metrics)
+    )

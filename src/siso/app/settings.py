@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siso.config import SimilaritySettings
+from siso.config import CHECK_MODEL, SimilaritySettings
 
 
 def default_root() -> Path:
@@ -39,6 +39,9 @@ class AppSettings:
         max_pixels: The most pixels an uploaded photo may have.
         optim: Settings for every run beyond the page's (``OptimSettings`` fields; the family's defaults
             otherwise), e.g. ``{"patience": 20}``.
+        check_model: The refine's check network (`siso.config.RefineSettings.check_model`).
+        detector, segmenter: Grounding DINO and SAM, to find a subject in the image to refine by its class;
+            ``None``: the refine's defaults (`siso.runs.jobs.RefineJob`).
     """
 
     model: str = "sdxl-turbo"
@@ -49,6 +52,9 @@ class AppSettings:
     max_upload_mb: float = MAX_UPLOAD_MB
     max_pixels: int = MAX_PIXELS
     optim: dict = field(default_factory=dict)
+    check_model: str = CHECK_MODEL
+    detector: str | None = None
+    segmenter: str | None = None
 
     def __post_init__(self):
         self.root = Path(self.root)

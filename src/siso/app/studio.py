@@ -2,12 +2,14 @@
 runs that stop at once and keep their best, and uploads checked before any work.
 
 `siso.app.ui` puts a Gradio page on a `Studio`; the tests drive a `Studio` directly too. What a page sends is checked
-in `siso.app.uploads`, where runs are written in `siso.app.sessions`, and what a page shows of a run is a
+in `siso.app.uploads`, the Edit and Refine tabs' requests become runs (`siso.runs.spec.RunSpec`) in `siso.app.edit`
+and `siso.app.refine`, where runs are written in `siso.app.sessions`, and what a page shows of a run is a
 `siso.app.progress.Progress`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
@@ -15,30 +17,31 @@ from pathlib import Path
 
 from PIL import Image
 
+from siso.app.edit import edit_spec
 from siso.app.progress import Progress, finished, frames, identities, photo_counts
+from siso.app.refine import page_message, refine_spec
 from siso.app.sessions import Sessions
 from siso.app.settings import MAX_IMAGES, MAX_ITERS_LIMIT, MAX_PIXELS, MAX_UPLOAD_MB, AppSettings
 from siso.app.uploads import (
     Photos,
     UploadError,
     check_upload,
-    edit_subjects,
     learn_subjects,
-    scene_and_mask,
+    run_config,
     train_prompt_for,
     unpack_subject_zip,
     whole_number,
 )
-from siso.backbones import Backbone, check_can_edit, config_for, load_backbone
-from siso.config import EditConfig, OptimSettings, SisoConfig
+from siso.backbones import Backbone, config_for, load_backbone
+from siso.config import OptimSettings, RefineConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.lora import LoraError, load_saved_subject, unload_saved_subject
 from siso.optimize import EarlyStopping
-from siso.runs.folder import RunFolder
-from siso.runs.jobs import EditJob, GenerationJob
+from siso.runs.jobs import GenerationJob
 from siso.runs.models import Models
 from siso.runs.run import run as run_spec
 from siso.runs.spec import RunSpec
+from siso.vision.masks import MaskError
 
 __all__ = [
     "MAX_IMAGES",
@@ -69,8 +72,10 @@ class Studio:
         self.dtype = dtype
         # The backbone and similarity networks, loaded once and shared by every run (`siso.runs.run`).
         self.models = Models(backbone or load_backbone(settings.model, dtype, settings.device))
-        # The family's settings with the app's own overrides: what the page shows as defaults.
+        # The family's settings with the app's own overrides: what the page shows as defaults (a refine's differ: its
+        # strength, say).
         self.defaults = config_for(SisoConfig, settings.model, optim=settings.optim)
+        self.refine_defaults = config_for(RefineConfig, settings.model, optim=settings.optim)
         self._busy = threading.Lock()  # one run at a time (the page queues them too)
         self._stops: dict[str, threading.Event] = {}
         self._subjects: dict[str, Path] = {}  # session -> its last learned LoRA folder
@@ -99,28 +104,13 @@ class Studio:
     # Learning and editing ---------------------------------------------------------------------------------------
 
     def _config(self, cls: type[SisoConfig], prompt: str, max_iters: int, lr: float | None, seed: int) -> SisoConfig:
-        """A run's configuration (`siso.backbones.config_for` of ``cls``) with the page's prompt, max iterations,
-        learning rate and seed.
+        """A run's configuration with the page's prompt, max iterations, learning rate and seed
+        (`siso.app.uploads.run_config`).
 
         Raises:
             UploadError: a value out of range (the message says which).
         """
-        max_iters = whole_number(max_iters, "max iterations")
-        if not 1 <= max_iters <= MAX_ITERS_LIMIT:
-            raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
-        optim = {**self.settings.optim, "max_iters": max_iters, "lr": lr, "seed": whole_number(seed, "seed")}
-        try:
-            return config_for(
-                cls,
-                self.settings.model,
-                train_prompt=prompt,
-                dtype=self.dtype,
-                device=self.settings.device,
-                similarity=self.settings.similarity,
-                optim=optim,
-            )
-        except ValueError as err:
-            raise UploadError(str(err)) from None
+        return run_config(self.settings, cls, prompt, max_iters, lr, seed)
 
     def learn(
         self,
@@ -161,11 +151,7 @@ class Studio:
         )
         prompt = train_prompt_for(train_prompt, *(subject.class_name or "" for subject in subjects))
         config = self._config(SisoConfig, prompt, max_iters, lr, seed)
-
-        def run(out: RunFolder, callback) -> dict:
-            return run_spec(RunSpec("learn", config, out, subjects), self.models, progress=False, callback=callback)
-
-        yield from self._stream(session, "learn", config.optim, run, photo_counts(subjects))
+        yield from self._stream(session, RunSpec("learn", config, None, subjects), photo_counts(subjects))
 
     def edit(
         self,
@@ -182,48 +168,56 @@ class Studio:
         second_class: str = "",
         second_box: str = "",
     ) -> Iterator[Progress]:
-        """Put the subject (or two) into a photo in place of an object, with the progress of `learn`.
-
-        Args:
-            scene: The photo and what was painted on it, as Gradio's image editor gives them (``background``: the
-                photo, ``layers``: RGBA paint; painted pixels are the object), in numpy arrays.
-            box: Instead of paint: ``x0,y0,x1,y1`` around the object, in the photo's pixels.
-            subject_path: As `learn`'s.
-            second_path, second_class, second_box: A second subject's photo (or photos), class and region (a box
-                ``x0,y0,x1,y1`` in the photo's pixels), all three needed; the first subject goes where the paint (or
-                ``box``) is, and the photo is kept outside both regions.
+        """Put the subject (or two) into a photo in place of an object, with the progress of `learn`; the arguments
+        after ``session`` are `siso.app.edit.edit_spec`'s.
 
         Raises:
             UploadError: no photo, no mask (nothing painted, no box), a bad box, a second subject without its class
                 or box, or a model that cannot edit.
         """
+        spec = edit_spec(
+            self.settings, scene, box, subject_path, subject_class, prompt, max_iters, lr, seed, second_path,
+            second_class, second_box,
+        )  # fmt: skip
+        yield from self._stream(session, spec, photo_counts(spec.subjects))
+
+    def refine(
+        self,
+        session: str,
+        image: dict | None,
+        box: str,
+        subject_path: Photos,
+        subject_class: str = "",
+        whole: bool = False,
+        prompt: str = "",
+        strength: float | None = None,
+        structure_weight: float | None = None,
+        composite: bool = False,
+        max_iters: int = OptimSettings.max_iters,
+        lr: float | None = None,
+        seed: int = 0,
+    ) -> Iterator[Progress]:
+        """Give an image that already shows the subject the subject's identity, with the progress of `learn`; at the
+        end, `Progress.similarity` has the region's similarity to the subject's photos before and after. The arguments
+        after ``session`` are `siso.app.refine.refine_spec`'s.
+
+        Raises:
+            UploadError: no image, no subject photo, no region and no class, a bad box or value, a model that cannot
+                edit (before any work), or the subject's class not found in the image.
+        """
+        spec = refine_spec(
+            self.settings, image, box, subject_path, subject_class, whole, prompt, strength, structure_weight,
+            composite, max_iters, lr, seed,
+        )  # fmt: skip
         try:
-            check_can_edit(self.settings.model)
-        except ValueError as err:
-            raise UploadError(str(err)) from None
-        photo, mask, source = scene_and_mask(scene, box, self.settings)
-        subjects = edit_subjects(
-            subject_path, subject_class, mask, second_path, second_class, second_box, self.settings, photo
-        )
-        edit_prompt = train_prompt_for(prompt, *(subject.class_name or "" for subject in subjects))
-        # EditConfig's schedule (4 steps, cut by the strength), as `siso edit`.
-        config = self._config(EditConfig, edit_prompt, max_iters, lr, seed)
-        if len(subjects) == 1:
-            job = EditJob(photo, mask, source, subject_class=subjects[0].class_name, prompt=edit_prompt)
-        else:
-            job = EditJob(photo, None, f"{source}; box {second_box.strip()}", prompt=edit_prompt)
+            yield from self._stream(session, spec, photo_counts(spec.subjects))
+        except MaskError as err:
+            raise page_message(err) from None
 
-        paths = {"subject": subjects[0].path} if len(subjects) == 1 else None
-
-        def run(out: RunFolder, callback) -> dict:
-            spec = RunSpec("edit", config, out, subjects, job, paths=paths)
-            return run_spec(spec, self.models, progress=False, callback=callback)
-
-        yield from self._stream(session, "edit", config.optim, run, photo_counts(subjects))
-
-    def _stream(self, session: str, kind: str, optim: OptimSettings, run, note: str) -> Iterator[Progress]:
-        """Run ``run(out, callback)`` (`siso.runs.run.run` into a new run folder) in a thread, one at a
-        time, yielding `Progress` after every iteration and once at the end, every message ending in ``note``."""
+    def _stream(self, session: str, spec: RunSpec, note: str) -> Iterator[Progress]:
+        """Run ``spec`` (`siso.runs.run.run`, on the shared models) into a new run folder of the session in a thread,
+        one at a time, yielding `Progress` after every iteration and once at the end, every message ending in
+        ``note``."""
         stop = self._stops[session] = threading.Event()
         iterations: queue.Queue = queue.Queue()
 
@@ -233,7 +227,7 @@ class Studio:
 
         self._busy.acquire()  # released by the run's thread when it ends (a closed page does not wait for it)
         try:
-            out = self.sessions.new_run(session, kind)
+            out = self.sessions.new_run(session, spec.kind)
         except BaseException:
             self._busy.release()
             raise
@@ -242,17 +236,18 @@ class Studio:
         def work():
             try:
                 self._unload()
-                outcome["metrics"] = run(out, callback)
+                run = dataclasses.replace(spec, out=out)
+                outcome["metrics"] = run_spec(run, self.models, progress=False, callback=callback)
                 self._loaded = out.path / "lora"  # the backbone carries the best LoRA, as saved there
             except BaseException as err:  # shown on the page, not lost in a thread
                 outcome["error"] = err
             finally:
                 self._busy.release()
 
-        thread = threading.Thread(target=work, name=f"siso-{kind}", daemon=True)
+        thread = threading.Thread(target=work, name=f"siso-{spec.kind}", daemon=True)
         thread.start()
         losses: list[float] = []
-        stopper = EarlyStopping(optim.min_improvement, optim.patience)
+        stopper = EarlyStopping(spec.config.optim.min_improvement, spec.config.optim.patience)
         best: int | None = None
         try:
             while thread.is_alive() or not iterations.empty():

@@ -5,22 +5,29 @@ iteration's image arrives in the "Iterations" gallery with its loss while the ru
 iteration in progress ends and keeps the best so far. A box puts the subject in its place in the image; a second
 subject, with its class and box, joins it there. Generate: prompts with the learned (or an uploaded) subject, no
 optimization. Edit a photo: paint over (or box) an object and watch the subject take its place, the same way (a second
-subject too, in its own box). One run at a time for everyone (the queue shows each visitor their place).
+subject too, in its own box). Refine: an image that already shows the subject (another model's output) gets its
+identity, the same way, with the similarity to the subject's photos before and after. One run at a time for everyone
+(the queue shows each visitor their place).
 """
 
 from __future__ import annotations
 
-import logging
-
 import gradio as gr
-import pandas as pd
 
-from siso.app.studio import MAX_IMAGES, MAX_ITERS_LIMIT, Progress, Studio, UploadError
-from siso.config import OptimSettings
-from siso.config.fields import declared_field
-from siso.runs.memory import is_out_of_memory, out_of_memory_message
+from siso.app.studio import MAX_IMAGES, Studio
+from siso.app.widgets import (
+    advanced,
+    box_help,
+    live_view,
+    page_error,
+    paths,
+    photos,
+    refine_settings,
+    show,
+    similarity_table,
+    start_stop,
+)
 
-LOG = logging.getLogger(__name__)
 QUEUE = "model"  # every event that uses the models shares one queue slot
 # The train prompt from the class ("a photo of a dog"), and a second subject's ("a photo of a dog and a cat"). A field
 # in a closed accordion may not have sent its value yet.
@@ -28,102 +35,6 @@ PREFILL = """(...classes) => {
     const [first, ...others] = classes.map((name) => (name || "").trim());
     return first ? [`a photo of a ${first}`, ...others.filter(Boolean).map((name) => `a ${name}`)].join(" and ") : "";
 }"""
-
-
-def _box_help(side: int) -> str:
-    return (
-        f"Where the subject goes in the {side}x{side} px image: x0,y0,x1,y1 in pixels, or in fractions of its "
-        "sides when all four are at most 1 (0,0,0.5,1: the left half). Empty: anywhere; with a second subject, "
-        "each needs its box."
-    )
-
-
-def _photos(label: str, height: int, elem_id: str) -> gr.Gallery:
-    """Where a subject's photos are uploaded: one, or several of the same subject (a gallery shows them all)."""
-    return gr.Gallery(
-        label=label,
-        type="filepath",
-        file_types=["image"],
-        sources=["upload"],
-        interactive=True,
-        columns=3,
-        height=height,
-        elem_id=elem_id,
-    )
-
-
-def _paths(gallery: list[tuple[str, str | None]] | None) -> list[str]:
-    """A gallery's value, (file, caption) per photo, as its files (none: nothing uploaded)."""
-    return [path for path, _caption in gallery or []]
-
-
-def _plot(losses: list[float]) -> pd.DataFrame:
-    return pd.DataFrame({"iteration": range(len(losses)), "loss": losses})
-
-
-def _page_error(err: BaseException) -> gr.Error:
-    """What the page shows for a failed run: the reason in one line, no stack trace."""
-    if isinstance(err, UploadError | ValueError | FileNotFoundError):
-        return gr.Error(str(err))
-    if is_out_of_memory(err):
-        return gr.Error(out_of_memory_message(err))
-    LOG.error("siso app: a run failed", exc_info=err)  # the whole story in the server's console
-    return gr.Error(f"the run failed: {type(err).__name__}: {err}")
-
-
-# The `OptimSettings` fields under "Advanced", in the order `Studio.learn` and `Studio.edit` take them; each widget's
-# label and bounds are the field's declaration (`siso.config.fields`), its value the model's default.
-ADVANCED = ("max_iters", "lr", "seed")
-# Bounds of this page's own, tighter than the settings' (a shared server caps the work one run asks for).
-PAGE_MAXIMUM = {"max_iters": MAX_ITERS_LIMIT}
-
-
-def _advanced(optim: OptimSettings, prefix: str) -> list[gr.Number]:
-    """The run's settings under "Advanced" (`ADVANCED`), with the CLI's defaults for the model."""
-    with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}advanced"):
-        widgets = []
-        for name in ADVANCED:
-            field = declared_field(OptimSettings, name)
-            widgets.append(
-                gr.Number(
-                    label=field.declaration.label,
-                    value=getattr(optim, name),
-                    precision=0 if field.kind is int else None,
-                    minimum=field.declaration.minimum,
-                    maximum=PAGE_MAXIMUM.get(name, field.declaration.maximum),
-                )
-            )
-        return widgets
-
-
-def _start_stop(prefix: str) -> tuple[gr.Button, gr.Button]:
-    with gr.Row():
-        return gr.Button("Start", variant="primary", elem_id=f"{prefix}start"), gr.Button("Stop", variant="stop")
-
-
-def _live_view(prefix: str, best_label: str) -> list[gr.components.Component]:
-    """What a run shows as it goes and at its end: the iterations, the loss plot, the best image, the subject's LoRA
-    and the run folder (in `_show`'s order)."""
-    gallery = gr.Gallery(label="Iterations", columns=5, height=360, elem_id=f"{prefix}iterations")
-    plot = gr.LinePlot(_plot([]), x="iteration", y="loss", label="Loss", height=200)
-    with gr.Row():
-        best = gr.Image(label=best_label, type="filepath", interactive=False, height=240, elem_id=f"{prefix}best-image")
-        with gr.Column():
-            lora_zip = gr.File(label="Subject LoRA", interactive=False, elem_id=f"{prefix}lora-zip")
-            run_zip = gr.File(label="Run folder", interactive=False, elem_id=f"{prefix}run-zip")
-    return [gallery, plot, best, lora_zip, run_zip]
-
-
-def _show(progress: Progress) -> tuple:
-    """A run's progress for `_live_view`'s components and its status line."""
-    return (
-        progress.frames,
-        _plot(progress.losses),
-        progress.best_image,
-        progress.lora_zip,
-        progress.run_zip,
-        progress.message,
-    )
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -138,14 +49,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         )
         with gr.Tab("Learn a subject"), gr.Row():
             with gr.Column(scale=1):
-                photo = _photos("Subject photos (one, or a few of the same subject)", 280, "subject-photo")
+                photo = photos("Subject photos (one, or a few of the same subject)", 280, "subject-photo")
                 subject_class = gr.Textbox(label="Subject class", placeholder="e.g. dog")
                 side = studio.backbone.resolution
                 subject_box = gr.Textbox(
-                    label="Subject box (optional)", placeholder="0,0.1,0.5,0.9", info=_box_help(side), elem_id="box"
+                    label="Subject box (optional)", placeholder="0,0.1,0.5,0.9", info=box_help(side), elem_id="box"
                 )
                 with gr.Accordion("Second subject (optional)", open=False, elem_id="second"):
-                    photo2 = _photos("Second subject photos", 200, "subject2-photo")
+                    photo2 = photos("Second subject photos", 200, "subject2-photo")
                     class2 = gr.Textbox(label="Second subject class", placeholder="e.g. cat")
                     box2 = gr.Textbox(
                         label="Second subject box",
@@ -154,11 +65,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                         elem_id="box2",
                     )
                 prompt = gr.Textbox(label="Train prompt", placeholder="a photo of a dog")
-                settings = _advanced(optim, "")
-                start, stop = _start_stop("")
+                settings = advanced(optim, "")
+                start, stop = start_stop("")
                 status = gr.Markdown("Upload a subject photo, then press Start.", elem_id="status")
             with gr.Column(scale=2):
-                view = _live_view("", "Best image")
+                view = live_view("", "Best image")
 
         with gr.Tab("Generate"), gr.Row():
             with gr.Column(scale=1):
@@ -186,10 +97,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                     elem_id="scene",
                 )
                 box = gr.Textbox(label="Or a box around the object: x0,y0,x1,y1 (pixels)", placeholder="40,60,300,380")
-                edit_photo = _photos("Subject photos (one, or a few of the same subject)", 200, "edit-subject")
+                edit_photo = photos("Subject photos (one, or a few of the same subject)", 200, "edit-subject")
                 edit_class = gr.Textbox(label="Subject class", placeholder="e.g. dog", elem_id="edit-class")
                 with gr.Accordion("Second subject (optional)", open=False, elem_id="edit-second"):
-                    edit_photo2 = _photos("Second subject photos", 200, "edit-subject2")
+                    edit_photo2 = photos("Second subject photos", 200, "edit-subject2")
                     edit_class2 = gr.Textbox(
                         label="Second subject class", placeholder="e.g. cat", elem_id="edit-class2"
                     )
@@ -201,13 +112,54 @@ def build_app(studio: Studio) -> gr.Blocks:
                         elem_id="edit-box2",
                     )
                 edit_prompt = gr.Textbox(label="Edit prompt", placeholder="a photo of a dog")
-                edit_settings = _advanced(optim, "edit-")
-                edit_start, edit_stop = _start_stop("edit-")
+                edit_settings = advanced(optim, "edit-")
+                edit_start, edit_stop = start_stop("edit-")
                 edit_status = gr.Markdown(
                     "Upload the photo and the subject, mark the object, press Start.", elem_id="edit-status"
                 )
             with gr.Column(scale=2):
-                edit_view = _live_view("edit-", "Best edit")
+                edit_view = live_view("edit-", "Best edit")
+
+        with gr.Tab("Refine"), gr.Row():
+            with gr.Column(scale=1):
+                refine_image = gr.ImageEditor(
+                    label="Image to refine: one that shows the subject (paint over it: its region)",
+                    type="numpy",
+                    sources=["upload"],
+                    brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
+                    height=320,
+                    elem_id="refine-image",
+                )
+                refine_box = gr.Textbox(
+                    label="Or a box around the subject: x0,y0,x1,y1 (pixels)",
+                    placeholder="40,60,300,380",
+                    elem_id="refine-box",
+                )
+                refine_whole = gr.Checkbox(label="Whole image (the region is all of it)", elem_id="refine-whole")
+                refine_photo = photos("Subject photos (one, or a few of the same subject)", 200, "refine-subject")
+                refine_class = gr.Textbox(
+                    label="Subject class",
+                    placeholder="e.g. dog",
+                    info="Names it in the prompt; with no paint, box or whole image, it is found in the image by it.",
+                    elem_id="refine-class",
+                )
+                refine_prompt = gr.Textbox(
+                    label="Prompt (optional)", placeholder="a photo of a dog (from the class)", elem_id="refine-prompt"
+                )
+                refine_fields = refine_settings(studio.refine_defaults)
+                refine_advanced = advanced(studio.refine_defaults.optim, "refine-")
+                refine_start, refine_stop = start_stop("refine-")
+                refine_status = gr.Markdown(
+                    "Upload the image and the subject, mark the subject, press Start.", elem_id="refine-status"
+                )
+            with gr.Column(scale=2):
+                refine_view = live_view("refine-", "Refined image")
+                similarity = gr.Dataframe(
+                    similarity_table(None),
+                    label="Similarity of the region to the subject's photos (check: a CLIP the loss does not use)",
+                    interactive=False,
+                    elem_id="refine-similarity",
+                )
 
         def learn(
             photo, subject, box, second, second_class, second_box, train_prompt, iters, rate, run_seed,
@@ -215,12 +167,12 @@ def build_app(studio: Studio) -> gr.Blocks:
         ):  # fmt: skip
             try:
                 for progress in studio.learn(
-                    request.session_hash, _paths(photo), train_prompt or "", subject or "", iters, rate, run_seed,
-                    box or "", _paths(second), second_class or "", second_box or "",
+                    request.session_hash, paths(photo), train_prompt or "", subject or "", iters, rate, run_seed,
+                    box or "", paths(second), second_class or "", second_box or "",
                 ):  # fmt: skip
-                    yield _show(progress)
+                    yield show(progress)
             except Exception as err:  # every failure: one line in the page
-                raise _page_error(err) from None
+                raise page_error(err) from None
 
         def edit(
             scene, box, photo, subject, second, second_class, second_box, edit_prompt, iters, rate, run_seed,
@@ -228,12 +180,25 @@ def build_app(studio: Studio) -> gr.Blocks:
         ):  # fmt: skip
             try:
                 for progress in studio.edit(
-                    request.session_hash, scene, box or "", _paths(photo), subject or "", edit_prompt or "", iters,
-                    rate, run_seed, _paths(second), second_class or "", second_box or "",
+                    request.session_hash, scene, box or "", paths(photo), subject or "", edit_prompt or "", iters,
+                    rate, run_seed, paths(second), second_class or "", second_box or "",
                 ):  # fmt: skip
-                    yield _show(progress)
+                    yield show(progress)
             except Exception as err:
-                raise _page_error(err) from None
+                raise page_error(err) from None
+
+        def refine(
+            image, box, photo, subject, whole, text, strength, weight, composite, iters, rate, run_seed,
+            request: gr.Request,
+        ):  # fmt: skip
+            try:
+                for progress in studio.refine(
+                    request.session_hash, image, box or "", paths(photo), subject or "", whole, text or "", strength,
+                    weight, composite, iters, rate, run_seed,
+                ):  # fmt: skip
+                    yield *show(progress), similarity_table(progress.similarity)
+            except Exception as err:
+                raise page_error(err) from None
 
         def halt(request: gr.Request) -> str:
             if studio.stop(request.session_hash):
@@ -244,7 +209,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             try:
                 return studio.generate(request.session_hash, text, count, step_count, first_seed, upload)
             except Exception as err:
-                raise _page_error(err) from None
+                raise page_error(err) from None
 
         def closed(request: gr.Request) -> None:  # the tab closed or reloaded: end its run, free the model
             studio.stop(request.session_hash)
@@ -270,6 +235,15 @@ def build_app(studio: Studio) -> gr.Blocks:
             concurrency_id=QUEUE,
         )
         edit_stop.click(halt, None, edit_status, queue=False)
+        refine_start.click(
+            refine,
+            [refine_image, refine_box, refine_photo, refine_class, refine_whole, refine_prompt, *refine_fields,
+             *refine_advanced],
+            [*refine_view, refine_status, similarity],
+            concurrency_limit=1,
+            concurrency_id=QUEUE,
+        )  # fmt: skip
+        refine_stop.click(halt, None, refine_status, queue=False)
         generate.click(
             make_images,
             [prompts, num_images, steps, gen_seed, subject_zip],

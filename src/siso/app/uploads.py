@@ -1,6 +1,6 @@
 """What the app takes from a page before any work: uploaded photos and subject zips within limits, the subjects of a
-run with their classes and boxes, the train prompt, number fields; every refusal is an `UploadError` whose message is
-for the page."""
+run with their classes and boxes, the train prompt, number fields and the run's settings from them; every refusal is
+an `UploadError` whose message is for the page."""
 
 from __future__ import annotations
 
@@ -8,18 +8,23 @@ import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-from siso.app.settings import MAX_PHOTOS, AppSettings
+from siso.app.settings import MAX_ITERS_LIMIT, MAX_PHOTOS, AppSettings
+from siso.backbones import config_for
 from siso.compose import Box, BoxError, Subject
+from siso.config import SisoConfig
+from siso.devices import resolve_dtype
 from siso.images import MIN_SUBJECT_SIDE, ImageError, load_subject
 from siso.lora import WEIGHTS_FILE, LoraError, check_lora_file, read_subject_info
 from siso.vision.masks import MaskError, box_mask
 
 # What a page sends for a subject's photos: one file, or several of the same subject (none: nothing uploaded).
 Photos = str | Path | Sequence[str | Path] | None
+C = TypeVar("C", bound=SisoConfig)
 
 
 class UploadError(ValueError):
@@ -238,27 +243,64 @@ def whole_number(value, name: str) -> int:
     return int(number)
 
 
+def run_config(settings: AppSettings, cls: type[C], prompt: str | None, max_iters, lr, seed, **groups) -> C:
+    """A run's configuration (`siso.backbones.config_for` of ``cls``) with the app's settings and the page's prompt,
+    max iterations, learning rate and seed; ``groups``: more settings per group, as `config_for` takes them.
+
+    Raises:
+        UploadError: a value out of range (the message says which).
+    """
+    max_iters = whole_number(max_iters, "max iterations")
+    if not 1 <= max_iters <= MAX_ITERS_LIMIT:
+        raise UploadError(f"max iterations must be 1 to {MAX_ITERS_LIMIT}, got {max_iters}")
+    optim = {**settings.optim, "max_iters": max_iters, "lr": lr, "seed": whole_number(seed, "seed")}
+    try:
+        return config_for(
+            cls,
+            settings.model,
+            train_prompt=prompt,
+            dtype=resolve_dtype(settings.dtype, settings.device),
+            device=settings.device,
+            similarity=settings.similarity,
+            optim=optim,
+            **groups,
+        )
+    except ValueError as err:
+        raise UploadError(str(err)) from None
+
+
+def scene_photo(scene: dict | None, settings: AppSettings, what: str) -> tuple[Image.Image, np.ndarray]:
+    """The photo in Gradio's image editor (``background``, numpy) and what was painted on it (``layers``: RGBA; a
+    pixel with any paint is painted), as (H, W) bool in the photo's pixels; nothing painted: all False.
+
+    Raises:
+        UploadError: no photo, or one over the pixel limit or too small (the message names ``what``).
+    """
+    background = (scene or {}).get("background")
+    if background is None:
+        raise UploadError(f"upload the {what} first")
+    height, width = background.shape[:2]
+    if height * width > settings.max_pixels:
+        raise UploadError(
+            f"the {what} has {height * width / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}"
+        )
+    if min(height, width) < MIN_SUBJECT_SIDE:
+        raise UploadError(f"the {what} is {width}x{height} px; at least {MIN_SUBJECT_SIDE} px per side")
+    photo = Image.fromarray(np.asarray(background)[..., :3].astype(np.uint8))
+    painted = np.zeros((height, width), dtype=bool)
+    for layer in (scene or {}).get("layers") or []:
+        if layer is not None and layer.ndim == 3 and layer.shape[:2] == (height, width) and layer.shape[2] == 4:
+            painted |= layer[..., 3] > 0
+    return photo, painted
+
+
 def scene_and_mask(scene: dict | None, box: str, settings: AppSettings) -> tuple[Image.Image, np.ndarray, str]:
     """The photo to edit and the object's mask from the page: the painted pixels, else the box; and how it was made.
 
     Raises:
         UploadError: no photo, one over the pixel limit or too small, no mask, or a bad box.
     """
-    background = (scene or {}).get("background")
-    if background is None:
-        raise UploadError("upload the photo to edit first")
-    height, width = background.shape[:2]
-    if height * width > settings.max_pixels:
-        raise UploadError(
-            f"the photo to edit has {height * width / 1e6:.1f} megapixels; the limit is {settings.max_pixels / 1e6:g}"
-        )
-    if min(height, width) < MIN_SUBJECT_SIDE:
-        raise UploadError(f"the photo to edit is {width}x{height} px; at least {MIN_SUBJECT_SIDE} px per side")
-    photo = Image.fromarray(np.asarray(background)[..., :3].astype(np.uint8))
-    painted = np.zeros((height, width), dtype=bool)
-    for layer in (scene or {}).get("layers") or []:
-        if layer is not None and layer.ndim == 3 and layer.shape[:2] == (height, width) and layer.shape[2] == 4:
-            painted |= layer[..., 3] > 0
+    photo, painted = scene_photo(scene, settings, "photo to edit")
     try:
         if painted.any():
             return photo, painted, "painted in the app"

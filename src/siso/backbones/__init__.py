@@ -1,8 +1,8 @@
 """Diffusion backbones: one module per family (`unet`, `flux`, `sana`) behind the `Backbone` interface
-(`siso.backbones.base`), the registry that resolves and loads them (`siso.backbones.registry`) and the denoiser's
-optional quantization (`siso.backbones.quantize`)."""
+(`siso.backbones.base`), editing's samplers (`siso.backbones.sampler`), the registry that resolves and loads them
+(`siso.backbones.registry`) and the denoiser's optional quantization (`siso.backbones.quantize`)."""
 
-from siso.backbones.base import Backbone, EditSampler
+from siso.backbones.base import Backbone
 from siso.backbones.flux import FluxBackbone
 from siso.backbones.registry import (
     BACKBONES,
@@ -15,6 +15,7 @@ from siso.backbones.registry import (
     load_backbone,
     resolve_model,
 )
+from siso.backbones.sampler import EditSampler, FlowSampler
 from siso.backbones.sana import SanaBackbone
 from siso.backbones.unet import EulerSampler, SDBackbone, SDXLBackbone, UNetBackbone
 
@@ -24,6 +25,7 @@ __all__ = [
     "Backbone",
     "EditSampler",
     "EulerSampler",
+    "FlowSampler",
     "FluxBackbone",
     "SDBackbone",
     "SDXLBackbone",

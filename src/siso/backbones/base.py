@@ -1,10 +1,10 @@
 """The backbone interface: a frozen diffusers pipeline plus the grad-enabled sampling the SISO loop needs.
 
 The loop only uses `Backbone` (`encode_prompt`, `sample`, `generate`, `decode`, the LoRA targets) and, for editing,
-its `EditSampler`, so a transformer denoiser with packed latents (FLUX, Sana) is added by writing another subclass
-and registering it, without touching the loop. Samplers compose the pipeline's own parts (``encode_prompt``,
-``prepare_latents``, the denoiser, ``scheduler.step``) rather than copying the pipeline: diffusers' ``__call__`` runs
-under no-grad.
+its `EditSampler` (`siso.backbones.sampler`), so a transformer denoiser with packed latents (FLUX, Sana) is added by
+writing another subclass and registering it, without touching the loop. Samplers compose the pipeline's own parts
+(``encode_prompt``, ``prepare_latents``, the denoiser, ``scheduler.step``) rather than copying the pipeline:
+diffusers' ``__call__`` runs under no-grad.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from siso.backbones.sampler import EditSampler
 from siso.devices import own_cpu_memory
 from siso.hub import load_pretrained
 from siso.images import tensor_to_pil
@@ -42,7 +43,9 @@ class Backbone:
             ``None``: none.
         defaults: The family's own settings where they differ from `siso.config`'s (the reference code's values), as
             ``{"optim": {"lr": 2e-4, ...}, "lora": {...}}``; command-line flags override them, and config.json
-            records what was used.
+            records what was used. An ``"editing"`` entry of the same form holds what an editing run takes instead
+            (`siso.config.EditConfig`, whose schedule is otherwise its own 4 steps, not generation's): Sana's
+            ``{"optim": {"num_inference_steps": 20}}``.
         ip_adapter_weight: The family's default IP-Adapter weight file, with its subfolder in the adapter's repo
             (`load_ip_adapter`); ``None``: the family takes no IP-Adapter (refused before anything loads).
         ip_adapter: The loaded IP-Adapter's settings, its weight file filled in (`load_ip_adapter`); ``None``: none.
@@ -358,43 +361,3 @@ class Backbone:
             **ip_adapter,
         ).images
         return tensor_to_pil(self.decode(latents))[0]
-
-
-class EditSampler:
-    """The last ``n`` steps of a ``num_inference_steps`` schedule (img2img's ``strength``), with explicit noise.
-
-    Editing denoises the inverted latent of the input photo with these steps, and inversion runs them backwards. Both
-    must use the *same* per-step noise for ancestral samplers, so `step` takes the noise as an argument instead of
-    drawing it (ReNoise, Garibi et al. 2024). Steps are indexed ``0 .. n-1`` from the noisiest; step ``i`` goes from
-    ``timesteps[i]`` to the next, less noisy level.
-
-    Attributes:
-        timesteps: (n,) the denoiser timesteps of the steps (e.g. 749, 499, 249 for 4 steps at strength 0.75).
-    """
-
-    timesteps: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def predict(self, latents: torch.Tensor, i: int, cond: dict, guidance_scale: float = 0.0) -> torch.Tensor:
-        """The sampler's update direction at step ``i`` (for epsilon-prediction: the predicted noise), in fp32."""
-        raise NotImplementedError
-
-    def step(self, direction: torch.Tensor, i: int, latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Denoising step ``i`` from ``latents`` given `predict`'s ``direction`` and the step's ``noise``."""
-        raise NotImplementedError
-
-    def invert_step(
-        self, direction: torch.Tensor, i: int, next_latents: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
-        """The ``latents`` for which ``step(direction, i, latents, noise) == next_latents`` (direction held fixed)."""
-        raise NotImplementedError
-
-    def noise_scale(self, i: int) -> float:
-        """How much of ``noise`` step ``i`` adds (0 for a deterministic step)."""
-        raise NotImplementedError
-
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
-        """Clean ``latents`` noised to the level of step ``i`` (the forward process)."""
-        raise NotImplementedError

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from typing import ClassVar
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
 from siso.backbones.base import Backbone
+from siso.backbones.sampler import FlowSampler
 
 # T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
 # and the reference code samples with 256. The T5 tokens are padded to this length, so it changes the image.
@@ -51,6 +53,7 @@ class FluxBackbone(Backbone):
         "ff_context.net.2",
     )
     text_encoder_names = ("text_encoder",)
+    supports_editing = True
     tiny_vae = "madebyollin/taef1"
     # No IP-Adapter yet: diffusers' FluxPipeline.load_ip_adapter takes its CLIP image encoder from another repo
     # (XLabs-AI/flux-ip-adapter ships none), which an adapter spec cannot name; the FLUX adapters were trained on
@@ -107,6 +110,48 @@ class FluxBackbone(Backbone):
             )
         return self._t5_cache[prompt]
 
+    def set_schedule(self, scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int) -> torch.Tensor:
+        """Set ``scheduler`` to the pipeline's schedule: linear sigmas, shifted by the image length when the scheduler
+        shifts dynamically (as ``FluxPipeline.__call__``).
+
+        Returns:
+            (n,) the timesteps; ``scheduler.sigmas`` holds their n + 1 levels, the last one 0.
+        """
+        config = scheduler.config
+        mu = calculate_shift(
+            (self.resolution // (2 * self.pipe.vae_scale_factor)) ** 2,  # the packed sequence's length
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
+        return timesteps
+
+    def velocity(
+        self, latents: torch.Tensor, t: torch.Tensor, cond: dict, guidance_scale: float, image_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """The transformer's velocity at timestep ``t`` for packed ``latents`` (B, seq, 4C), in the latents' dtype.
+
+        Args:
+            guidance_scale: A model input for guidance-distilled transformers (FLUX.1-dev), unused by schnell.
+            image_ids: (seq, 3) the latent patches' positions (``FluxPipeline.prepare_latents``'s).
+        """
+        guidance = None
+        if self.denoiser.config.guidance_embeds:  # guidance-distilled FLUX.1-dev: the scale is a model input
+            guidance = torch.full([1], guidance_scale, device=self.device, dtype=torch.float32)
+        return self.denoiser(
+            hidden_states=latents,
+            timestep=t.expand(latents.shape[0]).to(latents.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=cond["pooled_prompt_embeds"],
+            encoder_hidden_states=cond["prompt_embeds"],
+            txt_ids=cond["text_ids"],
+            img_ids=image_ids,
+            return_dict=False,
+        )[0]
+
     def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
         pipe, scheduler = self.pipe, self.pipe.scheduler
         latents, image_ids = pipe.prepare_latents(
@@ -118,36 +163,28 @@ class FluxBackbone(Backbone):
             self.device,
             generator,
         )
-        # The pipeline's schedule: linear sigmas, shifted by the image length when the scheduler shifts dynamically.
-        config = scheduler.config
-        mu = calculate_shift(
-            latents.shape[1],
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
+        timesteps = self.set_schedule(scheduler, num_inference_steps)
         scheduler.set_begin_index(0)
-        guidance = None
-        if self.denoiser.config.guidance_embeds:  # guidance-distilled FLUX.1-dev: the scale is a model input
-            guidance = torch.full([1], guidance_scale, device=self.device, dtype=torch.float32)
         first_grad_step = num_inference_steps - grad_steps
         for i, t in enumerate(timesteps):
             with nullcontext() if i >= first_grad_step else torch.no_grad():
-                velocity = self.denoiser(
-                    hidden_states=latents,
-                    timestep=t.expand(1).to(latents.dtype) / 1000,
-                    guidance=guidance,
-                    pooled_projections=cond["pooled_prompt_embeds"],
-                    encoder_hidden_states=cond["prompt_embeds"],
-                    txt_ids=cond["text_ids"],
-                    img_ids=image_ids,
-                    return_dict=False,
-                )[0]
+                velocity = self.velocity(latents, t, cond, guidance_scale, image_ids)
                 latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
         return self.decode(latents)
+
+    def edit_sampler(self, num_inference_steps, strength):
+        """Euler steps on packed latents, the last ``int(steps * strength)`` of `sample`'s schedule (`set_schedule`
+        on a copy of the pipeline's scheduler, which stays as it was), denoised by `velocity`.
+
+        Raises:
+            ValueError: as `siso.backbones.sampler.img2img_steps`.
+        """
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        timesteps = self.set_schedule(scheduler, num_inference_steps)
+        side = self.resolution // (2 * self.pipe.vae_scale_factor)  # packed patches per side
+        image_ids = self.pipe._prepare_latent_image_ids(1, side, side, self.device, self.dtype)
+        velocity = functools.partial(self.velocity, image_ids=image_ids)
+        return FlowSampler(timesteps, scheduler.sigmas, strength, velocity, self.dtype)
 
     def decode(self, latents):
         """VAE decode (differentiable): packed latents (B, (h/2)*(w/2), 4*C) -> images (B, 3, H, W) in [0, 1]."""

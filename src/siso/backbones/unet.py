@@ -12,7 +12,8 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from siso.backbones.base import Backbone, EditSampler
+from siso.backbones.base import Backbone
+from siso.backbones.sampler import EditSampler, img2img_steps
 
 
 class EulerSampler(EditSampler):
@@ -34,15 +35,8 @@ class EulerSampler(EditSampler):
                 f"editing supports Euler and Euler-ancestral schedulers with epsilon or v prediction; this model has "
                 f"{type(scheduler).__name__} ({scheduler.config.prediction_type})"
             )
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        n = min(int(num_inference_steps * strength), num_inference_steps)  # as diffusers' img2img pipelines
-        if n < 1:
-            raise ValueError(
-                f"strength {strength} with {num_inference_steps} steps leaves no denoising step; raise either"
-            )
+        begin = num_inference_steps - img2img_steps(num_inference_steps, strength)
         scheduler.set_timesteps(num_inference_steps, device=backbone.device)
-        begin = num_inference_steps - n
         self.backbone = backbone
         self.ancestral = isinstance(scheduler, EulerAncestralDiscreteScheduler)
         self.v_prediction = scheduler.config.prediction_type == "v_prediction"

@@ -1,5 +1,5 @@
-"""The ``siso`` command line: one module per command (`generate`, `edit`, `eval`, `bench`, `app`), each parsing its
-options and calling the library; bad input ends in one line (`siso.cli.errors`).
+"""The ``siso`` command line: one module per command (`generate`, `edit`, `refine`, `eval`, `bench`, `app`), each
+parsing its options and calling the library; bad input ends in one line (`siso.cli.errors`).
 
 `console` is the installed ``siso`` script: it sets up the process (`siso.cli.startup`: tcmalloc) and runs `main`,
 which a Python caller may call too. The command modules are imported inside `main`, after the start-up notices
@@ -16,7 +16,7 @@ import warnings
 
 from siso.cli import startup
 
-COMMANDS = ("generate", "edit", "eval", "bench", "app")
+COMMANDS = ("generate", "edit", "refine", "eval", "bench", "app")
 # What a command that writes no run folder says on Ctrl-C (generate and edit say what they kept themselves).
 INTERRUPTED = {
     "eval": "; finished items are kept, rerun the same command to resume",

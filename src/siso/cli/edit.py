@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from siso.backbones import check_can_edit, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
-from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
-from siso.config import BACKGROUND_TARGETS, INVERSION_METHODS, MAX_SUBJECTS, EditConfig, EditSettings, InversionSettings
+from siso.cli.subjects import add_subject_option, given_region, load_subject_spec, subject_specs
+from siso.config import MAX_SUBJECTS, EditConfig
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import EditJob
 from siso.runs.run import run as run_spec
 from siso.runs.spec import RunSpec
-from siso.vision.masks import box_mask, load_mask
 from siso.vision.segmenter import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
 
 
@@ -61,70 +58,33 @@ def add_parser(sub) -> None:
     )
     edit.add_argument("--prompt", metavar="TEXT", help="edit prompt (default: 'a photo of a <subject class>')")
     edit.add_argument(
-        "--model", default="sdxl-turbo", metavar="NAME|DIR", help="sdxl-turbo (default), sd-turbo, a Hub id or a folder"
+        "--model",
+        default="sdxl-turbo",
+        metavar="NAME|DIR",
+        help="sdxl-turbo (default), sd-turbo, flux-schnell, sana, a Hub id or a folder",
     )
     edit.add_argument(
-        "--steps", type=int, default=4, metavar="N", help="schedule length that --strength cuts (4: t=749,499,249)"
-    )
-    edit.add_argument("--strength", type=float, default=EditSettings.strength, help="share of steps redone (0.75)")
-    edit.add_argument(
-        "--inversion", choices=INVERSION_METHODS, default="renoise", help="renoise (default) or plain ddim inversion"
-    )
-    edit.add_argument(
-        "--bg-weight", type=float, default=EditSettings.bg_weight, metavar="C", help="background loss weight (10)"
-    )
-    edit.add_argument(
-        "--bg-target",
-        choices=BACKGROUND_TARGETS,
-        default="input",
-        help="background compared with the input photo (default, reference code) or the inversion's "
-        "reconstruction (paper Eq. 3)",
-    )
-    edit.add_argument(
-        "--mask-dilation",
+        "--steps",
         type=int,
-        default=EditSettings.mask_dilation,
-        metavar="PX",
-        help=f"grow the mask by PX pixels at model resolution ({EditSettings.mask_dilation})",
-    )
-    edit.add_argument(
-        "--composite", action="store_true", help="paste the input back outside the (feathered) mask in best.png"
-    )
-    edit.add_argument(
-        "--feather",
-        type=int,
-        default=EditSettings.feather,
-        metavar="PX",
-        help=f"--composite blends over PX pixels inside the mask ({EditSettings.feather})",
+        default=None,
+        metavar="N",
+        help="schedule length that --strength cuts (the family's: 4 for SD and FLUX, t=749,499,249; 20 for Sana)",
     )
     edit.add_argument(
         "--detector", default=DEFAULT_DETECTOR, metavar="ID|DIR", help=f"Grounding DINO ({DEFAULT_DETECTOR})"
     )
     edit.add_argument("--segmenter", default=DEFAULT_SEGMENTER, metavar="ID|DIR", help=f"SAM ({DEFAULT_SEGMENTER})")
     # --steps is editing's schedule; the fast loss and an IP-Adapter start are generation's.
-    add_shared_options(edit, without=("optim.num_inference_steps", "fast", "ip_adapter"))
+    add_shared_options(edit, without=("optim.num_inference_steps", "fast", "ip_adapter"), config=EditConfig)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``siso edit``; returns the exit code."""
     check_can_edit(args.model)
-    config = config_for(
-        EditConfig,
-        args.model,
-        edit=EditSettings(
-            strength=args.strength,
-            bg_weight=args.bg_weight,
-            bg_target=args.bg_target,
-            mask_dilation=args.mask_dilation,
-            composite=args.composite,
-            feather=args.feather,
-        ),
-        inversion=InversionSettings.preset(args.inversion),
-        **shared_settings(args, args.model, args.steps),
-    )
+    config = config_for(EditConfig, args.model, **shared_settings(args, args.model, args.steps, EditConfig))
     scene = load_subject(args.image, what="photo to edit")
     specs = subject_specs(args)
-    regions = [_region(spec, scene.size) for spec in specs]
+    regions = [(mask, source or "detected") for mask, source in (given_region(spec, scene.size) for spec in specs)]
     if len(specs) == 1:
         given, (mask, source) = specs[0], regions[0]
         job = EditJob(scene, mask, source, args.object, given.get("class"), args.prompt, args.detector, args.segmenter)
@@ -163,12 +123,3 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--object names what to detect for one subject without --box or --mask; drop it")
     if "class" in specs[0] and not specs[0]["class"].strip():
         raise ValueError("subject class must not be empty")
-
-
-def _region(spec: dict, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
-    """A subject's region in the photo to edit (from its --mask or --box) and how it was given."""
-    if "mask" in spec:
-        return load_mask(spec["mask"], size), f"file {spec['mask']}"
-    if "box" in spec:
-        return box_mask(spec["box"], size), f"box {spec['box']}"
-    return None, "detected"

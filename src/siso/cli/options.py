@@ -13,28 +13,33 @@ from pathlib import Path
 
 from siso.backbones import family
 from siso.backbones.quantize import check_quantize
-from siso.config import IPAdapterSettings, SisoConfig, check_seed
+from siso.config import InversionSettings, IPAdapterSettings, SisoConfig, check_seed
 from siso.config.fields import Declared, declared
 from siso.devices import check_device
 from siso.runs.folder import check_output_folder
 
 
-def declared_settings(without: Collection[str] = ()) -> Iterator[tuple[str | None, Declared]]:
-    """The declared settings of a run (`siso.config.SisoConfig` and its settings groups), in field order, as
-    (group, field): group ``None`` for a top-level field such as ``resolution``.
+def declared_settings(
+    without: Collection[str] = (), config: type[SisoConfig] = SisoConfig
+) -> Iterator[tuple[str | None, Declared]]:
+    """The declared settings of a run (``config`` and its settings groups), in field order, as (group, field): group
+    ``None`` for a top-level field such as ``resolution``. A group's defaults are those of ``config``'s kind of run
+    (``config._family_defaults({})``: a refine run redoes fewer steps than an edit).
 
     Args:
         without: Settings to leave out: a top-level field (``device``), a group (``fast``) or a group's field
             (``optim.num_inference_steps``).
+        config: The run's config class (`siso.config.SisoConfig`, `siso.config.EditConfig`, ...).
     """
-    top = {field.name: field for field in declared(SisoConfig)}
-    for name, kind in typing.get_type_hints(SisoConfig).items():  # in field order
+    top = {field.name: field for field in declared(config)}
+    kind_defaults = config._family_defaults({})
+    for name, kind in typing.get_type_hints(config).items():  # in field order
         if name in without:
             continue
         if name in top:
             yield None, top[name]
         elif dataclasses.is_dataclass(kind):
-            for field in declared(kind):
+            for field in declared(kind, kind_defaults.get(name)):
                 if f"{name}.{field.name}" not in without:
                     yield name, field
 
@@ -44,11 +49,13 @@ def dest(field: Declared) -> str:
     return field.declaration.flag.removeprefix("--").replace("-", "_")
 
 
-def add_setting_options(parser: argparse.ArgumentParser, without: Collection[str] = ()) -> None:
-    """Add the flag of every declared setting (`declared_settings`, but those in ``without``) to ``parser``, under
-    its section of ``--help``."""
+def add_setting_options(
+    parser: argparse.ArgumentParser, without: Collection[str] = (), config: type[SisoConfig] = SisoConfig
+) -> None:
+    """Add the flag of every declared setting of ``config`` (`declared_settings`, but those in ``without``) to
+    ``parser``, under its section of ``--help``."""
     sections = {}  # section title -> its argument group
-    for _, field in declared_settings(without):
+    for _, field in declared_settings(without, config):
         declaration = field.declaration
         section = declaration.section
         if section is not None and section not in sections:
@@ -68,12 +75,14 @@ def add_setting_options(parser: argparse.ArgumentParser, without: Collection[str
         )
 
 
-def add_shared_options(parser: argparse.ArgumentParser, without: Collection[str] = ()) -> None:
-    """The options of ``generate`` and ``edit``: output, the run's settings (`add_setting_options`, but those in
-    ``without``), progress."""
+def add_shared_options(
+    parser: argparse.ArgumentParser, without: Collection[str] = (), config: type[SisoConfig] = SisoConfig
+) -> None:
+    """The options of ``generate``, ``edit`` and ``refine``: output, the settings of a ``config`` run
+    (`add_setting_options`, but those in ``without``), progress."""
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
-    add_setting_options(parser, without)
+    add_setting_options(parser, without, config)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -92,11 +101,19 @@ def ip_adapter_settings(args: argparse.Namespace) -> IPAdapterSettings | None:
 
 
 # Settings groups whose flags are read together by a function of their own rather than field by field: --ip-adapter
-# ID|DIR[:WEIGHT_FILE] gives two fields, and its scale needs it.
-GROUP_READERS = {"ip_adapter": ip_adapter_settings}
+# ID|DIR[:WEIGHT_FILE] gives two fields, and its scale needs it; --inversion names a preset of every ReNoise field.
+GROUP_READERS = {
+    "ip_adapter": ip_adapter_settings,
+    "inversion": lambda args: InversionSettings.preset(args.inversion),
+}
 
 
-def shared_settings(args: argparse.Namespace, model: str | None, num_inference_steps: int | None = None) -> dict:
+def shared_settings(
+    args: argparse.Namespace,
+    model: str | None,
+    num_inference_steps: int | None = None,
+    config: type[SisoConfig] = SisoConfig,
+) -> dict:
     """The settings of the flags ``args`` has (`declared_settings`), as overrides for `siso.backbones.config_for`
     (a flag left out is ``None``: the family's default, or the settings' own, stays).
 
@@ -105,6 +122,7 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
         model: The backbone, to check its flags against (``None``: not known yet).
         num_inference_steps: The steps of a command that names them its own way (``edit --steps``), over
             ``--train-steps``; ``None``: not given.
+        config: The run's config class, whose settings the command has flags for.
 
     Raises:
         ValueError: --text-encoder-lora for a family without text-encoder LoRA, --tiny-vae without --fast; a
@@ -116,7 +134,7 @@ def shared_settings(args: argparse.Namespace, model: str | None, num_inference_s
     if getattr(args, "text_encoder_lora", False) and cls is not None and not cls.text_encoder_names:
         raise ValueError(f"{model} has no text-encoder LoRA (its text encoder stays frozen); drop --text-encoder-lora")
     overrides: dict = {}
-    for group, field in declared_settings():
+    for group, field in declared_settings(config=config):
         if not hasattr(args, dest(field)):
             continue
         if group in GROUP_READERS:

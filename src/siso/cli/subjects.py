@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from siso.compose import Subject
 from siso.config import MAX_SUBJECTS
 from siso.images import load_photos
+from siso.vision.masks import box_mask, load_mask
 
 # Option dest -> the key of a subject's spec.
 SUBJECT_KEYS = {"subject": "photo", "subject_class": "class", "box": "box", "mask": "mask"}
@@ -69,3 +72,21 @@ def load_subject_spec(spec: dict, **fields) -> Subject:
     """
     photos, files = load_photos(spec["photo"])
     return Subject(photos, spec.get("class"), path=str(spec["photo"]), files=files, **fields)
+
+
+def given_region(spec: dict, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+    """A subject's region in the image it goes into (from its --mask or --box) and how it was given (``file PATH``,
+    ``box x0,y0,x1,y1``); ``(None, None)`` when neither was given.
+
+    Args:
+        spec: A `subject_specs` entry.
+        size: (width, height) of the image.
+
+    Raises:
+        MaskError: a box that is malformed or reaches outside the image, a mask file that cannot be used.
+    """
+    if "mask" in spec:
+        return load_mask(spec["mask"], size), f"file {spec['mask']}"
+    if "box" in spec:
+        return box_mask(spec["box"], size), f"box {spec['box']}"
+    return None, None

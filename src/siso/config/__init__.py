@@ -1,4 +1,5 @@
-"""Typed, validated configuration of a SISO run: `SisoConfig` (generation) and `EditConfig` (editing), each made of
+"""Typed, validated configuration of a SISO run: `SisoConfig` (generation), `EditConfig` (editing) and `RefineConfig`
+(refining), each made of
 one settings dataclass per stage, validated with clear errors when built.
 
 Defaults follow the SISO paper (arXiv 2503.16025) unless the docstring says otherwise; the README has a table that
@@ -15,6 +16,7 @@ from siso.config.editing import (
     InversionSettings,
 )
 from siso.config.fidelity import NEGATIVE_KINDS, IPAdapterSettings, NegativeSettings
+from siso.config.refining import CHECK_MODEL, REFINE_STRENGTH, STARTS, RefineConfig, RefineSettings
 from siso.config.run import SisoConfig
 from siso.config.settings import (
     DTYPES,
@@ -34,14 +36,17 @@ from siso.config.settings import (
 __all__ = [
     "ACCEL_PRESETS",
     "BACKGROUND_TARGETS",
+    "CHECK_MODEL",
     "DTYPES",
     "FAST_DINO_RESOLUTION",
     "INVERSION_METHODS",
     "MAX_SUBJECTS",
     "NEGATIVE_KINDS",
     "QUANTIZE_METHODS",
+    "REFINE_STRENGTH",
     "SEED_MAX",
     "SEED_MIN",
+    "STARTS",
     "AccelSettings",
     "ComposeSettings",
     "EditConfig",
@@ -53,6 +58,8 @@ __all__ = [
     "MemorySettings",
     "NegativeSettings",
     "OptimSettings",
+    "RefineConfig",
+    "RefineSettings",
     "SimilaritySettings",
     "SisoConfig",
     "check_seed",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from siso.config.fields import setting
 from siso.config.run import SisoConfig
 from siso.config.settings import OptimSettings
 
@@ -39,7 +40,13 @@ class InversionSettings:
             the way (ten normalised gradient steps of 1.8); siso sets it exactly.
     """
 
-    method: str = "renoise"
+    method: str = setting(
+        "renoise",
+        flag="--inversion",
+        choices=INVERSION_METHODS,
+        help="renoise (default) or plain ddim inversion",
+        filled=True,
+    )
     renoise_steps: int = 9
     first_step_renoise_steps: int = 5
     first_step_max_timestep: int = 250
@@ -91,12 +98,47 @@ class EditSettings:
         feather: Pixels over which the composite blends, inside the mask.
     """
 
-    strength: float = 0.75
-    bg_weight: float = 10.0
-    bg_target: str = "input"
-    mask_dilation: int = 8
-    composite: bool = False
-    feather: int = 4
+    strength: float = setting(
+        0.75,
+        flag="--strength",
+        metavar="S",
+        help="share of the steps redone, in (0, 1] ({strength})",
+        filled=True,
+        label="Strength",
+        minimum=0.05,
+        maximum=1,
+    )
+    bg_weight: float = setting(
+        10.0, flag="--bg-weight", metavar="C", help="background loss weight ({bg_weight:g})", filled=True
+    )
+    bg_target: str = setting(
+        "input",
+        flag="--bg-target",
+        choices=BACKGROUND_TARGETS,
+        help="background compared with the input photo (default, reference code) or the inversion's "
+        "reconstruction (paper Eq. 3)",
+        filled=True,
+    )
+    mask_dilation: int = setting(
+        8,
+        flag="--mask-dilation",
+        metavar="PX",
+        help="grow the mask by PX pixels at model resolution ({mask_dilation})",
+        filled=True,
+    )
+    composite: bool = setting(
+        False,
+        flag="--composite",
+        help="paste the input back outside the (feathered) mask in best.png",
+        label="Composite",
+    )
+    feather: int = setting(
+        4,
+        flag="--feather",
+        metavar="PX",
+        help="--composite blends over PX pixels inside the mask ({feather})",
+        filled=True,
+    )
 
     def __post_init__(self):
         if not (math.isfinite(self.strength) and 0 < self.strength <= 1):
@@ -127,9 +169,13 @@ class EditConfig(SisoConfig):
     @classmethod
     def _family_defaults(cls, defaults: dict[str, dict]) -> dict[str, dict]:
         """The family's defaults, but editing's own schedule (``optim.num_inference_steps``: 4 steps that
-        ``edit.strength`` cuts) instead of the family's generation steps."""
+        ``edit.strength`` cuts) instead of the family's generation steps, then what the family declares for editing
+        under ``"editing"`` (`siso.backbones.Backbone.defaults`: Sana edits with its 20 steps), group by group."""
         steps = cls.__dataclass_fields__["optim"].default_factory().num_inference_steps
-        return {**defaults, "optim": {**defaults.get("optim", {}), "num_inference_steps": steps}}
+        merged = {**defaults, "optim": {**defaults.get("optim", {}), "num_inference_steps": steps}}
+        for group, values in merged.pop("editing", {}).items():
+            merged[group] = {**merged.get(group, {}), **values}
+        return merged
 
     def __post_init__(self):
         super().__post_init__()

@@ -74,10 +74,18 @@ class Declared:
     declaration: Declaration
 
 
-def declared(cls: type) -> list[Declared]:
-    """The declared fields of the settings dataclass ``cls``, in field order."""
+def declared(cls: type, defaults: dict | None = None) -> list[Declared]:
+    """The declared fields of the settings dataclass ``cls``, in field order.
+
+    Args:
+        cls: The settings dataclass.
+        defaults: Field -> the default of the run that uses ``cls`` where it differs from the field's own (a refine
+            run's ``strength``); the flags' defaults and help texts say these.
+    """
     hints = typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING} | (
+        defaults or {}
+    )
     fields = []
     for f in dataclasses.fields(cls):
         if KEY not in f.metadata:
@@ -87,7 +95,7 @@ def declared(cls: type) -> list[Declared]:
             (kind,) = (arg for arg in typing.get_args(kind) if arg is not type(None))
         kind = typing.get_origin(kind) or kind
         declaration = f.metadata[KEY]
-        fields.append(Declared(f.name, kind, f.default, declaration.help.format(**defaults), declaration))
+        fields.append(Declared(f.name, kind, defaults[f.name], declaration.help.format(**defaults), declaration))
     return fields
 
 

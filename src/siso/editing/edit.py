@@ -38,9 +38,9 @@ class BackgroundLoss(torch.nn.Module):
         self.register_buffer("weights", weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, R, R) images -> (B,) background MSE."""
+        """(B, 3, R, R) images -> (B,) background MSE; 0 when there is no background (a refine of the whole image)."""
         squared = (images - self.target).square() * self.weights
-        return squared.sum(dim=(1, 2, 3)) / (self.weights.sum() * images.shape[1])
+        return squared.sum(dim=(1, 2, 3)) / (self.weights.sum().clamp(min=1) * images.shape[1])
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) -> float:
@@ -51,17 +51,27 @@ def psnr(image: torch.Tensor, reference: torch.Tensor, weights: torch.Tensor) ->
 
 class EditObjective(torch.nn.Module):
     """``L_sim + c * L_bg`` (paper Eq. 3), with the similarity loss's terms renamed: ``dino``, ``ir``, ``similarity``
-    (their weighted sum), ``background`` and ``loss``.
+    (their weighted sum), ``background`` and ``loss``; a refine adds ``c_struct * L_struct`` (``structure``).
 
     Args:
         similarity: The similarity loss, set to the subject (or `siso.losses.CompositionLoss`, set to several).
         background: The background term.
         bg_weight: c.
+        structure: A refine's structure term (`siso.losses.structure.StructureLoss`); ``None``: none.
+        structure_weight: c_struct.
     """
 
-    def __init__(self, similarity: Objective, background: BackgroundLoss, bg_weight: float):
+    def __init__(
+        self,
+        similarity: Objective,
+        background: BackgroundLoss,
+        bg_weight: float,
+        structure: torch.nn.Module | None = None,
+        structure_weight: float = 0.0,
+    ):
         super().__init__()
         self.similarity, self.background, self.bg_weight = similarity, background, bg_weight
+        self.structure, self.structure_weight = structure, structure_weight
 
     @property
     def nets(self) -> torch.nn.ModuleDict:
@@ -74,6 +84,9 @@ class EditObjective(torch.nn.Module):
         terms["similarity"] = terms.pop("loss")
         terms["background"] = self.background(images)
         terms["loss"] = terms["similarity"] + self.bg_weight * terms["background"].mean()
+        if self.structure is not None:
+            terms["structure"] = self.structure(images)
+            terms["loss"] = terms["loss"] + self.structure_weight * terms["structure"].mean()
         return terms
 
 
@@ -170,6 +183,7 @@ def edit_subject(
     loss_fn: Objective | None = None,
     progress: bool = True,
     inverted: InvertedScene | None = None,
+    structure: tuple[torch.nn.Module, float] | None = None,
 ) -> EditResult:
     """Put ``subject`` in place of the masked object of ``scene``: invert once, then run the SISO loop.
 
@@ -183,6 +197,7 @@ def edit_subject(
             `siso.losses.CompositionLoss` of several subjects (``subject`` is then unused).
         progress: Show progress bars.
         inverted: ``scene`` already inverted (`invert_scene`); inverted here when omitted.
+        structure: A refine's structure term and its weight (`EditObjective`); ``None``: none.
 
     Returns:
         The best edit (cropped to the photo) and its LoRA, the history (terms ``dino``, ``ir``, ``similarity``,
@@ -194,7 +209,7 @@ def edit_subject(
     image, reconstruction = inverted.image, inverted.reconstruction
     weights, valid = scene.background.to(backbone.device), scene.valid.to(backbone.device)
     target = reconstruction if config.edit.bg_target == "reconstruction" else image
-    objective = EditObjective(loss_fn, BackgroundLoss(target, weights), config.edit.bg_weight)
+    objective = EditObjective(loss_fn, BackgroundLoss(target, weights), config.edit.bg_weight, *(structure or ()))
 
     def render(cond: dict) -> torch.Tensor:
         return inverted.render(cond, config.optim.grad_steps)

@@ -8,6 +8,12 @@ appears on both sides; ReNoise solves it by fixed-point iteration ("renoising": 
 invert the step, repeat), averages the last predictions, and regularises each towards the statistics of Gaussian
 noise. DDIM inversion predicts once, at the less noisy latent. For ancestral samplers the per-step noise is fixed,
 shared by inversion and denoising, and corrected so that denoising the inverted latent retraces the inversion.
+
+Rectified-flow samplers (FLUX, Sana: `siso.backbones.FlowSampler`) invert the same way, with one exception: their
+prediction is a velocity ``noise - x0``, not a noise prediction, so it has no Gaussian statistics to be pushed
+towards (and FLUX's is a packed (1, seq, 4C) sequence, not an image-shaped (1, C, h, w) one); the regularisation is
+skipped for them (``EditSampler.gaussian_prediction``), whatever ``kl_weight`` and ``ac_weight`` say. The settings
+are recorded as given; the renoising iterations and averaging apply unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ class Inversion:
     """An inverted photo: denoising ``latents`` with ``noises`` (and the LoRA at identity) reconstructs it.
 
     Attributes:
-        latents: (1, C, h, w) fp32 latent at the noisiest level of the edit (``sampler.timesteps[0]``).
-        noises: Per denoising step, the (1, C, h, w) noise an ancestral step adds (unused by deterministic steps).
+        latents: fp32 latent at the noisiest level of the edit (``sampler.timesteps[0]``), of the layout
+            `Backbone.encode` gives: (1, C, h, w), or FLUX's packed (1, seq, 4C).
+        noises: Per denoising step, the noise an ancestral step adds, of that shape (unused by deterministic steps).
         model_evaluations: Denoiser passes the inversion took (its cost, beside one pass per denoising step).
     """
 
@@ -111,9 +118,11 @@ def invert(
 
     Args:
         sampler: The backbone's edit sampler (`siso.backbones.Backbone.edit_sampler`); denoising uses the same one.
-        latents: (1, C, h, w) VAE latents of the photo.
+        latents: (1, C, h, w) VAE latents of the photo (`Backbone.encode`'s; FLUX's are packed, (1, seq, 4C)).
         cond: Text conditioning (`Backbone.encode_prompt`) of the edit prompt.
-        settings: ReNoise settings (`InversionSettings.preset("ddim")` for plain DDIM-style inversion).
+        settings: ReNoise settings (`InversionSettings.preset("ddim")` for plain DDIM-style inversion). The noise
+            regularisation applies only to a sampler whose prediction is Gaussian noise
+            (``sampler.gaussian_prediction``): a flow sampler's velocity is not, and is left as predicted.
         generator: CPU generator for the per-step noises, the regularisation reference noise and its random shifts.
         guidance_scale: Classifier-free guidance, as the denoising uses.
         progress: Show a progress bar over the steps.
@@ -127,7 +136,11 @@ def invert(
     shape, device = latents.shape, latents.device
     noises = [torch.randn(shape, generator=generator).to(device) for _ in range(len(sampler))]
     reference_noise = torch.randn(shape, generator=generator).to(device)
-    regularizing = settings.regularization_rounds > 0 and (settings.kl_weight > 0 or settings.ac_weight > 0)
+    regularizing = (
+        sampler.gaussian_prediction
+        and settings.regularization_rounds > 0
+        and (settings.kl_weight > 0 or settings.ac_weight > 0)
+    )
     clean = latents.float()
     target = clean  # the less noisy latent that inverted step i must lead back to
     evaluations = 0

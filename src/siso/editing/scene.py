@@ -68,7 +68,9 @@ class Scene:
         return self.crop(Image.fromarray((self.mask[0, 0].cpu().numpy() * 255).astype(np.uint8)))
 
 
-def prepare_scene(photo: Image.Image, mask: np.ndarray, resolution: int, dilation: int = 0) -> Scene:
+def prepare_scene(
+    photo: Image.Image, mask: np.ndarray, resolution: int, dilation: int = 0, whole: bool = False
+) -> Scene:
     """Resize (long side to ``resolution``) and pad the photo and its object mask; dilate the mask.
 
     Args:
@@ -76,9 +78,11 @@ def prepare_scene(photo: Image.Image, mask: np.ndarray, resolution: int, dilatio
         mask: (H, W) boolean object mask in the photo's pixels.
         resolution: The backbone's image side.
         dilation: Pixels (at model resolution) to grow the mask by.
+        whole: The mask may cover the whole photo (a refine of all of it: no background to keep).
 
     Raises:
-        MaskError: the mask covers no pixel once resized (too small for this resolution), or covers the whole photo.
+        MaskError: the mask covers no pixel once resized (too small for this resolution), or covers the whole photo
+            (unless ``whole``).
     """
     if mask.shape != (photo.height, photo.width):
         raise MaskError(f"mask is {mask.shape[1]}x{mask.shape[0]} px but the photo is {photo.width}x{photo.height}")
@@ -97,7 +101,7 @@ def prepare_scene(photo: Image.Image, mask: np.ndarray, resolution: int, dilatio
             "mask or box, or use a larger --resolution"
         )
     small = dilate(small, dilation)
-    if small.all():
+    if small.all() and not whole:
         raise MaskError("the object mask covers the whole photo: nothing is left as background to keep")
     as_tensor = torch.from_numpy(small.astype(np.float32))[None, None]
     valid = F.pad(torch.ones(1, 1, height, width), pad)

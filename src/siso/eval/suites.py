@@ -15,6 +15,9 @@ the unique token by default (``a dog in the jungle``): SISO needs none; pass ``u
 
 DreamBench-multi (`siso.eval.multi`) reads the same folder: 12 subject pairs x 5 prompts naming both = 60 items, id
 ``<subject A>+<subject B>/<prompt index>``, each subject in a fixed box.
+
+DreamBench-refine (`siso.eval.refine`) has DreamBench's items: each item's images, made by another method and laid out
+as above, are refined with siso and scored before and after.
 """
 
 from __future__ import annotations
@@ -272,6 +275,8 @@ SUITES = {
     "imagenhub-editing": load_imagenhub_editing,
 }
 EDITING_SUITES = ("imagenhub-editing",)
+# Suites that refine another method's images of a suite's items (`siso.eval.refine`) -> the suite of those items.
+REFINE_SUITES = {"dreambench-refine": "dreambench"}
 
 
 def generated_images(root: str | Path, item: EvalItem | MultiItem) -> list[Path]:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from PIL import Image
@@ -36,6 +38,11 @@ from siso.io import save_image, write_json
 from siso.lora import save_lora
 from siso.optimize import SisoResult
 from siso.runs.jobs import GenerationJob
+
+
+def versions() -> dict[str, str]:
+    """The versions of siso and the libraries its results depend on, for config.json."""
+    return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
 
 
 class OutputExistsError(FileExistsError):
@@ -113,6 +120,16 @@ class RunFolder:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siso-frames")
         self._pending.append(self._writer.submit(self._write_frame, iteration, image))
 
+    def saving(self, callback: Callable | None = None) -> Callable:
+        """An iteration callback that writes each iteration's image (`save_iteration`), then calls ``callback`` (with
+        (iteration, image, loss terms); what it returns stops the run)."""
+
+        def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
+            self.save_iteration(iteration, image)
+            return callback(iteration, image, terms) if callback else None
+
+        return on_iteration
+
     def _write_frame(self, iteration: int, image: Image.Image) -> None:
         save_image(image, self.path / "iterations" / f"{iteration:04d}.png")
 
@@ -138,6 +155,8 @@ class RunFolder:
                 with Image.open(frame) as img:
                     images.append(img.convert("RGB"))
             self.save_image("iterations.png", contact_sheet(images, [f.stem for f in frames]))
+        if not result.history:  # interrupted inside the first iteration, after its image: no loss to plot
+            return
         terms = [k for k in result.history[0] if k not in ("iteration", "seconds")]
         self.save_image(
             "loss.png", loss_plot({k: [h[k] for h in result.history] for k in terms}, result.best_iteration)

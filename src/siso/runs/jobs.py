@@ -139,3 +139,91 @@ def resolve_edit_subjects(
         classes = name_subjects(subjects, SubjectCropper(job.detector, device or default_device(), job.box_threshold))
     union = np.logical_or.reduce([subject.region for subject in subjects])
     return union, job.prompt or "a photo of a " + " and a ".join(classes), classes
+
+
+@dataclass
+class RefineJob:
+    """What to refine: the image, where each subject is in it, the prompt.
+
+    Each subject's region is its ``region`` (from ``--box`` or ``--mask``, in the image's pixels), or, without one,
+    its class detected in the image with Grounding DINO and segmented with SAM, or the whole image (``whole``).
+
+    Attributes:
+        image: The image to refine (RGB); ``None``: drawn by the run first (`siso.config.RefineSettings.start`).
+        whole: The region is the whole image (``--region all``; one subject).
+        sources: Per subject, how its given region was made, for config.json (``box x0,y0,x1,y1``, ``file PATH``);
+            ``None`` for one to detect.
+        prompt: The prompt (default "a photo of a {subject class}").
+        detector, segmenter: Grounding DINO and SAM, for detection and for naming a subject's class.
+        box_threshold: Minimum detection score (the paper's 0.3).
+    """
+
+    image: Image.Image | None = None
+    whole: bool = False
+    sources: Sequence[str | None] = ()
+    prompt: str | None = None
+    detector: str = DEFAULT_DETECTOR
+    segmenter: str = DEFAULT_SEGMENTER
+    box_threshold: float = 0.3
+
+    def __post_init__(self):
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt must not be empty")
+
+
+# What a user can give instead of a region siso could not find.
+REGION_OPTIONS = "give --box x0,y0,x1,y1, --mask PNG or --region all"
+
+
+def refine_prompt(job: RefineJob, subjects: Sequence[Subject], device: str | None) -> tuple[str, list[str | None]]:
+    """The refine's prompt (given, or "a photo of a {class 1} and a {class 2}") and each subject's class: given, or,
+    where the prompt or a detection needs it, named by Grounding DINO in the subject's photo.
+
+    Raises:
+        MaskError: a class that could not be told.
+        ModelLoadError: the detector is needed and cannot be loaded.
+    """
+    classes = [subject.class_name for subject in subjects]
+    detect = not job.whole and any(subject.region is None for subject in subjects)
+    if None in classes and (job.prompt is None or detect):
+        classes = name_subjects(subjects, SubjectCropper(job.detector, device or default_device(), job.box_threshold))
+    return job.prompt or "a photo of a " + " and a ".join(classes), classes
+
+
+def refine_regions(
+    job: RefineJob, image: Image.Image, subjects: Sequence[Subject], classes: Sequence[str | None], device: str | None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Each subject's region in ``image`` ((H, W) bool) and how it was made (``all``, the given source, or
+    ``detected <class>``): the whole image, the subject's own region, or its class detected and segmented.
+
+    Raises:
+        MaskError: ``whole`` with several subjects, a region of another size than the image or empty, a class not
+            found in the image (the message names `REGION_OPTIONS`), or two subjects found on the same object.
+        ModelLoadError: the detector or SAM is needed and cannot be loaded.
+    """
+    size = (image.height, image.width)
+    if job.whole:
+        if len(subjects) > 1:
+            raise MaskError("--region all refines one subject; give each of several subjects its --box or --mask")
+        return [np.ones(size, dtype=bool)], ["all"]
+    sources = list(job.sources) or [None] * len(subjects)
+    segmenter = None
+    regions = []
+    for k, (subject, name) in enumerate(zip(subjects, classes, strict=True), 1):
+        region = subject.region
+        if region is None:
+            segmenter = segmenter or ObjectSegmenter(
+                job.detector, job.segmenter, device or default_device(), job.box_threshold
+            )
+            region = segmenter.segment(image, name)
+            if region is None or not region.any():
+                raise MaskError(f"no {name!r} was found in the image to refine: {REGION_OPTIONS}")
+            if any((region == other).all() for other in regions):
+                raise MaskError(f"subject {k} was found on the same {name!r} as another: {REGION_OPTIONS} for each")
+            sources[k - 1] = f"detected {name}"
+        elif region.shape != size:
+            raise MaskError(f"the region of subject {k} is not the size of the image to refine")
+        elif not region.any():
+            raise MaskError(f"the region of subject {k} is empty: {REGION_OPTIONS}")
+        regions.append(region)
+    return regions, sources

@@ -10,6 +10,7 @@ from PIL import Image
 from siso.backbones import Backbone, load_backbone
 from siso.compose import Subject
 from siso.config import SisoConfig
+from siso.losses.embeddings import ClipImageEmbedding
 from siso.losses.networks import LossNetworks
 from siso.runs.negatives import generic_negatives
 from siso.vision.grounding import DEFAULT_DETECTOR
@@ -28,6 +29,7 @@ class Models:
         self._backbone = backbone
         self._networks = networks
         self._generic: dict[tuple, dict[str, list[Image.Image]]] = {}  # settings -> class -> images
+        self._checks: dict[str, ClipImageEmbedding] = {}  # check model -> its network
 
     @property
     def loaded(self) -> Backbone | None:
@@ -57,6 +59,17 @@ class Models:
         if self._networks is None or not self._networks.serves(config.similarity, backbone.device, backbone.dtype):
             self._networks = LossNetworks(config.similarity, backbone.device, backbone.dtype)
         return self._networks
+
+    def check_network(self, model: str) -> ClipImageEmbedding:
+        """The CLIP image network ``model`` (a refine's check, `siso.config.RefineSettings.check_model`) on the
+        backbone's device in fp32, loaded at the first call for it.
+
+        Raises:
+            siso.hub.ModelLoadError: it cannot be loaded, or it is not CLIP.
+        """
+        if model not in self._checks:
+            self._checks[model] = ClipImageEmbedding.from_pretrained(model, device=self._backbone.device)
+        return self._checks[model]
 
     def generic(
         self,

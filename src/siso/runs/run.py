@@ -1,39 +1,33 @@
 """The one function that runs a run (`run`), whatever built its description (`siso.runs.spec.RunSpec`): learn a
-subject, edit a photo, or reuse a saved subject, written into a run folder (`siso.runs.folder.RunFolder`, whose
-docstring gives the layout). What a learning run optimizes is put together in one order by `objective`."""
+subject, edit a photo, refine an image (`siso.runs.refine`), or reuse a saved subject, written into a run folder
+(`siso.runs.folder.RunFolder`, whose docstring gives the layout). What a learning run optimizes is put together in
+one order by `siso.runs.objective.objective`."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
-from importlib.metadata import version
-
-from PIL import Image
+from collections.abc import Callable
 
 from siso.backbones import check_ip_adapter
-from siso.compose import Subject, place_subjects, subject_names
-from siso.config import SisoConfig
+from siso.compose import place_subjects, subject_names
 from siso.editing import composite, edit_subject, prepare_scene
 from siso.lora import check_lora_file, load_saved_subject, read_subject_info, saved_ip_adapter
 from siso.losses import describe_ir
-from siso.losses.composition import CompositionLoss
-from siso.losses.similarity import SimilarityLoss
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import IterationCallback, optimize_generation
+from siso.runs.folder import versions
 from siso.runs.jobs import resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
 from siso.runs.models import Models
 from siso.runs.negatives import save_generic
+from siso.runs.objective import objective
+from siso.runs.refine import refine
 from siso.runs.spec import RunSpec
-from siso.vision.grounding import DEFAULT_DETECTOR
+
+__all__ = ["objective", "run", "versions"]
 
 Notify = Callable[[str], None]
-
-
-def versions() -> dict[str, str]:
-    """The versions of siso and the libraries its results depend on, for config.json."""
-    return {name: version(name) for name in ("siso", "torch", "diffusers", "transformers", "peft")}
 
 
 def run(
@@ -70,40 +64,8 @@ def run(
     """
     if spec.out is None:
         raise ValueError("a run writes its run folder: give the RunSpec an out")
-    kinds = {"learn": _learn, "edit": _edit, "reuse": _reuse}
+    kinds = {"learn": _learn, "edit": _edit, "refine": refine, "reuse": _reuse}
     return kinds[spec.kind](spec, models or Models(), progress, callback, notify or print)
-
-
-def objective(
-    models: Models,
-    config: SisoConfig,
-    subjects: Sequence[Subject],
-    boxes: Sequence[tuple[int, int, int, int]] | None = None,
-    terms: Sequence[str] | None = None,
-    classes: Sequence[str | None] | None = None,
-    detector: str = DEFAULT_DETECTOR,
-) -> tuple[SimilarityLoss | CompositionLoss, list[list[Image.Image]] | None]:
-    """What a run optimizes, put together in the one order every run follows: the generic negatives first (drawn by
-    the frozen model: the class's images, not the subject's), then the IP-Adapter (it sees the subject's photos,
-    before any LoRA), then the loss on the models' shared networks.
-
-    Args:
-        models: The backbone (without LoRA) and the similarity networks.
-        config: ``negatives``, ``ip_adapter``, ``similarity`` and ``compose`` are used.
-        subjects: The subjects (one anywhere without ``boxes``).
-        boxes, terms: Per subject, its box in whole pixels of the model's image and its terms' name; ``None``: one
-            subject anywhere.
-        classes: Per subject, its class where known (the generic negative's; else named by ``detector``).
-
-    Returns:
-        The loss and, per subject, the generic images it uses (``None``: none).
-    """
-    generic = models.generic(config, subjects, classes, detector)
-    if config.ip_adapter.enabled:
-        models.backbone(config).load_ip_adapter(config.ip_adapter, subjects[0].photos)
-    photos = [subject.photos for subject in subjects]
-    loss = models.networks(config).loss(photos, boxes, terms, config.compose, config.negatives, generic)
-    return loss, generic
 
 
 def _learn(spec: RunSpec, models: Models, progress: bool, callback, notify: Notify) -> dict:
@@ -153,7 +115,7 @@ def _learn(spec: RunSpec, models: Models, progress: bool, callback, notify: Noti
         save_generic(out.path, generic, names if composed else ["subject"])
     start = time.perf_counter()
     with PeakMemory(backbone.device) as peak:
-        result = optimize_generation(backbone, loss_fn, config, _saving(out, callback), progress, loss_vae)
+        result = optimize_generation(backbone, loss_fn, config, out.saving(callback), progress, loss_vae)
     out.timings["optimize_seconds"] = time.perf_counter() - start
     metrics = {"complete": False, **result.record(), **peak.record(), "timings": out.timings}
     metrics["ir_model_note"] = "IR term: " + ir_network
@@ -235,7 +197,7 @@ def _edit(spec: RunSpec, models: Models, progress: bool, callback, notify: Notif
             scene,
             subjects[0].photos[0],
             config,
-            callback=_saving(out, callback),
+            callback=out.saving(callback),
             loss_fn=loss_fn,
             progress=progress,
         )
@@ -295,13 +257,3 @@ def _reuse(spec: RunSpec, models: Models, progress: bool, callback, notify: Noti
     finally:
         out.write_json("metrics.json", metrics)
     return metrics
-
-
-def _saving(out, callback: IterationCallback | None) -> IterationCallback:
-    """A callback that writes each iteration's image into the run folder, then calls ``callback``."""
-
-    def on_iteration(iteration: int, image: Image.Image, terms: dict) -> bool | None:
-        out.save_iteration(iteration, image)
-        return callback(iteration, image, terms) if callback else None
-
-    return on_iteration

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siso.compose import Subject, check_subjects
-from siso.config import EditConfig, SisoConfig
+from siso.config import EditConfig, RefineConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.runs.folder import RunFolder
-from siso.runs.jobs import EditJob, GenerationJob
+from siso.runs.jobs import EditJob, GenerationJob, RefineJob
 from siso.vision.grounding import DEFAULT_DETECTOR
 
 # learn: optimize the subjects (each in its box, if given), save them, then draw the job's prompts with them;
 # edit: put the subjects into the job's photo (ReNoise inversion, background term); reuse: draw the job's prompts
-# with a saved subject, nothing optimized.
-RUN_KINDS = ("learn", "edit", "reuse")
+# with a saved subject, nothing optimized; refine: give an image that shows the subjects their identity (an edit of
+# each subject's own region, `siso.runs.refine`).
+RUN_KINDS = ("learn", "edit", "refine", "reuse")
 
 
 @dataclass
@@ -32,15 +33,15 @@ class RunSpec:
         kind: One of `RUN_KINDS`.
         config: The run's settings: `SisoConfig` (learn, reuse: its ``model``, ``dtype``, ``device`` and
             ``memory.quantize`` load the backbone; a reuse run's model is the saved subject's, ``siso_subject.json``'s
-            ``model``) or `EditConfig` (edit).
+            ``model``), `EditConfig` (edit) or `RefineConfig` (refine).
         out: The run folder it writes; ``None`` only for a run that is measured, not run (`siso bench` times the
             loop of the run it describes and keeps no folder): `siso.runs.run.run` refuses it.
-        subjects: learn and edit: the subjects (photos, class, box or region); reuse: none.
+        subjects: learn, edit and refine: the subjects (photos, class, box or region); reuse: none.
         job: learn: the images to draw after learning (``None``: none); edit: the photo and where the object is
-            (`EditJob`); reuse: the images to draw.
+            (`EditJob`); refine: the image and how to find the regions (`RefineJob`); reuse: the images to draw.
         lora: reuse: the saved subject's folder (`siso.lora.save_lora`'s).
         command: The command line, for config.json.
-        paths: edit: the files the run read (``image``, ``mask``, ``subject``), for config.json.
+        paths: edit and refine: the files the run read (``image``, ``mask``, ``subject``), for config.json.
         detector: Grounding DINO, to place several subjects without boxes and to name a subject's class when the
             generic negative needs it.
 
@@ -53,7 +54,7 @@ class RunSpec:
     config: SisoConfig
     out: RunFolder | None
     subjects: Sequence[Subject] = field(default_factory=list)
-    job: GenerationJob | EditJob | None = None
+    job: GenerationJob | EditJob | RefineJob | None = None
     lora: Path | None = None
     command: list[str] | None = None
     paths: dict | None = None
@@ -71,15 +72,21 @@ class RunSpec:
             check_subjects(self.subjects)
         if self.kind == "learn" and not isinstance(self.job, GenerationJob | None):
             raise ValueError("a learn run's job is a GenerationJob (or None)")
-        if self.kind == "edit" and not (isinstance(self.job, EditJob) and isinstance(self.config, EditConfig)):
+        if self.kind == "edit" and not (isinstance(self.job, EditJob) and type(self.config) is EditConfig):
             raise ValueError("an edit run takes an EditJob and an EditConfig")
+        if self.kind == "refine":
+            if not (isinstance(self.job, RefineJob) and isinstance(self.config, RefineConfig)):
+                raise ValueError("a refine run takes a RefineJob and a RefineConfig")
+            if (self.job.image is None) != (self.config.refine.start == "ip-adapter"):
+                raise ValueError("a refine run takes an image to refine, or draws it (start ip-adapter), not both")
         self.config = dataclasses.replace(self.config, dtype=resolve_dtype(self.config.dtype, self.config.device))
 
     @property
     def composed(self) -> bool:
         """Whether the loss is the composed one (`siso.losses.CompositionLoss`): several subjects, or one in a box
-        (learn) or one whose region stands for the edit's mask (an edit whose job has no mask of its own)."""
-        if len(self.subjects) > 1:
+        (learn) or one whose region stands for the edit's mask (an edit whose job has no mask of its own); a refine's
+        always is (each subject on its region's crop)."""
+        if len(self.subjects) > 1 or self.kind == "refine":
             return True
         if self.kind == "edit":
             return self.job.mask is None and self.subjects[0].region is not None
