@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The first GPU run, prepared: `siso bench` at real size (random weights) in bf16 for sd-turbo, sdxl-turbo,
-# flux-schnell and sana (reference, default, fast), plus an edit (inversion, then the edit loop) on the two
-# backbones that edit, in one command that needs no network.
+# flux-schnell and sana (reference, default, fast where the backbone has a tiny VAE, and a refine: inversion at the
+# refine's strength, then the loop with the background and structure terms), plus an edit (inversion, then the edit
+# loop) on sd-turbo and sdxl-turbo, in one command that needs no network.
 #
 #   benchmarks/gpu.sh --fetch      here, with network: the wheels the GPU machine lacks, into .whl/ (git-ignored;
 #                                  about 22 MB: diffusers and the transformers/peft versions siso is tested with)
 #   benchmarks/gpu.sh [OUT]        on the GPU machine (a CUDA torch, no diffusers, no network), from a copy of the
 #                                  working tree with .whl/ beside it: installs the wheels into /tmp/siso-site, then
 #                                  writes OUT/bench-<model>.md and .json (OUT: the argument, else $OUT, else
-#                                  benchmarks/results/gpu); about 8 minutes on an H200, each backbone cut at its share
+#                                  benchmarks/results/gpu); at most 9 minutes and a few seconds on an H200, each
+#                                  backbone cut at its share
 #   benchmarks/gpu.sh --tiny [OUT] the script's path with tiny random models on the CPU, installed as it is (CI runs
-#                                  it: tests/bench/test_gpu_script.py): every configuration once, on sd-turbo, and
-#                                  sdxl-turbo's edit, flux-schnell's fast loss and sana's default
+#                                  it: tests/bench/test_gpu_script.py): every configuration once, on sd-turbo (the
+#                                  refine included), and sdxl-turbo's edit, flux-schnell's fast loss and sana's default
 #
 # A backbone that fails or runs out of its time is named at the end and the others still run; the exit status is 1
 # then. The reports say which allocator, device and dtype each row ran with.
@@ -97,12 +99,12 @@ run() {  # MODEL CONFIGS SECONDS
 }
 
 if [ "$tiny" = 0 ]; then
-    run sd-turbo reference,default,fast,edit 120
-    run sdxl-turbo reference,default,fast,edit 130
-    run flux-schnell reference,default,fast 150
-    run sana reference,default 80
+    run sd-turbo reference,default,fast,edit,refine 140
+    run sdxl-turbo reference,default,fast,edit,refine 150
+    run flux-schnell reference,default,fast,refine 170
+    run sana reference,default,refine 90
 else  # the script's path: every configuration once (on sd-turbo), every other backbone once, in its own path
-    run sd-turbo reference,default,fast,edit 120
+    run sd-turbo reference,default,fast,edit,refine 140
     run sdxl-turbo edit 130
     run flux-schnell fast 150
     run sana default 80

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ComposeSettings": "siso.config",
     "AccelSettings": "siso.config",
     "EditConfig": "siso.config",
+    "RefineConfig": "siso.config",
     "EditSettings": "siso.config",
     "FastSettings": "siso.config",
     "InversionSettings": "siso.config",

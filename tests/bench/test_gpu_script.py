@@ -10,14 +10,14 @@ ROOT = Path(__file__).resolve().parents[2]
 # On tiny models: every configuration once, on sd-turbo, and each other backbone once (what it alone has: sdxl-turbo's
 # edit, flux-schnell's tiny VAE); the real-size run does every configuration on every backbone.
 EXPECTED = {
-    "sd-turbo": ["reference", "default", "fast", "edit"],
+    "sd-turbo": ["reference", "default", "fast", "edit", "refine"],
     "sdxl-turbo": ["edit"],
     "flux-schnell": ["fast"],
     "sana": ["default"],
 }
 
 
-def test_the_gpu_script_runs_every_backbone_and_the_edit_on_tiny_models(tmp_path):
+def test_the_gpu_script_runs_every_backbone_the_edit_and_the_refine_on_tiny_models(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "SISO_TCMALLOC": "0"}
     proc = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--tiny", str(tmp_path)],
@@ -41,4 +41,9 @@ def test_the_gpu_script_runs_every_backbone_and_the_edit_on_tiny_models(tmp_path
         if "edit" in rows:
             assert rows["edit"]["inversion"]["model_evaluations"] > 0 and "speedup" not in rows["edit"]
             assert "`edit`: the photo was inverted first" in report
+        if "refine" in rows:
+            refine = rows["refine"]
+            assert refine["inversion"]["seconds"] > 0 and "structure" in refine["loss_terms"]
+            assert refine["vs_default"]["inversion"] > 0 and "speedup" not in refine
+            assert "`refine`: the image was inverted first" in report and "- refine: " in report
     assert "gpu.sh: reports in" in proc.stdout

@@ -1,14 +1,17 @@
 """One benchmark configuration: build, run the real SISO loop, and time it, as a whole and by part.
 
-The loop is `siso.optimize.optimize_lora`, the one `siso generate` and `siso edit` run. The configurations differ
-only in what a user can choose (dtype, memory options, the fast loss, editing) and in how the iterations run
-(`siso.config.ACCEL_PRESETS` of the same names), plus, for ``reference``, what the SISO reference code does that siso
-does not (the prompt re-encoded every iteration). Any of them but ``edit`` can score several subjects, each in its
-box (`siso.losses.CompositionLoss`), as ``siso generate`` does with several ``--subject``.
+The loop is `siso.optimize.optimize_lora`, the one `siso generate`, `siso edit` and `siso refine` run. The
+configurations differ only in what a user can choose (dtype, memory options, the fast loss, editing, refining) and in
+how the iterations run (`siso.config.ACCEL_PRESETS` of the same names), plus, for ``reference``, what the SISO
+reference code does that siso does not (the prompt re-encoded every iteration). Any of them but ``edit`` and
+``refine`` can score several subjects, each in its box (`siso.losses.CompositionLoss`), as ``siso generate`` does with
+several ``--subject``.
 
 Each configuration's run is described as every entry point describes one (`bench_spec`: a `siso.runs.spec.RunSpec`
-with no run folder) and its loss is put together as every run's is (`siso.runs.run.objective`); the benchmark then
-times that run's loop itself, with its timers on, instead of running it with `siso.runs.run.run`.
+with no run folder) and its loss is put together as every run's is (`siso.runs.objective.objective`; a refine's by
+the refine run's own set-up, `siso.runs.refine.set_up`); the benchmark then times that run's loop itself, with its
+timers on, instead of running it with `siso.runs.run.run`. An edit or a refine inverts its image first
+(`siso.editing.invert_scene`), timed on its own.
 """
 
 from __future__ import annotations
@@ -31,19 +34,25 @@ from siso.config import (
     FastSettings,
     MemorySettings,
     OptimSettings,
+    RefineConfig,
     SimilaritySettings,
     SisoConfig,
 )
 from siso.devices import TORCH_DTYPES, resolve_dtype
-from siso.editing import BackgroundLoss, EditObjective, invert_scene, prepare_scene
+from siso.editing import invert_scene, prepare_scene
+from siso.editing.edit import edit_objective
 from siso.losses import ClipImageEmbedding, DinoEmbedding, LossNetworks, load_nets
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import optimize_lora
-from siso.runs.jobs import EditJob
+from siso.runs.jobs import EditJob, RefineJob
 from siso.runs.memory import PeakMemory, allocator
 from siso.runs.models import Models
-from siso.runs.run import objective as run_objective
+from siso.runs.objective import objective as run_objective
+from siso.runs.refine import set_up
 from siso.runs.spec import RunSpec
+
+# The configuration classes of the run kinds a configuration measures.
+RUN_CONFIGS = {"learn": SisoConfig, "edit": EditConfig, "refine": RefineConfig}
 
 
 @dataclass
@@ -57,8 +66,10 @@ class Configuration:
         accel: How the iterations run (`siso.config.AccelSettings`: the preset of the configuration's name).
         fast: The fast loss (`siso.losses.tiny_vae`): a tiny VAE decoder for the loss, DINOv2 at 224 px. A
             different loss.
-        edit: Edit a photo (`siso.editing`) instead of generating: the photo is inverted first (timed apart), then
-            each iteration denoises the inverted latent and adds the background term.
+        kind: The run it measures (`siso.runs.spec.RUN_KINDS`): ``learn`` (generate), ``edit`` (edit a photo,
+            `siso.editing`: the photo is inverted first, timed apart, then each iteration denoises the inverted latent
+            and adds the background term) or ``refine`` (`siso.runs.refine`: an edit at the refine's strength of the
+            subject's own region, adding the structure term).
         system_malloc: Run on the C library's own malloc, as the reference code does (its worker process gets no
             ``LD_PRELOAD``); otherwise on the allocator ``siso`` runs on (tcmalloc where installed,
             `siso.cli.startup`). Process-wide, so it applies only where the configuration runs in a process of its
@@ -71,7 +82,7 @@ class Configuration:
     reencode_prompt: bool = False
     fast: bool = False
     system_malloc: bool = False
-    edit: bool = False
+    kind: str = "learn"
 
 
 CONFIGURATIONS = {
@@ -89,7 +100,10 @@ CONFIGURATIONS = {
     # siso's defaults with the opt-in fast loss: not the paper's loss.
     "fast": Configuration(accel=AccelSettings.preset("fast"), fast=True),
     # siso's defaults, editing a photo (`siso edit`): ReNoise inversion, then the edit loop.
-    "edit": Configuration(accel=AccelSettings.preset("default"), edit=True),
+    "edit": Configuration(accel=AccelSettings.preset("default"), kind="edit"),
+    # siso's defaults, refining an image that shows the subject (`siso refine`): ReNoise inversion at the refine's
+    # strength, then the loop with the background and structure terms.
+    "refine": Configuration(accel=AccelSettings.preset("default"), kind="refine"),
 }
 
 
@@ -129,41 +143,49 @@ def _models(model: str, settings, configuration: Configuration) -> tuple[Models,
 def bench_spec(
     model: str, settings, configuration: Configuration, subjects: int, similarity: SimilaritySettings, dtype: str
 ) -> RunSpec:
-    """The run a configuration measures, described as every entry point describes a run (`siso.runs.spec.RunSpec`):
-    learn ``subjects`` subjects (several side by side, each in its box: `siso.compose.default_slots`), or edit the
-    bench's photo; written nowhere (``out`` is ``None``: the benchmark times the loop, it keeps no run folder)."""
+    """The run a configuration measures, described as every entry point describes a run (`siso.runs.spec.RunSpec`,
+    its settings merged with the family's by `siso.backbones.config_for`): learn ``subjects`` subjects (several side by
+    side, each in its box: `siso.compose.default_slots`), edit the bench's photo, or refine it (one subject, a dog, in
+    the box of the middle half, as ``siso refine --box``); written nowhere (``out`` is ``None``: the benchmark times
+    the loop, it keeps no run folder)."""
     photos = subject_photos(subjects)
     slots = default_slots(subjects) if subjects > 1 else [None]
     chosen = [Subject(photo, box=slot) for photo, slot in zip(photos, slots, strict=True)]
-    kind = EditConfig if configuration.edit else SisoConfig
-    config = kind(
-        model=model,
+    kind = configuration.kind
+    config = config_for(
+        RUN_CONFIGS[kind],
+        model,
         train_prompt="a photo of a dog",
         dtype=dtype,
         similarity=similarity,
-        optim=optim_settings(model, settings, configuration.edit),
+        optim=optim_settings(model, settings, kind),
         memory=configuration.memory,
         fast=FastSettings(configuration.fast, settings.tiny_vae),
         accel=configuration.accel,
     )
-    if configuration.edit:
-        photo, mask = _photo_and_mask(settings.resolution)
+    photo, mask = _photo_and_mask(settings.resolution)
+    if kind == "edit":
         return RunSpec("edit", config, None, chosen, EditJob(photo, mask, "box"))
+    if kind == "refine":
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        box = f"box {cols[0]},{rows[0]},{cols[-1] + 1},{rows[-1] + 1}"
+        subject = Subject(photos[0], class_name="dog", region=mask)
+        return RunSpec("refine", config, None, [subject], RefineJob(photo, sources=[box]))
     return RunSpec("learn", config, None, chosen)
 
 
-def optim_settings(model: str, settings, edit: bool = False) -> OptimSettings:
-    """The loop's settings: the family's (editing's with ``edit``), run for ``warmup + iters`` full iterations plus a
-    last one (which takes no optimizer step and so builds no graph: run, not measured), never stopping early.
-    ``grad_steps`` beyond the family's denoising steps add steps when generating: all of them then keep their graph
-    (SD-Turbo with ``--grad-steps 3``: 3 steps).
+def optim_settings(model: str, settings, kind: str = "learn") -> OptimSettings:
+    """The loop's settings: the family's for the run ``kind`` (`RUN_CONFIGS`; an edit's and a refine's are editing's),
+    run for ``warmup + iters`` full iterations plus a last one (which takes no optimizer step and so builds no graph:
+    run, not measured), never stopping early. ``grad_steps`` beyond the family's denoising steps add steps when
+    generating: all of them then keep their graph (SD-Turbo with ``--grad-steps 3``: 3 steps).
 
     Raises:
         ValueError: settings the loop refuses.
     """
-    family = config_for(EditConfig if edit else SisoConfig, model).optim
+    family = config_for(RUN_CONFIGS[kind], model).optim
     total = settings.warmup + settings.iters
-    steps = family.num_inference_steps if edit else max(family.num_inference_steps, settings.grad_steps or 0)
+    steps = max(family.num_inference_steps, settings.grad_steps or 0) if kind == "learn" else family.num_inference_steps
     return dataclasses.replace(
         family,
         max_iters=total + 1,
@@ -183,10 +205,31 @@ def _photo_and_mask(resolution: int) -> tuple[Image.Image, np.ndarray]:
     return photo, mask
 
 
+def _scene_objective(models: Models, spec: RunSpec, subjects: int) -> tuple:
+    """What a run optimizes, as its run builds it: its settings (a refine's with its prompt), its similarity loss,
+    an edit's or a refine's scene (the image at model resolution and its mask; ``None`` when learning) and a refine's
+    structure term and weight (``None``: none)."""
+    backbone, config, job = models.loaded, spec.config, spec.job
+    if spec.kind == "refine":  # the refine run's own set-up: the subject's region, the scene, the loss
+        setup = set_up(spec, models)
+        return setup.config, setup.loss, setup.scene, setup.structure
+    boxes = terms = None
+    if subjects > 1:
+        side = backbone.resolution
+        boxes = [subject.box.pixels(side, side) for subject in spec.subjects]
+        terms = subject_names([None] * subjects)
+    # The loss as every run builds it, in the run's order (`siso.runs.objective.objective`), on these networks.
+    loss_fn, _ = run_objective(models, config, spec.subjects, boxes, terms)
+    scene = None
+    if spec.kind == "edit":
+        scene = prepare_scene(job.scene, job.mask, backbone.resolution, config.edit.mask_dilation)
+    return config, loss_fn, scene, None
+
+
 def run_configuration(model: str, settings, name: str, configuration: Configuration, subjects: int = 1) -> dict:
     """Build ``model`` under ``configuration`` (called ``name``) and run ``settings.warmup + settings.iters``
-    iterations (``settings``: a `siso.bench.BenchSettings`) scoring ``subjects`` subjects; an edit (one subject)
-    inverts its photo first.
+    iterations (``settings``: a `siso.bench.BenchSettings`) scoring ``subjects`` subjects; an edit or a refine (one
+    subject) inverts its image first, timed on its own.
 
     Returns:
         The figures of one row of the report (seconds are wall time; ``cpu_seconds`` is the process's CPU time).
@@ -195,28 +238,22 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     with PeakMemory(settings.device) as peak:
         models, similarity, dtype, loss_vae = _models(model, settings, configuration)
         spec = bench_spec(model, settings, configuration, subjects, similarity, dtype)
-        backbone, config = models.loaded, spec.config
+        backbone = models.loaded
+        config, loss_fn, scene, structure = _scene_objective(models, spec, subjects)
         optim = config.optim
-        boxes = terms = None
-        if subjects > 1:
-            side = backbone.resolution
-            boxes = [subject.box.pixels(side, side) for subject in spec.subjects]
-            terms = subject_names([None] * subjects)
-        # The loss as every run builds it, in the run's order (`siso.runs.run.objective`), on these networks.
-        loss_fn, _ = run_objective(models, config, spec.subjects, boxes, terms)
-        timer = PartTimer(backbone, loss_fn, loss_vae)
-        hook = loss_fn.register_forward_hook(lambda module, args, terms: timer.backward_started(terms["loss"]))
         objective, inversion = loss_fn, None
-        if configuration.edit:
-            scene = prepare_scene(spec.job.scene, spec.job.mask, backbone.resolution, config.edit.mask_dilation)
+        if scene is not None:
+            began, began_cpu = time.perf_counter(), time.process_time()
             inverted = invert_scene(backbone, scene, config, progress=False)
             inversion = {
-                "seconds": time.perf_counter() - start,
+                "seconds": time.perf_counter() - began,
+                "cpu_seconds": time.process_time() - began_cpu,
                 "model_evaluations": inverted.inversion.model_evaluations,
             }
-            target = inverted.image.to(backbone.device)
-            background = BackgroundLoss(target, scene.background.to(backbone.device))
-            objective = EditObjective(loss_fn, background, config.edit.bg_weight)
+            objective = edit_objective(inverted, scene, config, loss_fn, structure)
+        timer = PartTimer(backbone, loss_fn, loss_vae)
+        # The backward pass starts at the whole objective's loss (an edit's adds terms to the similarity's).
+        hook = objective.register_forward_hook(lambda module, args, terms: timer.backward_started(terms["loss"]))
         encodings = 0
 
         def conditioning(cond):
@@ -227,7 +264,7 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
             return cond
 
         def draw(cond):
-            if configuration.edit:
+            if scene is not None:
                 return inverted.render(cond, optim.grad_steps)
             generator = torch.Generator().manual_seed(optim.seed)
             return backbone.sample(cond, generator, optim.num_inference_steps, optim.grad_steps, optim.guidance_scale)
@@ -286,6 +323,6 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
         "loss": "fast (not the paper's)" if configuration.fast else "paper",
         "prompt_encodings": encodings,
         "iterations": len(result.history),
-        # An edit's inversion (from the start, building the models included) and its denoiser passes.
+        # An edit's or a refine's inversion alone: seconds, CPU seconds and denoiser passes.
         "inversion": inversion,
     }

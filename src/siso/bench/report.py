@@ -41,12 +41,18 @@ def report(result: dict) -> str:
     for r in result["rows"]:
         inversion = r.get("inversion")
         if inversion is not None:
+            terms = "background and structure terms" if "structure" in r["loss_terms"] else "background term"
             lines += [
                 "",
-                f"`{label(r)}`: the photo was inverted first ({inversion['model_evaluations']} denoiser passes, "
-                f"{inversion['seconds']:.1f} s from the start, building the models included); its iterations "
-                "denoise the inverted latent and add the background term, so it has no ratio to the reference.",
+                f"`{label(r)}`: the {'image' if r['config'].startswith('refine') else 'photo'} was inverted first "
+                f"({inversion['model_evaluations']} denoiser passes, {inversion['seconds']:.1f} s, "
+                f"{inversion['cpu_seconds']:.1f} CPU s); its iterations "
+                f"denoise the inverted latent and add the {terms}, so it has no ratio to the reference.",
             ]
+    against = [r for r in result["rows"] if "vs_default" in r]
+    if against:
+        lines += ["", "Editing and refining against `default` (its row, as ratios):", ""]
+        lines += [f"- {label(r)}: {_against_default(r['vs_default'])}" for r in against]
     for r in result["rows"]:
         if r.get("compile_seconds") is not None:
             lines += ["", f"`{label(r)}`: the first iteration took {r['compile_seconds']:.1f} s more (compiling)."]
@@ -102,6 +108,14 @@ def _against_one(ratios: dict) -> str:
         f"{_fmt(ratios['cpu_seconds_per_iteration'], '.2f', 'x')} the CPU time, "
         f"{_fmt(ratios['peak_memory_gb'], '.2f', 'x')} the peak memory, "
         f"{_fmt(ratios['flops_per_iteration'], '.2f', 'x')} the FLOPs"
+    )
+
+
+def _against_default(ratios: dict) -> str:
+    """``vs_default``'s ratios (`siso.bench.run_bench`) in words."""
+    return (
+        f"{_against_one(ratios)}; its inversion took as long as {ratios['inversion']:.2f} `default` iterations "
+        f"({ratios['inversion_cpu']:.2f} in CPU time)"
     )
 
 

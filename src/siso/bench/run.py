@@ -27,7 +27,8 @@ class BenchSettings:
         model: A backbone name (built at its published architecture, random weights), or a local diffusers folder
             (loaded, with the similarity networks of ``similarity``: the tests' tiny models).
         configs: Configuration names, run in this order (``reference`` first when a ratio is wanted; ``edit`` edits a
-            photo, for the backbones that can).
+            photo and ``refine`` refines one, for the backbones that can edit; ``default`` too when their ratios to it
+            are wanted).
         resolution: Image side in pixels.
         grad_steps: Steps with gradient (``None``: the family's); more than the family's denoising steps add steps.
         iters: Measured iterations per configuration.
@@ -41,7 +42,7 @@ class BenchSettings:
         isolate: Run each configuration in a fresh process (so each peak memory is its own).
         subjects: Subject counts: each configuration is measured scoring each count of subjects, in this order (one:
             `siso.losses.SimilarityLoss`, the paper's loss; several: `siso.losses.CompositionLoss`, in side-by-side
-            boxes, as ``siso generate`` with several ``--subject``). ``edit`` takes one.
+            boxes, as ``siso generate`` with several ``--subject``). ``edit`` and ``refine`` take one.
     """
 
     model: str = "sd-turbo"
@@ -76,11 +77,16 @@ class BenchSettings:
             raise ValueError(f"subjects must name each subject count once, got {list(self.subjects)}")
         if any(not 1 <= count <= MAX_SUBJECTS for count in self.subjects):
             raise ValueError(f"subjects must be between 1 and {MAX_SUBJECTS}, got {list(self.subjects)}")
-        if "edit" in self.configs:
-            check_can_edit(self.model)
-            if max(self.subjects) > 1:
-                raise ValueError("the edit configuration measures one subject: give --subjects 1 for it")
-        optim_settings(self.model, self, edit="edit" in self.configs)  # checked now, not in a worker process
+        for name in self.configs:
+            kind = CONFIGURATIONS[name].kind
+            if kind != "learn":
+                try:
+                    check_can_edit(self.model)
+                except ValueError as err:
+                    raise ValueError(f"the {name} configuration needs a backbone that edits: {err}") from None
+                if max(self.subjects) > 1:
+                    raise ValueError(f"the {name} configuration measures one subject: give --subjects 1 for it")
+            optim_settings(self.model, self, kind)  # checked now, not in a worker process
 
 
 class BenchError(RuntimeError):
@@ -91,8 +97,11 @@ def run_bench(settings: BenchSettings) -> dict:
     """Run every configuration of ``settings`` at every subject count (each configuration's counts one after the
     other, so that they meet the same load on the machine); returns the settings, the device and one row per
     configuration and count: with ``speedup`` and ``memory_ratio`` against ``reference`` at the same count when it
-    ran, and with ``vs_one_subject`` (time, CPU time, peak memory and FLOPs as ratios to the same configuration's
-    one-subject row) for several subjects when one subject ran too."""
+    ran, with ``vs_one_subject`` (time, CPU time, peak memory and FLOPs as ratios to the same configuration's
+    one-subject row) for several subjects when one subject ran too, and, for an edit or a refine (which do other work
+    than generation: no ratio to the reference), with ``vs_default`` when ``default`` ran: time, CPU time, peak memory
+    and FLOPs per iteration as ratios to its, and the inversion's seconds and CPU seconds in its iterations
+    (``inversion``, ``inversion_cpu``)."""
     rows = [
         _run_isolated(settings, name, count) if settings.isolate else _run(settings, name, count)
         for name in settings.configs
@@ -101,6 +110,8 @@ def run_bench(settings: BenchSettings) -> dict:
     references = {r["subjects"]: r for r in rows if r["config"] == "reference"}
     singles = {r["config"]: r for r in rows if r["subjects"] == 1}
     compared = ("seconds_per_iteration", "cpu_seconds_per_iteration", "peak_memory_gb", "flops_per_iteration")
+    # siso's default under the same lever as the rest (``default + checkpointing``), for an edit's or a refine's ratios
+    default = next((r for r in rows if r["subjects"] == 1 and r["config"].split(" + ")[0] == "default"), None)
     for row in rows:
         reference = references.get(row["subjects"])
         if reference is not None and row["inversion"] is None:  # (an edit does other work: no ratio)
@@ -109,6 +120,11 @@ def run_bench(settings: BenchSettings) -> dict:
         single = singles.get(row["config"])
         if single is not None and row["subjects"] > 1:
             row["vs_one_subject"] = {key: _ratio(row[key], single[key]) for key in compared}
+        if default is not None and row["inversion"] is not None:
+            row["vs_default"] = {key: _ratio(row[key], default[key]) for key in compared}
+            inversion = row["inversion"]
+            row["vs_default"]["inversion"] = inversion["seconds"] / default["seconds_per_iteration"]
+            row["vs_default"]["inversion_cpu"] = inversion["cpu_seconds"] / default["cpu_seconds_per_iteration"]
     device = torch.device(settings.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return {

@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
         default="all",
         metavar="NAME[,NAME...]",
         help="configuration(s) to run, in order: reference, default, fast (the opt-in fast loss, which is not the "
-        "paper's loss), edit (invert a photo, then edit it: sd-turbo and sdxl-turbo), or all = reference, default "
-        "and (where the backbone has a tiny VAE) fast",
+        "paper's loss), edit (invert a photo, then edit it), refine (invert an image at the refine's strength, then "
+        "refine the subject's box with the structure term; edit and refine on backbones that edit, as ratios to "
+        "default where it ran too), or all = reference, default and (where the backbone has a tiny VAE) fast",
     )
     bench.add_argument(
         "--subjects",

@@ -174,6 +174,20 @@ def invert_scene(backbone: Backbone, scene: Scene, config: EditConfig, progress:
     return inverted
 
 
+def edit_objective(
+    inverted: InvertedScene,
+    scene: Scene,
+    config: EditConfig,
+    loss_fn: Objective,
+    structure: tuple[torch.nn.Module, float] | None = None,
+) -> EditObjective:
+    """What an edit (or a refine) of ``scene`` minimises: ``loss_fn`` plus the background term against the input or
+    the inversion's reconstruction (``config.edit.bg_target``), and a refine's structure term and its weight."""
+    target = inverted.reconstruction if config.edit.bg_target == "reconstruction" else inverted.image
+    background = BackgroundLoss(target, scene.background.to(inverted.image.device))
+    return EditObjective(loss_fn, background, config.edit.bg_weight, *(structure or ()))
+
+
 def edit_subject(
     backbone: Backbone,
     scene: Scene,
@@ -208,8 +222,7 @@ def edit_subject(
         loss_fn = LossNetworks(config.similarity, backbone.device, backbone.dtype).loss([subject])
     image, reconstruction = inverted.image, inverted.reconstruction
     weights, valid = scene.background.to(backbone.device), scene.valid.to(backbone.device)
-    target = reconstruction if config.edit.bg_target == "reconstruction" else image
-    objective = EditObjective(loss_fn, BackgroundLoss(target, weights), config.edit.bg_weight, *(structure or ()))
+    objective = edit_objective(inverted, scene, config, loss_fn, structure)
 
     def render(cond: dict) -> torch.Tensor:
         return inverted.render(cond, config.optim.grad_steps)

@@ -4,7 +4,7 @@ edit (`EditJob`, resolved by `resolve_edit`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,10 +191,18 @@ def refine_prompt(job: RefineJob, subjects: Sequence[Subject], device: str | Non
 
 
 def refine_regions(
-    job: RefineJob, image: Image.Image, subjects: Sequence[Subject], classes: Sequence[str | None], device: str | None
+    job: RefineJob,
+    image: Image.Image,
+    subjects: Sequence[Subject],
+    classes: Sequence[str | None],
+    device: str | None,
+    segmenter: Callable[[], ObjectSegmenter] | None = None,
 ) -> tuple[list[np.ndarray], list[str]]:
     """Each subject's region in ``image`` ((H, W) bool) and how it was made (``all``, the given source, or
     ``detected <class>``): the whole image, the subject's own region, or its class detected and segmented.
+
+    ``segmenter`` gives the job's Grounding DINO + SAM when a class is to be found (`siso.runs.models.Models`
+    keeps them for the runs that follow); ``None``: loaded here.
 
     Raises:
         MaskError: ``whole`` with several subjects, a region of another size than the image or empty, a class not
@@ -207,15 +215,16 @@ def refine_regions(
             raise MaskError("--region all refines one subject; give each of several subjects its --box or --mask")
         return [np.ones(size, dtype=bool)], ["all"]
     sources = list(job.sources) or [None] * len(subjects)
-    segmenter = None
+    load = segmenter or (
+        lambda: ObjectSegmenter(job.detector, job.segmenter, device or default_device(), job.box_threshold)
+    )
+    found = None
     regions = []
     for k, (subject, name) in enumerate(zip(subjects, classes, strict=True), 1):
         region = subject.region
         if region is None:
-            segmenter = segmenter or ObjectSegmenter(
-                job.detector, job.segmenter, device or default_device(), job.box_threshold
-            )
-            region = segmenter.segment(image, name)
+            found = found or load()
+            region = found.segment(image, name)
             if region is None or not region.any():
                 raise MaskError(f"no {name!r} was found in the image to refine: {REGION_OPTIONS}")
             if any((region == other).all() for other in regions):

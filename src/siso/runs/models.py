@@ -14,6 +14,7 @@ from siso.losses.embeddings import ClipImageEmbedding
 from siso.losses.networks import LossNetworks
 from siso.runs.negatives import generic_negatives
 from siso.vision.grounding import DEFAULT_DETECTOR
+from siso.vision.segmenter import ObjectSegmenter
 
 
 class Models:
@@ -30,6 +31,7 @@ class Models:
         self._networks = networks
         self._generic: dict[tuple, dict[str, list[Image.Image]]] = {}  # settings -> class -> images
         self._checks: dict[str, ClipImageEmbedding] = {}  # check model -> its network
+        self._segmenters: dict[tuple, ObjectSegmenter] = {}  # (detector, segmenter, threshold) -> the models
 
     @property
     def loaded(self) -> Backbone | None:
@@ -70,6 +72,18 @@ class Models:
         if model not in self._checks:
             self._checks[model] = ClipImageEmbedding.from_pretrained(model, device=self._backbone.device)
         return self._checks[model]
+
+    def segmenter(self, detector: str, segmenter: str, box_threshold: float) -> ObjectSegmenter:
+        """Grounding DINO ``detector`` and SAM ``segmenter`` (a refine's region finders) on the backbone's device,
+        loaded at the first call for them.
+
+        Raises:
+            siso.hub.ModelLoadError: one cannot be loaded.
+        """
+        key = (detector, segmenter, box_threshold)
+        if key not in self._segmenters:
+            self._segmenters[key] = ObjectSegmenter(detector, segmenter, self._backbone.device, box_threshold)
+        return self._segmenters[key]
 
     def generic(
         self,

@@ -15,6 +15,7 @@ photos under the loss's networks and under a check network the loss does not use
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ def set_up(spec, models: Models) -> RefineSetup:
     config = dataclasses.replace(config, train_prompt=prompt)
     backbone = models.backbone(config)
     image = draw_start(backbone, config, subjects, prompt) if from_adapter else job.image.convert("RGB")
-    regions, sources = refine_regions(job, image, subjects, classes, config.device)
+    segmenter = functools.partial(models.segmenter, job.detector, job.segmenter, job.box_threshold)  # kept for runs
+    regions, sources = refine_regions(job, image, subjects, classes, config.device, segmenter)
     scene = prepare_scene(
         image, np.logical_or.reduce(regions), backbone.resolution, config.edit.mask_dilation, whole=job.whole
     )
