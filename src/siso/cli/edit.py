@@ -8,7 +8,7 @@ from siso.backbones import check_can_edit, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
-from siso.cli.subjects import add_subject_option, given_region, load_subject_spec, subject_specs
+from siso.cli.subjects import add_subject_option, checked_specs, given_region, load_subject_spec, subject_specs
 from siso.config import MAX_SUBJECTS, EditConfig
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
@@ -113,13 +113,6 @@ def check(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the options.
     """
-    specs = subject_specs(args)
-    if not specs:
-        raise ValueError("give the subject: --subject PHOTO")
-    for k, spec in enumerate(specs, 1):
-        if "box" in spec and "mask" in spec:
-            raise ValueError(f"subject {k} has both --box and --mask: give one region per subject")
+    specs = checked_specs(args)
     if args.object is not None and (len(specs) > 1 or "box" in specs[0] or "mask" in specs[0]):
         raise ValueError("--object names what to detect for one subject without --box or --mask; drop it")
-    if "class" in specs[0] and not specs[0]["class"].strip():
-        raise ValueError("subject class must not be empty")

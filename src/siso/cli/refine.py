@@ -9,7 +9,7 @@ from siso.backbones import check_can_edit, check_ip_adapter, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
 from siso.cli.options import add_shared_options, shared_settings
-from siso.cli.subjects import add_subject_option, given_region, load_subject_spec, subject_specs
+from siso.cli.subjects import add_subject_option, checked_specs, given_region, load_subject_spec, subject_specs
 from siso.config import MAX_SUBJECTS, IPAdapterSettings, RefineConfig
 from siso.images import load_subject
 from siso.runs.folder import RunFolder
@@ -81,9 +81,7 @@ def check(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the options.
     """
-    specs = subject_specs(args)
-    if not specs:
-        raise ValueError("give the subject: --subject PHOTO")
+    specs = checked_specs(args)
     drawn = args.start == "ip-adapter"
     if drawn == (args.image is not None):
         raise ValueError(
@@ -95,11 +93,7 @@ def check(args: argparse.Namespace) -> None:
         check_ip_adapter(args.model)
     elif args.ip_adapter is not None:
         raise ValueError("--ip-adapter picks the adapter of --start ip-adapter; add that, or drop --ip-adapter")
-    for k, spec in enumerate(specs, 1):
-        if "box" in spec and "mask" in spec:
-            raise ValueError(f"subject {k} has both --box and --mask: give one region per subject")
-        if "class" in spec and not spec["class"].strip():
-            raise ValueError("subject class must not be empty")
+    for spec in specs:
         if (args.region or drawn) and ("box" in spec or "mask" in spec):
             raise ValueError(
                 "--region all is the whole image: drop --box and --mask"

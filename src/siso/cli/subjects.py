@@ -63,6 +63,24 @@ def subject_specs(args: argparse.Namespace) -> list[dict]:
     return specs
 
 
+def checked_specs(args: argparse.Namespace) -> list[dict]:
+    """`subject_specs`, refused before anything loads when there is no subject, a subject has both a box and a mask,
+    or an empty class.
+
+    Raises:
+        ValueError: naming the options.
+    """
+    specs = subject_specs(args)
+    if not specs:
+        raise ValueError("give the subject: --subject PHOTO")
+    for k, spec in enumerate(specs, 1):
+        if "box" in spec and "mask" in spec:
+            raise ValueError(f"subject {k} has both --box and --mask: give one region per subject")
+        if "class" in spec and not spec["class"].strip():
+            raise ValueError("subject class must not be empty")
+    return specs
+
+
 def load_subject_spec(spec: dict, **fields) -> Subject:
     """The subject of one `subject_specs` entry: its photo, or every photo of its folder (`siso.images.load_photos`),
     and its class; ``fields`` are the rest of the `siso.compose.Subject` (its box or region).
