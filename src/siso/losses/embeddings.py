@@ -127,9 +127,15 @@ class ClipImageEmbedding(Embedding):
 
     @classmethod
     def from_pretrained(
-        cls, model: str, resolution: int | None = None, device: str | torch.device = "cpu", dtype=torch.float32
+        cls,
+        model: str,
+        resolution: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype=torch.float32,
+        what: str = "IR similarity model",
     ) -> ClipImageEmbedding:
-        """Load the vision tower (with its projection) of a CLIP checkpoint, full or vision-only.
+        """Load the vision tower (with its projection) of a CLIP checkpoint, full or vision-only; ``what`` names it in
+        errors.
 
         Raises:
             siso.hub.ModelLoadError: it cannot be loaded, or it is not a CLIP checkpoint.
@@ -137,9 +143,9 @@ class ClipImageEmbedding(Embedding):
         net = load_pretrained(
             CLIPVisionModelWithProjection.from_pretrained,
             model,
-            "IR similarity model",
+            what,
             one_tower=True,
-            config=clip_vision_config(model),
+            config=clip_vision_config(model, what),
             dtype=dtype,
         ).to(device)
         own_cpu_memory(net)

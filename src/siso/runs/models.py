@@ -70,7 +70,9 @@ class Models:
             siso.hub.ModelLoadError: it cannot be loaded, or it is not CLIP.
         """
         if model not in self._checks:
-            self._checks[model] = ClipImageEmbedding.from_pretrained(model, device=self._backbone.device)
+            self._checks[model] = ClipImageEmbedding.from_pretrained(
+                model, device=self._backbone.device, what="check model (--check-model)"
+            )
         return self._checks[model]
 
     def segmenter(self, detector: str, segmenter: str, box_threshold: float) -> ObjectSegmenter:
