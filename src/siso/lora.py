@@ -38,15 +38,17 @@ class LoraError(ValueError):
     """A saved subject that cannot be used; the message names the file and the fix."""
 
 
-def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.Module]:
-    """Add zero-initialised LoRA adapters (B = 0, so the model is unchanged) and make only them trainable.
+def add_lora(backbone: Backbone, settings: LoraSettings, adapter: str = ADAPTER) -> dict[str, torch.nn.Module]:
+    """Add zero-initialised LoRA adapters named ``adapter`` (B = 0, so the model is unchanged) and make only them
+    trainable. Adapters the modules already carry under other names stay as they are (frozen); diffusers'
+    ``add_adapter`` leaves only the new one active, so a caller that wants others active sets them again.
 
     Returns:
-        Pipeline component name -> module that carries an adapter (the denoiser, then any text encoders).
+        Pipeline component name -> module that carries the adapter (the denoiser, then any text encoders).
 
     Raises:
-        ValueError: the backbone already carries a LoRA adapter, or text-encoder LoRA is asked of a backbone without
-            it.
+        ValueError: a module already carries an adapter named ``adapter``, or text-encoder LoRA is asked of a
+            backbone without it.
     """
     if settings.train_text_encoder and not backbone.text_encoder_names:
         raise ValueError(
@@ -57,14 +59,14 @@ def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.M
     if settings.train_text_encoder:
         modules.update(backbone.text_encoders)
     for name, module in modules.items():
-        if getattr(module, "peft_config", None):
+        if adapter in getattr(module, "peft_config", {}):
             raise ValueError(f"{name} already has a LoRA adapter; load a fresh backbone for a new subject")
         targets = backbone.lora_targets if module is backbone.denoiser else backbone.text_encoder_lora_targets
         module.add_adapter(
             LoraConfig(
                 r=settings.rank, lora_alpha=settings.lora_alpha, init_lora_weights=True, target_modules=list(targets)
             ),
-            adapter_name=ADAPTER,
+            adapter_name=adapter,
         )
     # Adam state and updates in fp32 even when the frozen weights are bf16/fp16.
     cast_training_params(list(modules.values()), dtype=torch.float32)
@@ -73,6 +75,13 @@ def add_lora(backbone: Backbone, settings: LoraSettings) -> dict[str, torch.nn.M
 
 def trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def adapter_parameters(module: torch.nn.Module, adapter: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of ``module`` that belong to the adapter named ``adapter`` (peft names them
+    ``...lora_A.<adapter>.weight``), trainable or not."""
+    part = f".{adapter}."
+    return {name: p for name, p in module.named_parameters() if "lora_" in name and part in name}
 
 
 def snapshot(modules: dict[str, torch.nn.Module]) -> LoraSnapshot:
@@ -88,32 +97,34 @@ def restore(modules: dict[str, torch.nn.Module], snap: LoraSnapshot) -> None:
             param.copy_(snap[name][key])
 
 
-def lora_modules(backbone: Backbone) -> dict[str, torch.nn.Module]:
-    """Pipeline component name -> module, for each of the backbone's modules that carries siso's adapter."""
+def lora_modules(backbone: Backbone, adapter: str = ADAPTER) -> dict[str, torch.nn.Module]:
+    """Pipeline component name -> module, for each of the backbone's modules that carries the adapter ``adapter``."""
     names = (backbone.denoiser_name, *backbone.text_encoder_names)
     modules = {name: getattr(backbone.pipe, name) for name in names}
-    return {name: m for name, m in modules.items() if m is not None and ADAPTER in getattr(m, "peft_config", {})}
+    return {name: m for name, m in modules.items() if m is not None and adapter in getattr(m, "peft_config", {})}
 
 
-def save_lora(backbone: Backbone, directory: str | Path, **subject_info) -> Path:
+def save_lora(backbone: Backbone, directory: str | Path, adapter: str = ADAPTER, **subject_info) -> Path:
     """Save the backbone's adapters with ``<Pipeline>.save_lora_weights`` so a stock pipeline loads them; the folder
     appears whole or not at all (`siso.io.atomic_folder`), replacing an earlier one.
 
     Args:
         backbone: A backbone that carries adapters (`add_lora`, `load_lora`).
         directory: Output folder.
+        adapter: The adapter to save (the saved file names no adapter: a stock load gives it the loader's name).
         subject_info: Extra JSON-serialisable facts written to ``siso_subject.json`` (model, prompt, ...).
 
     Raises:
         ValueError: the backbone carries no adapter.
     """
-    modules = lora_modules(backbone)
+    modules = lora_modules(backbone, adapter)
     if not modules:
         raise ValueError("the backbone carries no LoRA adapter to save")
     kwargs = {}
     for name, module in modules.items():
-        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
-        kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[ADAPTER].to_dict()
+        state = get_peft_model_state_dict(module, adapter_name=adapter)
+        kwargs[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        kwargs[f"{name}_lora_adapter_metadata"] = module.peft_config[adapter].to_dict()
     if backbone.ip_adapter is not None:
         names = [f"ip_adapter_image{f'_{k}' if k else ''}.png" for k in range(len(backbone.ip_adapter_images))]
         subject_info = {**subject_info, "ip_adapter": {**dataclasses.asdict(backbone.ip_adapter), "images": names}}
@@ -194,8 +205,9 @@ def check_lora_file(directory: str | Path) -> list[str]:
     return keys
 
 
-def load_lora(backbone: Backbone, directory: str | Path) -> None:
-    """Load a saved subject with the stock ``pipe.load_lora_weights`` and check that every tensor found its layer.
+def load_lora(backbone: Backbone, directory: str | Path, adapter: str = ADAPTER) -> None:
+    """Load a saved subject with the stock ``pipe.load_lora_weights`` as the adapter named ``adapter``, and check that
+    every tensor found its layer.
 
     diffusers only warns about LoRA weights that match no layer of the model (another backbone's, renamed keys) and
     then generates without them; here that is an error.
@@ -215,9 +227,9 @@ def load_lora(backbone: Backbone, directory: str | Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            backbone.pipe.load_lora_weights(directory, adapter_name=ADAPTER)
+            backbone.pipe.load_lora_weights(directory, adapter_name=adapter)
     except (RuntimeError, ValueError) as err:
-        backbone.pipe.unload_lora_weights()
+        _take_off(backbone, adapter)
         reason = (str(err).splitlines() or [type(err).__name__])[-1].strip().rstrip(".")
         reason = reason if len(reason) <= 200 else reason[:200] + " ..."  # peft may list every module
         raise LoraError(f"{path} does not fit this model ({reason}); {fix}") from None
@@ -225,13 +237,22 @@ def load_lora(backbone: Backbone, directory: str | Path) -> None:
         diffusers.utils.logging.set_verbosity(verbosity)
     modules = [backbone.denoiser, *backbone.text_encoders.values()]
     loaded = sum(
-        len(get_peft_model_state_dict(m, adapter_name=ADAPTER))
+        len(get_peft_model_state_dict(m, adapter_name=adapter))
         for m in modules
-        if ADAPTER in getattr(m, "peft_config", {})
+        if adapter in getattr(m, "peft_config", {})
     )
     if loaded != expected:
-        backbone.pipe.unload_lora_weights()
+        _take_off(backbone, adapter)
         raise LoraError(f"{path}: only {loaded} of its {expected} LoRA tensors match layers of this model; {fix}")
+
+
+def _take_off(backbone: Backbone, adapter: str) -> None:
+    """Remove the adapter ``adapter`` (loaded in part or whole), leaving any other adapter as it was."""
+    modules = [backbone.denoiser, *backbone.text_encoders.values()]
+    if any(set(getattr(m, "peft_config", {})) - {adapter} for m in modules if m is not None):
+        backbone.pipe.delete_adapters(adapter)
+    else:
+        backbone.pipe.unload_lora_weights()
 
 
 def load_saved_subject(backbone: Backbone, directory: str | Path) -> dict:

@@ -9,9 +9,11 @@ diffusers' ``__call__`` runs under no-grad.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import diffusers
@@ -26,6 +28,48 @@ from siso.images import tensor_to_pil
 
 if TYPE_CHECKING:
     from siso.config import IPAdapterSettings
+
+
+@dataclass
+class Rollout:
+    """One sampling run of a family's scheduler, stepped by its caller (`Backbone.sample`, or the regional sampler of
+    saved subjects, `siso.compose.regional`, which steps two at once).
+
+    Attributes:
+        latents: The initial latents (the pipeline's ``prepare_latents`` from the run's generator), in the layout the
+            denoiser takes (FLUX: packed).
+        timesteps: (n,) the schedule.
+        scheduler: The scheduler this run steps (its state advances with every `step`).
+        step_kwargs: Extra arguments of ``scheduler.step`` (an ancestral scheduler's generator).
+        extras: What the family's `Backbone.predict` needs besides the latents (FLUX: ``image_ids``).
+        release: Drops what the scheduler keeps of this run after its last step (a multistep solver's model outputs,
+            which hold the autograd graph of its last steps).
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    scheduler: object
+    step_kwargs: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+    release: Callable[[], None] = lambda: None
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def step(self, prediction: torch.Tensor, i: int, latents: torch.Tensor) -> torch.Tensor:
+        """Step ``i``: the scheduler's update of ``latents`` given the denoiser's ``prediction``."""
+        return self.scheduler.step(prediction, self.timesteps[i], latents, **self.step_kwargs, return_dict=False)[0]
+
+    def fork(self) -> Rollout:
+        """A twin run from the same latents: a copy of the scheduler in its current state, and of the step's generator
+        (an ancestral twin draws the same noise as this run, in step with it)."""
+        kwargs = {
+            name: torch.Generator(value.device).set_state(value.get_state())
+            if isinstance(value, torch.Generator)
+            else value
+            for name, value in self.step_kwargs.items()
+        }
+        return dataclasses.replace(self, scheduler=copy.deepcopy(self.scheduler), step_kwargs=kwargs)
 
 
 class Backbone:
@@ -283,6 +327,18 @@ class Backbone:
         w.r.t. text-encoder LoRA when grad is enabled."""
         raise NotImplementedError
 
+    def rollout(self, cond: dict[str, torch.Tensor], generator: torch.Generator, num_inference_steps: int) -> Rollout:
+        """Set the pipeline's scheduler to ``num_inference_steps`` and draw the initial latents from ``generator``, as
+        the stock ``__call__`` does before its first step."""
+        raise NotImplementedError
+
+    def predict(
+        self, rollout: Rollout, latents: torch.Tensor, i: int, cond: dict[str, torch.Tensor], guidance_scale: float
+    ) -> torch.Tensor:
+        """The denoiser's output at step ``i`` of ``rollout`` for ``latents`` (with classifier-free guidance when the
+        scale is above 1), what ``rollout.step`` takes."""
+        raise NotImplementedError
+
     def sample(
         self,
         cond: dict[str, torch.Tensor],
@@ -298,7 +354,24 @@ class Backbone:
         Returns:
             Image tensor of shape (1, 3, H, W) in [0, 1].
         """
-        raise NotImplementedError
+        rollout = self.rollout(cond, generator, num_inference_steps)
+        latents = rollout.latents
+        first_grad_step = num_inference_steps - grad_steps
+        for i in range(len(rollout)):
+            with nullcontext() if i >= first_grad_step else torch.no_grad():
+                latents = rollout.step(self.predict(rollout, latents, i, cond, guidance_scale), i, latents)
+        rollout.release()
+        return self.decode(latents)
+
+    @property
+    def latent_side(self) -> int:
+        """Cells per side of the denoiser's output grid (a latent pixel; FLUX: a packed 2x2 patch)."""
+        return self.resolution // self.pipe.vae_scale_factor
+
+    def latent_layout(self, weights: torch.Tensor) -> torch.Tensor:
+        """Per-cell weights (side, side) of the `latent_side` grid as a tensor that broadcasts over the denoiser's
+        output: (1, 1, side, side)."""
+        return weights[None, None]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode (differentiable): latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1]."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
 from typing import ClassVar
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from siso.backbones.base import Backbone
+from siso.backbones.base import Backbone, Rollout
 from siso.backbones.sampler import FlowSampler
 
 # T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
@@ -152,7 +151,7 @@ class FluxBackbone(Backbone):
             return_dict=False,
         )[0]
 
-    def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
+    def rollout(self, cond, generator, num_inference_steps):
         pipe, scheduler = self.pipe, self.pipe.scheduler
         latents, image_ids = pipe.prepare_latents(
             1,
@@ -165,12 +164,18 @@ class FluxBackbone(Backbone):
         )
         timesteps = self.set_schedule(scheduler, num_inference_steps)
         scheduler.set_begin_index(0)
-        first_grad_step = num_inference_steps - grad_steps
-        for i, t in enumerate(timesteps):
-            with nullcontext() if i >= first_grad_step else torch.no_grad():
-                velocity = self.velocity(latents, t, cond, guidance_scale, image_ids)
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        return self.decode(latents)
+        return Rollout(latents, timesteps, scheduler, extras={"image_ids": image_ids})
+
+    def predict(self, rollout, latents, i, cond, guidance_scale):
+        return self.velocity(latents, rollout.timesteps[i], cond, guidance_scale, rollout.extras["image_ids"])
+
+    @property
+    def latent_side(self):
+        return self.resolution // (2 * self.pipe.vae_scale_factor)  # packed 2x2 patches per side
+
+    def latent_layout(self, weights):
+        """(1, side * side, 1): one weight per packed patch, in the packed sequence's (row-major) order."""
+        return weights.reshape(1, -1, 1)
 
     def edit_sampler(self, num_inference_steps, strength):
         """Euler steps on packed latents, the last ``int(steps * strength)`` of `sample`'s schedule (`set_schedule`

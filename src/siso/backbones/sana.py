@@ -7,13 +7,12 @@ driven step by step as ``SanaPipeline.__call__`` drives it; editing's is Euler o
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
 from typing import ClassVar
 
 import torch
 from diffusers import SanaPipeline
 
-from siso.backbones.base import Backbone
+from siso.backbones.base import Backbone, Rollout
 from siso.backbones.sampler import FlowSampler
 
 # SanaPipeline.__call__'s default that its encode_prompt lacks: the instruction that prefixes every prompt (Sana's
@@ -98,7 +97,7 @@ class SanaBackbone(Backbone):
             velocity = uncond + guidance_scale * (text - uncond)
         return velocity
 
-    def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
+    def rollout(self, cond, generator, num_inference_steps):
         pipe, scheduler = self.pipe, self.pipe.scheduler
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         scheduler.set_begin_index(0)
@@ -106,17 +105,17 @@ class SanaBackbone(Backbone):
         latents = pipe.prepare_latents(
             1, self.denoiser.config.in_channels, self.resolution, self.resolution, torch.float32, self.device, generator
         )
-        first_grad_step = num_inference_steps - grad_steps
-        for i, t in enumerate(scheduler.timesteps):
+
+        def release():
             # DPM-Solver keeps the last model outputs for its multistep update: those of no-grad steps enter the
-            # first grad steps as constants, those of grad steps carry their graph into the next step.
-            with nullcontext() if i >= first_grad_step else torch.no_grad():
-                velocity = self.velocity(latents, t, cond, guidance_scale)
-                latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-        # Drop the scheduler's references to this rollout's model outputs: they hold the graph of the last steps,
-        # which would otherwise stay alive after the caller is done with the image.
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        return self.decode(latents)
+            # first grad steps as constants, those of grad steps carry their graph into the next step. Setting the
+            # schedule again drops them, so the graph does not outlive the caller's use of the image.
+            scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+        return Rollout(latents, scheduler.timesteps, scheduler, release=release)
+
+    def predict(self, rollout, latents, i, cond, guidance_scale):
+        return self.velocity(latents, rollout.timesteps[i], cond, guidance_scale)
 
     def edit_sampler(self, num_inference_steps, strength):
         """Euler steps on the flow sigmas and timesteps of Sana's own scheduler (``DPMSolverMultistepScheduler`` with

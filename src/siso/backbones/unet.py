@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from diffusers import (
     EulerAncestralDiscreteScheduler,
@@ -12,7 +10,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from siso.backbones.base import Backbone
+from siso.backbones.base import Backbone, Rollout
 from siso.backbones.sampler import EditSampler, img2img_steps
 
 
@@ -106,7 +104,7 @@ class UNetBackbone(Backbone):
     def edit_sampler(self, num_inference_steps, strength):
         return EulerSampler(self, num_inference_steps, strength)
 
-    def sample(self, cond, generator, num_inference_steps, grad_steps, guidance_scale=0.0):
+    def rollout(self, cond, generator, num_inference_steps):
         pipe, scheduler = self.pipe, self.pipe.scheduler
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
@@ -120,13 +118,11 @@ class UNetBackbone(Backbone):
             self.device,
             generator,
         )
-        step_kwargs = pipe.prepare_extra_step_kwargs(generator, 0.0)
-        first_grad_step = num_inference_steps - grad_steps
-        for i, t in enumerate(scheduler.timesteps):
-            with nullcontext() if i >= first_grad_step else torch.no_grad():
-                noise_pred = self.model_output(scheduler.scale_model_input(latents, t), t, cond, guidance_scale)
-                latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
-        return self.decode(latents)
+        return Rollout(latents, scheduler.timesteps, scheduler, pipe.prepare_extra_step_kwargs(generator, 0.0))
+
+    def predict(self, rollout, latents, i, cond, guidance_scale):
+        t = rollout.timesteps[i]
+        return self.model_output(rollout.scheduler.scale_model_input(latents, t), t, cond, guidance_scale)
 
 
 class SDBackbone(UNetBackbone):
