@@ -18,6 +18,12 @@ from PIL import Image
 from siso import OptimSettings, SimilaritySettings, SisoConfig
 
 
+@pytest.fixture(autouse=True)
+def _library_in_tmp(monkeypatch, tmp_path_factory):
+    """No test reads or writes the user's library of saved subjects (`siso.library.default_root`)."""
+    monkeypatch.setenv("SISO_LIBRARY", str(tmp_path_factory.getbasetemp() / "default-library"))
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     # Built once per session: building them all takes well under a second.

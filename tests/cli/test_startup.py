@@ -111,7 +111,12 @@ def test_the_command_runs_itself_again_on_tcmalloc_once_and_says_so():
 @needs_tcmalloc
 @pytest.mark.parametrize(
     ("env", "argv"),
-    [({TCMALLOC_ENV: "0"}, ["generate"]), ({"LD_PRELOAD": "libm.so.6"}, ["generate"]), ({}, ["generate", "--help"])],
+    [
+        ({TCMALLOC_ENV: "0"}, ["generate"]),
+        ({"LD_PRELOAD": "libm.so.6"}, ["generate"]),
+        ({}, ["generate", "--help"]),
+        ({}, ["subjects"]),
+    ],
 )
 def test_tcmalloc_is_not_preloaded_when_told_not_to_or_already_preloading(env, argv):
     base = {k: v for k, v in OFFLINE.items() if k not in ("LD_PRELOAD", TCMALLOC_ENV)}

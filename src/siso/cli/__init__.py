@@ -1,5 +1,6 @@
-"""The ``siso`` command line: one module per command (`generate`, `edit`, `refine`, `eval`, `bench`, `app`), each
-parsing its options and calling the library; bad input ends in one line (`siso.cli.errors`).
+"""The ``siso`` command line: one module per command (`generate`, `edit`, `refine`, `eval`, `bench`, `app`, and
+`library` for ``siso subjects``), each parsing its options and calling the library; bad input ends in one line
+(`siso.cli.errors`).
 
 `console` is the installed ``siso`` script: it sets up the process (`siso.cli.startup`: tcmalloc) and runs `main`,
 which a Python caller may call too. The command modules are imported inside `main`, after the start-up notices
@@ -16,12 +17,15 @@ import warnings
 
 from siso.cli import startup
 
-COMMANDS = ("generate", "edit", "refine", "eval", "bench", "app")
+COMMANDS = ("generate", "edit", "refine", "eval", "bench", "app", "subjects")
+# A command whose module has another name (`siso.cli.subjects` holds the per-subject options).
+MODULES = {"subjects": "library"}
 # What a command that writes no run folder says on Ctrl-C (generate and edit say what they kept themselves).
 INTERRUPTED = {
     "eval": "; finished items are kept, rerun the same command to resume",
     "app": " before the app started",  # (once serving, Gradio ends on Ctrl-C by itself)
     "bench": "; nothing of the benchmark is kept",
+    "subjects": "",
 }
 
 
@@ -29,7 +33,7 @@ def command_modules(argv: list[str]) -> dict:
     """Name -> module of the commands the parser needs: only the one ``argv`` runs (a command imports only what it
     uses), or all of them (``siso --help``, a typo)."""
     names = [argv[0]] if argv and argv[0] in COMMANDS else COMMANDS
-    return {name: importlib.import_module(f"siso.cli.{name}") for name in names}
+    return {name: importlib.import_module(f"siso.cli.{MODULES.get(name, name)}") for name in names}
 
 
 def build_parser(commands: dict | None = None) -> argparse.ArgumentParser:

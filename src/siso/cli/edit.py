@@ -7,6 +7,7 @@ import argparse
 from siso.backbones import check_can_edit, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
+from siso.cli.library import save_subject
 from siso.cli.options import add_shared_options, shared_settings
 from siso.cli.subjects import add_subject_option, checked_specs, given_region, load_subject_spec, subject_specs
 from siso.config import MAX_SUBJECTS, EditConfig
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         f"PSNR {metrics['inversion']['psnr']:.1f} dB; wrote {out.path / 'best.png'} and the run record"
     )
     print(f"siso: {cost(metrics)}")
+    # An edit's or refine's siso_subject.json names no photos: they are the command's.
+    save_subject(args, out.path / "lora", [photo for subject in subjects for photo in subject.record()["photos"]])
     return 0
 
 

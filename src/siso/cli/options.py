@@ -13,6 +13,7 @@ from pathlib import Path
 
 from siso.backbones import family
 from siso.backbones.quantize import check_quantize
+from siso.cli.library import add_save_options, check_save_options
 from siso.config import InversionSettings, IPAdapterSettings, SisoConfig, check_seed
 from siso.config.fields import Declared, declared
 from siso.devices import check_device
@@ -78,10 +79,15 @@ def add_setting_options(
 def add_shared_options(
     parser: argparse.ArgumentParser, without: Collection[str] = (), config: type[SisoConfig] = SisoConfig
 ) -> None:
-    """The options of ``generate``, ``edit`` and ``refine``: output, the settings of a ``config`` run
-    (`add_setting_options`, but those in ``without``), progress."""
+    """The options of ``generate``, ``edit`` and ``refine``: output, the library (`add_save_options`), the settings
+    of a ``config`` run (`add_setting_options`, but those in ``without``), progress."""
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing siso output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing siso output folder, and a saved subject of the --save-as name",
+    )
+    add_save_options(parser)
     add_setting_options(parser, without, config)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -171,8 +177,8 @@ COUNT_OPTIONS = (
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject an unusable --device or --out and bad numbers of any command before anything loads (each command's
-    own flags are checked by its module).
+    """Reject an unusable --device, --out or --save-as and bad numbers of any command before anything loads (each
+    command's own flags are checked by its module).
 
     The configs' own validation checks the ranges of what a run uses; this also covers options without a config
     field (--num-images, --limit) and those the chosen mode ignores (--lora ignores the optimization's).
@@ -184,6 +190,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_device(args.device)
     if getattr(args, "out", None) is not None:
         check_output_folder(args.out)
+    if hasattr(args, "save_as"):
+        check_save_options(args)
     if getattr(args, "quantize", None) is not None:
         check_quantize(args.quantize, args.device)
     ir_model = getattr(args, "ir_model", None)

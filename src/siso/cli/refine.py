@@ -8,6 +8,7 @@ import argparse
 from siso.backbones import check_can_edit, check_ip_adapter, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
 from siso.cli.generate import cost
+from siso.cli.library import save_subject
 from siso.cli.options import add_shared_options, shared_settings
 from siso.cli.subjects import add_subject_option, checked_specs, given_region, load_subject_spec, subject_specs
 from siso.config import MAX_SUBJECTS, IPAdapterSettings, RefineConfig
@@ -139,4 +140,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         gains = ", ".join(f"{name} {before[name]:.3f} -> {after[name]:.3f}" for name in before)
         print(f"siso: {term}: similarity to the subject's photos {gains} (check: a network the loss did not use)")
     print(f"siso: {cost(metrics)}")
+    # An edit's or refine's siso_subject.json names no photos: they are the command's.
+    save_subject(args, out.path / "lora", [photo for subject in subjects for photo in subject.record()["photos"]])
     return 0

@@ -70,6 +70,7 @@ def quiet_notices() -> None:
 TCMALLOC_ENV = "SISO_TCMALLOC"
 # Commands that run no model: not worth a second start.
 _LIGHT = ("-h", "--help")
+_LIGHT_COMMANDS = ("subjects",)  # commands that load no model
 
 
 def tcmalloc_library() -> str | None:
@@ -84,14 +85,14 @@ def use_tcmalloc(argv: list[str]) -> None:
 
     It applies on Linux when tcmalloc is installed (Debian and Ubuntu: ``libtcmalloc-minimal4``; Fedora:
     ``gperftools-libs``; Arch: ``gperftools``), ``LD_PRELOAD`` is empty (a preloaded allocator, or the second start,
-    stays as it is), ``SISO_TCMALLOC`` is not 0 and the command runs models (not ``--help``).
+    stays as it is), ``SISO_TCMALLOC`` is not 0 and the command runs models (not ``--help``, not ``siso subjects``).
 
     Args:
         argv: The command's arguments (after ``siso``).
     """
     if os.environ.get(TCMALLOC_ENV) == "0" or os.environ.get("LD_PRELOAD") or not argv:
         return
-    if any(arg in _LIGHT for arg in argv):
+    if argv[0] in _LIGHT_COMMANDS or any(arg in _LIGHT for arg in argv):
         return
     library = tcmalloc_library()
     if library is None:
