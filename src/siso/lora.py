@@ -227,6 +227,8 @@ def load_lora(backbone: Backbone, directory: str | Path, adapter: str = ADAPTER)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            # peft's note that a model carries several adapters: a caller loading a second one means to.
+            warnings.filterwarnings("ignore", "Already found a `peft_config` attribute")
             backbone.pipe.load_lora_weights(directory, adapter_name=adapter)
     except (RuntimeError, ValueError) as err:
         _take_off(backbone, adapter)

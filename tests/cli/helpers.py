@@ -19,8 +19,8 @@ def _generate_args(subject_path, tmp_path):
     return ["generate", "--subject", str(subject_path), "--prompt", "x", "--out", str(tmp_path / "o")]
 
 
-def _reuse_args(tmp_path):
-    return ["generate", "--lora", str(tmp_path / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")]
+def _reuse_args(tmp_path, lora=None):
+    return ["generate", "--lora", str(lora or tmp_path / "lora"), "--prompt", "x", "--out", str(tmp_path / "o")]
 
 
 def _eval_args(command, tmp_path):

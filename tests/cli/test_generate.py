@@ -320,17 +320,25 @@ def test_damaged_saved_subject(capsys, saved_subjects, tmp_path, file, damage, m
     assert not (tmp_path / "o").exists()
 
 
-def test_saved_subject_of_another_backbone(capsys, saved_subjects, model_dirs, tmp_path):
-    line = _error(
-        capsys, [*_reuse_args(tmp_path), "--lora", str(saved_subjects["sdxl"]), "--model", str(model_dirs["sd"])]
-    )
-    assert f"{saved_subjects['sdxl'] / WEIGHTS_FILE} does not fit this model (size mismatch" in line
+def test_saved_subject_of_another_family(capsys, saved_subjects, model_dirs, tmp_path):
+    line = _error(capsys, [*_reuse_args(tmp_path, saved_subjects["sdxl"]), "--model", str(model_dirs["sd"])])
+    assert f"{saved_subjects['sdxl']} was learned on {model_dirs['sdxl']} (SDXL family); " in line
+    assert f"{model_dirs['sd']} is of the SD family" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_saved_subject_that_does_not_fit(capsys, saved_subjects, model_dirs, tmp_path):
+    # A subject whose record names a model of the right family still fails when its weights meet the model.
+    lora = shutil.copytree(saved_subjects["sdxl"], tmp_path / "lora")
+    (lora / SUBJECT_FILE).write_text(json.dumps({"model": str(model_dirs["sd"])}))
+    line = _error(capsys, _reuse_args(tmp_path))
+    assert f"{lora / WEIGHTS_FILE} does not fit this model (size mismatch" in line
     assert "it was learned on another model" in line
     assert not (tmp_path / "o").exists()
 
 
 def test_saved_subject_still_reloads(capsys, saved_subjects, tmp_path):
-    assert main([*_reuse_args(tmp_path), "--lora", str(saved_subjects["sd"]), "--quiet"]) == 0
+    assert main([*_reuse_args(tmp_path, saved_subjects["sd"]), "--quiet"]) == 0
 
 
 def test_backbone_family_defaults_apply_and_flags_override(monkeypatch, base_args, tmp_path):

@@ -33,6 +33,10 @@ GENERATE_OWN = {
     "detector",
     "out",
     "overwrite",
+    "save_as",
+    "library",
+    "polish",
+    "blend_edge",
     "device",
     "quiet",
 }

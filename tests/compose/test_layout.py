@@ -25,7 +25,7 @@ def test_each_subject_takes_the_best_box_of_its_class_not_taken():
         Subject(photo, "cat", Box(0.4, 0, 0.6, 1)),
         Subject(photo),
     ]
-    placements, notes = plan_layout(subjects, ["dog", "dog", "cat", "bird"], image, detector)
+    placements, notes = plan_layout([s.box for s in subjects], ["dog", "dog", "cat", "bird"], image, detector)
     assert [p.source for p in placements] == ["detected", "detected", "given", "default slot"]
     assert placements[0].box == Box(0, 0, 0.4, 1)
     assert placements[1].box == Box(0.6, 0, 1, 1)  # the second best overlaps the first dog: the same dog

@@ -16,7 +16,7 @@ JOB = GenerationJob(["a dog"], [0])
 
 def test_a_run_says_what_it_needs(subject, tmp_path):
     out = RunFolder(tmp_path / "run")
-    with pytest.raises(ValueError, match="kind is one of learn, edit, refine, reuse, got 'paint'"):
+    with pytest.raises(ValueError, match="kind is one of learn, edit, refine, reuse, compose, got 'paint'"):
         RunSpec("paint", SisoConfig(), out, [Subject(subject)])
     with pytest.raises(ValueError, match="at least one subject"):
         RunSpec("learn", SisoConfig(), out)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from siso.backbones import BACKBONES, check_ip_adapter, config_for
 from siso.cli.errors import EXIT_INTERRUPTED, interruptible
+from siso.cli.library import save_subject
 from siso.cli.options import add_shared_options, shared_settings
 from siso.cli.subjects import add_subject_option, load_subject_spec, subject_specs
 from siso.compose import Box
+from siso.compose.regional import EDGE
+from siso.compose.saved import SavedSubject, is_composed, read_saved
 from siso.config import MAX_SUBJECTS, SisoConfig
-from siso.lora import check_lora_file, read_subject_info
+from siso.library import Library, check_family
+from siso.lora import read_subject_info
 from siso.losses.tiny_vae import tiny_vae_name
 from siso.runs.folder import RunFolder
 from siso.runs.jobs import GenerationJob
@@ -50,7 +55,29 @@ def add_parser(sub) -> None:
         "four are at most 1 (0.5,0,1,1: the right half); several subjects without boxes are placed where the "
         "frozen model draws them",
     )
-    gen.add_argument("--lora", metavar="DIR", help="a saved subject: the lora/ folder of an earlier run")
+    add_subject_option(
+        gen,
+        "--lora",
+        metavar="NAME|DIR",
+        help="a saved subject: a name in the library (--save-as NAME kept it) or the lora/ folder of an earlier run; "
+        "repeat, each followed by its own --box, to compose saved subjects in one image with no new learning "
+        "(several without boxes are placed where the bare model draws their classes)",
+    )
+    gen.set_defaults(lora=None)
+    gen.add_argument(
+        "--polish",
+        type=int,
+        metavar="N",
+        help="after composing saved subjects (--lora ... --box ...), up to N iterations of the composed loss that "
+        "correct every subject's LoRA in its own region (needs the subjects' photos: library subjects keep them)",
+    )
+    gen.add_argument(
+        "--blend-edge",
+        type=float,
+        default=EDGE,
+        metavar="PX",
+        help=f"composing saved subjects: the width in pixels of the soft edge of each region ({EDGE:g}; 0: hard)",
+    )
     gen.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="prompt to generate; repeat")
     gen.add_argument(
         "--train-prompt",
@@ -87,15 +114,23 @@ def check(args: argparse.Namespace) -> None:
     """
     if args.lora and (args.fast or args.tiny_vae or args.negative):
         raise ValueError(
-            "--fast, --tiny-vae and --negative are for learning a subject (--subject); with --lora nothing is optimized"
+            "--fast, --tiny-vae and --negative are for learning a subject (--subject); with --lora nothing is "
+            "optimized (a --polish takes none of them)"
         )
     specs = subject_specs(args)
-    if bool(specs) == bool(args.lora):
-        raise ValueError("give the subject: --subject PHOTO (to learn it) or --lora DIR (a saved one), not both")
-    if args.lora and args.subject_options:
-        raise ValueError("--subject-class and --box are for learning subjects (--subject); with --lora pass none")
+    if bool([s for s in specs if "photo" in s]) == bool(args.lora):
+        raise ValueError("give the subject: --subject PHOTO (to learn it) or --lora NAME|DIR (a saved one), not both")
     if args.lora and (args.ip_adapter or args.ip_adapter_scale is not None):
         raise ValueError("--ip-adapter and --ip-adapter-scale are for learning a subject; a saved one brings its own")
+    if args.polish is not None:
+        if not args.lora:
+            raise ValueError("--polish is for composing saved subjects (--lora); learning (--subject) optimizes anyway")
+        if args.polish < 0:
+            raise ValueError(f"--polish must be >= 0, got {args.polish}")
+    if args.blend_edge < 0:
+        raise ValueError(f"--blend-edge must be >= 0 pixels, got {args.blend_edge:g}")
+    if args.lora and len({"box" in spec for spec in specs}) > 1:
+        raise ValueError("give every --lora a --box, or none (then each goes where the bare model draws its class)")
     side = args.resolution or (BACKBONES[args.model][2] if args.model in BACKBONES else None)
     for spec in specs:
         if "box" in spec:
@@ -111,11 +146,14 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``siso generate``: translate the flags into a run (`siso.runs.spec.RunSpec`) and run it; returns the exit
     code."""
-    if args.lora:
-        check_lora_file(args.lora)  # a damaged subject is the error to report, whatever the model
-        model = args.model or read_subject_info(args.lora).get("model")
+    saved = saved_subjects(args) if args.lora else []
+    lora = saved[0].folder if len(saved) == 1 and saved[0].box is None and args.polish is None else None
+    if saved:
+        model = args.model or read_subject_info(args.lora_folders[0]).get("model")
         if model is None:
-            raise ValueError(f"{args.lora} does not say which model it was learned on; pass --model")
+            raise ValueError(f"{args.lora_folders[0]} does not say which model it was learned on; pass --model")
+        for folder in args.lora_folders:
+            check_family(folder, model)
     else:
         model = args.model or "sdxl-turbo"
     # The run's settings, merged once: the family's defaults, then the flags given.
@@ -136,9 +174,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         num_inference_steps=optim.num_inference_steps if args.steps is None else args.steps,
         guidance_scale=optim.guidance_scale,
     )
-    if args.lora:
+    if lora:
         out = RunFolder(args.out, args.overwrite)
-        spec = RunSpec("reuse", config, out, job=job, lora=args.lora, command=argv)
+        spec = RunSpec("reuse", config, out, job=job, lora=lora, command=argv)
+    elif saved:
+        out = RunFolder(args.out, args.overwrite)
+        spec = RunSpec(
+            "compose",
+            config,
+            out,
+            job=job,
+            saved=saved,
+            polish=args.polish or 0,
+            edge=args.blend_edge,
+            command=argv,
+            detector=args.detector,
+        )
     else:
         if config.fast.enabled:
             tiny_vae_name(config.fast, model)  # a family without a tiny VAE is refused before anything loads
@@ -148,7 +199,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         ]
         out = RunFolder(args.out, args.overwrite)
         spec = RunSpec("learn", config, out, subjects, job, command=argv, detector=args.detector)
-    notify = None if args.lora else lambda line: print(f"siso: {line}")
+    notify = None if lora else lambda line: print(f"siso: {line}")
 
     def work():
         return run_spec(spec, progress=not args.quiet, notify=notify)
@@ -160,7 +211,37 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"siso: stopped ({metrics['stop_reason']}), best image at iteration {metrics['best_iteration']}")
         print(f"siso: {cost(metrics)}")
     print(f"siso: wrote {len(metrics['images'])} image(s) and the run record to {out.path}")
+    save_subject(args, lora or out.path / "lora")
     return 0
+
+
+def saved_subjects(args: argparse.Namespace) -> list[SavedSubject]:
+    """The saved subjects of ``--lora`` (library names or folders; a composed folder gives each of its subjects, with
+    their boxes), each with its ``--box`` and ``--subject-class``; their folders go to ``args.lora_folders``. Read and
+    checked without loading any model.
+
+    Raises:
+        LibraryError: a name that is neither a folder nor in the library.
+        FileNotFoundError, LoraError: a subject folder without weights, or damaged.
+        ValueError: a composed folder with other --lora's or a --box.
+    """
+    library = Library(args.library)
+    specs = subject_specs(args)
+    args.lora_folders = [library.resolve(spec["lora"]) for spec in specs]
+    saved = []
+    for spec, folder in zip(specs, args.lora_folders, strict=True):
+        if is_composed(folder) and len(specs) > 1:
+            raise ValueError(f"{spec['lora']} is a composition of saved subjects: draw it alone (one --lora)")
+        name = (
+            spec["lora"]
+            if not Path(spec["lora"]).is_dir()
+            else (folder.parent if folder.name == "lora" else folder).name
+        )
+        for subject in read_saved(folder, name, Box.parse(spec["box"]) if "box" in spec else None):
+            if "class" in spec:
+                subject.info = {**subject.info, "class": spec["class"]}
+            saved.append(subject)
+    return saved
 
 
 def cost(metrics: dict) -> str:

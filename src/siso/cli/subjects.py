@@ -1,5 +1,6 @@
-"""Per-subject options: ``--subject PHOTO`` starts a subject, and its class, box or region (``--subject-class``,
-``--box``, ``--mask``) follow it. Options given before the first ``--subject`` belong to the first."""
+"""Per-subject options: ``--subject PHOTO`` (or, for ``generate``, a saved subject ``--lora NAME|DIR``) starts a
+subject, and its class, box or region (``--subject-class``, ``--box``, ``--mask``) follow it. Options given before the
+first subject belong to the first."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ from siso.images import load_photos
 from siso.vision.masks import box_mask, load_mask
 
 # Option dest -> the key of a subject's spec.
-SUBJECT_KEYS = {"subject": "photo", "subject_class": "class", "box": "box", "mask": "mask"}
+SUBJECT_KEYS = {"subject": "photo", "lora": "lora", "subject_class": "class", "box": "box", "mask": "mask"}
+STARTS = ("photo", "lora")  # the keys that start a subject
 
 
 class SubjectOption(argparse.Action):
-    """Records (key, value) in command-line order under ``subject_options``; `subject_specs` groups them."""
+    """Records (key, value) in command-line order under ``subject_options``; `subject_specs` groups them. A saved
+    subject's values are also kept in order under ``lora`` (``None``: none given)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         recorded = list(getattr(namespace, "subject_options", None) or [])  # a copy: never the shared default
         recorded.append((SUBJECT_KEYS[self.dest], option_string, values))
         namespace.subject_options = recorded
+        if self.dest == "lora":
+            namespace.lora = [*(namespace.lora or []), values]
 
 
 def add_subject_option(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
@@ -32,8 +37,8 @@ def add_subject_option(parser: argparse.ArgumentParser, *flags: str, **kwargs) -
 
 
 def subject_specs(args: argparse.Namespace) -> list[dict]:
-    """The subjects of the command line: one dict per ``--subject`` with ``photo`` and any of ``class``, ``box``,
-    ``mask`` (strings as given).
+    """The subjects of the command line: one dict per ``--subject`` (or ``--lora``) with ``photo`` (or ``lora``) and any
+    of ``class``, ``box``, ``mask`` (strings as given).
 
     Raises:
         ValueError: an option given twice for one subject (more boxes or classes than subjects), options but no
@@ -42,13 +47,13 @@ def subject_specs(args: argparse.Namespace) -> list[dict]:
     specs: list[dict] = []
     before: list[tuple[str, str, str]] = []
     for key, flag, value in args.subject_options:
-        if key == "photo":
+        if key in STARTS:
             specs.append({})
         target = specs[-1] if specs else None
         if target is None:
             before.append((key, flag, value))
             continue
-        if key == "photo" and len(specs) == 1:
+        if key in STARTS and len(specs) == 1:
             specs[0].update({k: v for k, _, v in before})  # --box B --subject S: the box is S's
         if key in target:
             raise ValueError(

@@ -55,13 +55,13 @@ def name_subjects(subjects: Sequence[Subject], detector: SubjectCropper) -> list
 
 
 def plan_layout(
-    subjects: Sequence[Subject], classes: Sequence[str], image: Image.Image, detector: SubjectCropper | None
+    boxes: Sequence[Box | None], classes: Sequence[str], image: Image.Image, detector: SubjectCropper | None
 ) -> tuple[list[Placement], list[str]]:
     """A box for every subject: its own, else the best box of its class in ``image`` that no earlier subject took,
     else its default slot.
 
     Args:
-        subjects: The subjects (those with a box keep it).
+        boxes: Each subject's box where given (those keep it), else ``None``.
         classes: Each subject's class.
         image: The frozen model's first image.
         detector: Grounding DINO; ``None`` only when every subject has a box.
@@ -70,12 +70,12 @@ def plan_layout(
         The placements, and one line per subject put in its default slot.
     """
     width, height = image.size
-    slots = default_slots(len(subjects))
-    taken = [s.box.pixels(width, height) for s in subjects if s.box is not None]
+    slots = default_slots(len(boxes))
+    taken = [box.pixels(width, height) for box in boxes if box is not None]
     placements, notes = [], []
-    for k, (subject, name) in enumerate(zip(subjects, classes, strict=True)):
-        if subject.box is not None:
-            placements.append(Placement(subject.box, "given"))
+    for k, (given, name) in enumerate(zip(boxes, classes, strict=True)):
+        if given is not None:
+            placements.append(Placement(given, "given"))
             continue
         found = [
             box
@@ -128,5 +128,5 @@ def place_subjects(
         return [Placement(s.box, "given") if s.box is not None else None for s in subjects], classes, []
     cropper = SubjectCropper(detector, backbone.device, box_threshold)
     classes = name_subjects(subjects, cropper)
-    placements, notes = plan_layout(subjects, classes, first_image(backbone, config), cropper)
+    placements, notes = plan_layout([s.box for s in subjects], classes, first_image(backbone, config), cropper)
     return placements, classes, notes

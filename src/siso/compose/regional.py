@@ -26,13 +26,13 @@ only through the latents of its own region.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
+from siso.adapters import AdapterSwitch
 from siso.backbones import Backbone
 from siso.compose.boxes import Box, BoxError
 from siso.images import tensor_to_pil
@@ -80,33 +80,6 @@ def region_weights(boxes: Sequence[Box], resolution: int, side: int, edge: float
     weights = torch.stack(weights)
     total = weights.sum(0)
     return torch.where(total > 1, weights / total, weights).float()
-
-
-class AdapterSwitch:
-    """Turns the LoRA adapters of some modules on and off together, one adapter or none at a time.
-
-    The peft layers' own active-adapter and disabled flags are set directly and put back after the block: peft's
-    ``set_adapter`` would also change which adapter weights require gradients, which a polish (all subjects' adapters
-    trainable at once) must keep.
-    """
-
-    def __init__(self, modules: Sequence[torch.nn.Module]):
-        self.layers = [layer for m in modules for layer in m.modules() if isinstance(layer, BaseTunerLayer)]
-
-    @contextmanager
-    def only(self, adapter: str | None) -> Iterator[None]:
-        """Inside the block only ``adapter`` is active (``None``: no adapter, the bare model)."""
-        saved = [(layer._active_adapter, layer._disable_adapters) for layer in self.layers]
-        for layer in self.layers:
-            if adapter is None:
-                layer._disable_adapters = True
-            else:
-                layer._active_adapter, layer._disable_adapters = [adapter], False
-        try:
-            yield
-        finally:
-            for layer, (active, disabled) in zip(self.layers, saved, strict=True):
-                layer._active_adapter, layer._disable_adapters = active, disabled
 
 
 class RegionalSampler:

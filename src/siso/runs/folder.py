@@ -143,11 +143,21 @@ class RunFolder:
         for future in pending:
             future.result()
 
-    def save_optimization(self, result: SisoResult, backbone: Backbone, subject_info: dict) -> None:
-        """Write the best image, the subject (the backbone's LoRA), the contact sheet and the loss plot."""
+    def save_optimization(
+        self,
+        result: SisoResult,
+        backbone: Backbone,
+        subject_info: dict,
+        save_subject: Callable[[Path], object] | None = None,
+    ) -> None:
+        """Write the best image, the subject (the backbone's LoRA, with ``subject_info`` in its record; or what
+        ``save_subject(folder)`` writes, a composition's), the contact sheet and the loss plot."""
         self.wait_for_frames()
         self.save_image("best.png", result.best_image)
-        save_lora(backbone, self.path / "lora", **subject_info)
+        if save_subject is None:
+            save_lora(backbone, self.path / "lora", **subject_info)
+        else:
+            save_subject(self.path / "lora")
         frames = sorted((self.path / "iterations").glob("*.png"))
         if frames:
             images = []
@@ -162,13 +172,21 @@ class RunFolder:
             "loss.png", loss_plot({k: [h[k] for h in result.history] for k in terms}, result.best_iteration)
         )
 
-    def generate_images(self, backbone: Backbone, job: GenerationJob, progress: bool = True) -> list[dict]:
-        """Make every prompt x seed image into ``images/``; returns one record per image."""
+    def generate_images(
+        self,
+        backbone: Backbone,
+        job: GenerationJob,
+        progress: bool = True,
+        draw: Callable[[str, int, int, float], Image.Image] | None = None,
+    ) -> list[dict]:
+        """Make every prompt x seed image into ``images/`` with ``draw(prompt, seed, steps, guidance)`` (default: the
+        backbone's `generate`); returns one record per image."""
+        draw = draw or backbone.generate
         (self.path / "images").mkdir(exist_ok=True)
         records = []
         pairs = [(i, p, s) for i, p in enumerate(job.prompts) for s in job.seeds]
         for index, prompt, seed in tqdm(pairs, desc="images", unit="img", disable=not progress or len(pairs) < 2):
-            image = backbone.generate(prompt, seed, job.num_inference_steps, job.guidance_scale)
+            image = draw(prompt, seed, job.num_inference_steps, job.guidance_scale)
             name = f"images/{index:02d}-{_slug(prompt)}-seed{seed}.png"
             self.save_image(name, image)
             records.append({"file": name, "prompt": prompt, "seed": seed})

@@ -16,6 +16,7 @@ from siso.lora import check_lora_file, load_saved_subject, read_subject_info, sa
 from siso.losses import describe_ir
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
 from siso.optimize import IterationCallback, optimize_generation
+from siso.runs.compose import compose
 from siso.runs.folder import versions
 from siso.runs.jobs import resolve_edit, resolve_edit_subjects
 from siso.runs.memory import PeakMemory
@@ -64,7 +65,7 @@ def run(
     """
     if spec.out is None:
         raise ValueError("a run writes its run folder: give the RunSpec an out")
-    kinds = {"learn": _learn, "edit": _edit, "refine": refine, "reuse": _reuse}
+    kinds = {"learn": _learn, "edit": _edit, "refine": refine, "reuse": _reuse, "compose": compose}
     return kinds[spec.kind](spec, models or Models(), progress, callback, notify or print)
 
 

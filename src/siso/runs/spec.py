@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siso.compose import Subject, check_subjects
+from siso.compose.regional import EDGE
+from siso.compose.saved import SavedSubject
 from siso.config import EditConfig, RefineConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.runs.folder import RunFolder
@@ -18,8 +20,9 @@ from siso.vision.grounding import DEFAULT_DETECTOR
 # learn: optimize the subjects (each in its box, if given), save them, then draw the job's prompts with them;
 # edit: put the subjects into the job's photo (ReNoise inversion, background term); reuse: draw the job's prompts
 # with a saved subject, nothing optimized; refine: give an image that shows the subjects their identity (an edit of
-# each subject's own region, `siso.runs.refine`).
-RUN_KINDS = ("learn", "edit", "refine", "reuse")
+# each subject's own region, `siso.runs.refine`); compose: draw the job's prompts with several saved subjects, each in
+# its region, and optionally polish them together (`siso.runs.compose`).
+RUN_KINDS = ("learn", "edit", "refine", "reuse", "compose")
 
 
 @dataclass
@@ -44,6 +47,9 @@ class RunSpec:
         paths: edit and refine: the files the run read (``image``, ``mask``, ``subject``), for config.json.
         detector: Grounding DINO, to place several subjects without boxes and to name a subject's class when the
             generic negative needs it.
+        saved: compose: the saved subjects (`siso.compose.saved.read_saved`), each with its box or none.
+        polish: compose: iterations of the composed loss after composing (0: none).
+        edge: compose: the regions' soft edge in image pixels (`siso.compose.regional.EDGE`; 0: hard).
 
     Raises:
         ValueError: an unknown kind, a kind without what it needs (subjects, a job of the right type, a saved
@@ -59,12 +65,20 @@ class RunSpec:
     command: list[str] | None = None
     paths: dict | None = None
     detector: str = DEFAULT_DETECTOR
+    saved: Sequence[SavedSubject] = field(default_factory=list)
+    polish: int = 0
+    edge: float = EDGE
 
     def __post_init__(self):
         if self.kind not in RUN_KINDS:
             raise ValueError(f"a run's kind is one of {', '.join(RUN_KINDS)}, got {self.kind!r}")
         self.subjects = list(self.subjects)
-        if self.kind == "reuse":
+        if self.kind == "compose":
+            if not self.saved or not isinstance(self.job, GenerationJob) or self.subjects:
+                raise ValueError("a compose run takes saved subjects and a GenerationJob, and no subjects to learn")
+            if isinstance(self.polish, bool) or not isinstance(self.polish, int) or self.polish < 0:
+                raise ValueError(f"polish is a whole number of iterations >= 0, got {self.polish!r}")
+        elif self.kind == "reuse":
             if self.lora is None or not isinstance(self.job, GenerationJob) or self.subjects:
                 raise ValueError("a reuse run takes a saved subject (lora) and a GenerationJob, and no subjects")
             self.lora = Path(self.lora)
