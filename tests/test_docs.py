@@ -24,7 +24,7 @@ PAGES = sorted((ROOT / "docs").glob("*.md"))
 RUNNABLE = "<!-- runnable -->"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # Backbone names in the examples -> the tiny model (conftest's `model_dirs` key) of the same family.
-TINY_BACKBONES = {"sd-turbo": "sd", "sdxl-turbo": "sdxl"}
+TINY_BACKBONES = {"sd-turbo": "sd", "sdxl-turbo": "sdxl", "stabilityai/sd-turbo": "sd"}
 PHOTOS = {"my_dog.jpg": (96, 72), "my_dog_2.jpg": (72, 96), "dog.jpg": (64, 64), "cat.jpg": (80, 64)}
 
 

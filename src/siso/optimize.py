@@ -15,10 +15,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from siso.accel import accelerated, eager
+from siso.adapters import stack_lora
 from siso.backbones import Backbone
 from siso.config import SisoConfig
 from siso.images import tensor_to_pil
-from siso.lora import LoraSnapshot, add_lora, restore, snapshot, trainable
+from siso.lora import ADAPTER, LoraSnapshot, restore, snapshot, trainable
 from siso.losses import SimilarityLoss
 from siso.losses.networks import LossNetworks
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
@@ -169,15 +170,18 @@ def optimize_generation(
     callback: IterationCallback | None = None,
     progress: bool = True,
     loss_vae: torch.nn.Module | None = None,
+    adapter: str = ADAPTER,
 ) -> SisoResult:
     """The SISO loop on images generated from fixed noise (`generation_render`), scored by ``objective``: one subject's
     `SimilarityLoss` (`optimize_subject`) or several subjects' `siso.losses.CompositionLoss`.
 
-    Args and returns as `optimize_subject`'s; ``loss_vae`` is loaded when ``config.fast.enabled`` and it is omitted.
+    Args and returns as `optimize_subject`'s; ``loss_vae`` is loaded when ``config.fast.enabled`` and it is omitted;
+    ``adapter`` as `optimize_lora`'s.
     """
     if config.fast.enabled and loss_vae is None:
         loss_vae = load_tiny_vae(tiny_vae_name(config.fast, type(backbone)), backbone)
-    return optimize_lora(backbone, generation_render(backbone, config), objective, config, callback, progress, loss_vae)
+    render = generation_render(backbone, config)
+    return optimize_lora(backbone, render, objective, config, callback, progress, loss_vae, adapter)
 
 
 def optimize_lora(
@@ -188,6 +192,8 @@ def optimize_lora(
     callback: IterationCallback | None = None,
     progress: bool = True,
     loss_vae: torch.nn.Module | None = None,
+    adapter: str = ADAPTER,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> SisoResult:
     """The SISO loop, for any task: add LoRA, then per iteration render, score, and take one AdamW step.
 
@@ -197,7 +203,8 @@ def optimize_lora(
     `siso.accel.accelerated` (``config.accel``: how they run, never what they compute).
 
     Args:
-        backbone: A frozen backbone without LoRA.
+        backbone: A frozen backbone without an adapter named ``adapter``. Adapters it carries under other names stay
+            frozen, and those active stay active beside the new one (`stack_lora`).
         render: Text conditioning -> image with gradients (the conditioning is encoded once, or every iteration when
             the text encoders carry LoRA).
         objective: Image -> loss terms with the total under ``"loss"``, and the networks it runs (`Objective`).
@@ -207,14 +214,19 @@ def optimize_lora(
         progress: Show a tqdm bar.
         loss_vae: Decode with this VAE while optimizing (the fast loss's tiny decoder, `siso.losses.tiny_vae`); the
             best image is then rendered again through the backbone's own VAE.
+        adapter: The name of the LoRA adapter learned (peft's and diffusers' adapter name).
+        modules: Pipeline component name -> module, whose trainable parameters are LoRA weights it carries already
+            (a polish of saved subjects, `siso.runs.compose`, makes their adapters trainable); they are optimized
+            instead of a new adapter. ``None``: add the adapter ``adapter`` (``config.lora``).
 
     Returns:
         As `optimize_subject`.
     """
     opt = config.optim
-    with torch.random.fork_rng():
-        torch.manual_seed(opt.seed)  # peft draws the LoRA A matrices from the global generator: seed them too
-        modules = add_lora(backbone, config.lora)
+    if modules is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(opt.seed)  # peft draws the LoRA A matrices from the global generator: seed them too
+            modules = stack_lora(backbone, config.lora, adapter)
     lora = config.lora
     text_encoder = {
         "lr": opt.lr if lora.text_encoder_lr is None else lora.text_encoder_lr,
