@@ -174,10 +174,18 @@ def test_scores_with_known_answers(dreambench, eval_models, tmp_path):
     for item, orders in zip(items, [*cases.values(), [[0, 1]]], strict=True):
         _generated([item], generated, orders)
     rows = score(items, generated, tmp_path / "scores", ["dino", "clip_i", "clip_t"], eval_models, progress=False)
-    assert [r["metric"] for r in rows] == ["dino", "dino_min", "clip_i", "clip_i_min", "clip_t", "success"]
+    assert [r["metric"] for r in rows] == [
+        *("dino", "dino_min", "clip_i", "clip_i_min", "clip_t", "success", "leakage"),
+    ]
     records = {r["item"].split("/")[1]: r for r in read_records(tmp_path / "scores" / ITEMS_FILE)}
     # success: the share of an item's images where every box looks most like its own subject.
     assert [records[case]["metrics"]["success"] for case in cases] == [1.0, 0.0, 0.0, 0.5]
+    # leakage: none where each box is its own subject's photo; where a box shows the other subject, that box looks
+    # like it more than its own subject's photo does (swapped: both boxes; A twice: B's box only, so half as much).
+    leakage = {case: records[case]["metrics"]["leakage"] for case in cases}
+    assert leakage["right"] == pytest.approx(0.0, abs=1e-5) and leakage["swapped"] > 0.01
+    assert leakage["a twice"] == pytest.approx(leakage["swapped"] / 2, abs=1e-5)
+    assert leakage["half"] == pytest.approx(leakage["swapped"] / 2, abs=1e-5)
     right = records["right"]
     assert right["subject"] == "teapot+vase" and right["success_metric"] == "dino"
     assert right["boxes"] == [[[4, 40, 96, 180], [104, 40, 196, 180]]]
@@ -205,7 +213,7 @@ def test_location_accuracy_with_a_stand_in_detector(dreambench, eval_models, tmp
     models = {"dino": eval_models["dino"]}
     score(items, generated, tmp_path / "plain", ["dino"], models, progress=False)
     rows = score(items, generated, tmp_path / "located", ["dino"], models, progress=False, crop=detector)
-    assert [r["metric"] for r in rows] == ["dino", "dino_min", "success", "iou", "iou_min"]
+    assert [r["metric"] for r in rows] == ["dino", "dino_min", "success", "leakage", "iou", "iou_min"]
     plain, located = (read_records(tmp_path / d / ITEMS_FILE) for d in ("plain", "located"))
     for a, b in zip(plain, located, strict=True):
         assert "detected_boxes" not in a

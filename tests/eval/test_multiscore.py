@@ -15,6 +15,7 @@ def test_match_detections_gives_each_box_to_one_subject():
         "dino_min",
         "clip_t",
         "success",
+        "leakage",
         "iou",
         "iou_min",
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from siso.backbones import check_can_edit, config_for
+from siso.cli import eval_saved
 from siso.cli.options import add_setting_options, declared_settings, dest, shared_settings
 from siso.config import EditConfig, RefineConfig, SisoConfig
 from siso.eval.edit import edit_suite
@@ -160,6 +161,7 @@ def add_parser(sub) -> None:
         help="dreambench-refine: all: refine every image whole (default: the region of the item's class, detected "
         "with --detector and --segmenter)",
     )
+    eval_saved.add_options(ru)
     add_setting_options(ru, without=("device",))  # --device is the scoring's too (above)
     others = [field.name for field in dataclasses.fields(RefineConfig) if field.name not in REFINE_GROUPS]
     add_setting_options(ru, without=[*others, "refine.start"], config=RefineConfig)
@@ -190,6 +192,8 @@ def run(args: argparse.Namespace) -> str:
     items = SUITES[REFINE_SUITES.get(args.suite, args.suite)](args.data, args.unique_token)[: args.limit]
     if args.suite in REFINE_SUITES:
         return _refine(args, items, config, names, models)
+    if args.eval_command == "run" and args.from_saved:
+        return eval_saved.run(args, items, config, names, models)
     scores = Path(args.out)
     generated = args.generated if args.eval_command == "score" else None
     optimizations = None  # the LoRAs behind the images: eval run's own
@@ -276,6 +280,7 @@ def run_config(args: argparse.Namespace) -> SisoConfig:
         ValueError: a flag the suite does not take, or a value the settings refuse.
     """
     editing, refining = args.suite in EDITING_SUITES, args.suite in REFINE_SUITES
+    eval_saved.check(args)
     given = [field.declaration.flag for field in REFINE_ONLY if getattr(args, dest(field)) is not None]
     if not refining:
         for flag, value in (("--from", args.from_dir), ("--region", args.region)):

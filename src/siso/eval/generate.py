@@ -27,11 +27,13 @@ Layout under ``OUT``: ``config.json`` (the settings of the latest invocation), `
 ``seed + k``) and ``subjects/<unit>/``, the unit's run folder (`siso.runs.folder.RunFolder`): ``lora`` (the learned
 LoRA, reused when present; its ``siso_subject.json`` lists the photos it was learned from), ``metrics.json`` (loss
 history with each iteration's seconds, stop reason), ``best.png``, ``negatives/<term>-<k>.png`` (the generic
-negatives it used), and the run's own ``config.json``, ``iterations/``, ``iterations.png`` and ``loss.png``. A unit
-is learned into a hidden folder beside its own (``.<name>.partial``) that replaces it only when the run completes
-(`siso.io.atomic_folder`): an interrupted unit is removed, so no LoRA that looks learned is left half done, and a
-rerun learns it again. Finished images and saved LoRAs are skipped on a rerun; images are written to a temporary
-name and renamed, so a crash never leaves a half-written PNG that looks done.
+negatives it used), the run's own ``config.json``, ``iterations/``, ``iterations.png`` and ``loss.png``, and
+``drawing.json`` (``seconds_per_image``: the wall time of drawing the unit's images with its LoRA, per image, as the
+latest invocation that drew some measured it). A unit is learned into a hidden folder beside its own
+(``.<name>.partial``) that replaces it only when the run completes (`siso.io.atomic_folder`): an interrupted unit is
+removed, so no LoRA that looks learned is left half done, and a rerun learns it again. Finished images and saved
+LoRAs are skipped on a rerun; images are written to a temporary name and renamed, so a crash never leaves a
+half-written PNG that looks done.
 
 The pieces both halves of ``eval run`` share (`process_share`, `suite_device`) live here; the editing half is
 `siso.eval.edit`.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,7 @@ from siso.runs.run import run
 from siso.runs.spec import RunSpec
 
 PROTOCOLS = ("two-stage", "per-prompt")
+DRAWING_FILE = "drawing.json"  # a unit's seconds per image drawn, as its latest drawing measured them
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ def generate_suite(
     protocol: str | None = None,
     progress: bool = True,
     all_photos: bool = False,
+    models: Models | None = None,
 ) -> Path:
     """Generate ``num_images`` images per item with siso into ``out/generated``; returns that folder.
 
@@ -155,6 +160,8 @@ def generate_suite(
         protocol: ``two-stage`` or ``per-prompt``; ``None``: per-prompt for multi-subject items, else two-stage.
         progress: Show progress bars (main process only).
         all_photos: Learn each subject from every photo of its folder (``references``), not only its first.
+        models: The models to run on, kept for what runs after (``eval run --from-saved``); ``None``: the suite's
+            own, loaded at the first unit that needs them.
 
     Raises:
         ValueError: ``num_images`` < 1; an IP-Adapter for multi-subject items or a family that takes none (before
@@ -190,7 +197,7 @@ def generate_suite(
         if (out / "subjects" / unit.name / "lora" / WEIGHTS_FILE).is_file():
             check_lora_file(out / "subjects" / unit.name / "lora")
     # The suite's models, loaded at the first unit that needs them (a fully resumed run loads nothing).
-    models, device_config = Models(), dataclasses.replace(config, device=suite_device(config))
+    models, device_config = models or Models(), dataclasses.replace(config, device=suite_device(config))
     for unit in process_share(pending, "subjects", progress):
         if models.loaded is not None and models.loaded.ip_adapter is not None:
             # The adapter's image is the last subject's, and the encoder that would embed another's is gone.
@@ -206,9 +213,11 @@ def generate_suite(
             # that looks learned, and a rerun learns the unit again.
             with atomic_folder(folder) as partial:
                 run(RunSpec("learn", unit_config, RunFolder(partial, frames=False), subjects), models, progress=False)
-        for item, seed, path in todo(unit):
+        drawn, start = todo(unit), time.perf_counter()
+        for item, seed, path in drawn:
             image = backbone.generate(item.prompt, seed, steps, config.optim.guidance_scale)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(image, path)
+        write_json(folder / DRAWING_FILE, {"seconds_per_image": (time.perf_counter() - start) / len(drawn)})
         backbone.pipe.unload_lora_weights()
     return generated

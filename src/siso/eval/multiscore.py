@@ -1,14 +1,20 @@
 """Scoring a multi-subject item (`siso.eval.multi.MultiItem`): identity per subject on its box, whether every box
-looks most like its own subject, and, with a detector, where each subject was found.
+looks most like its own subject and how much the others leak into it, and, with a detector, where each subject was
+found.
 
 Per item and identity metric ``m`` (``dino``, ``clip_i``, ...), in the record's ``metrics``:
 
 - ``m/<subject>``: the metric's usual protocol (mean cosine, every image x every real photo of the subject) on the
   crop of the subject's box, the box in whole pixels of each generated image (`siso.compose.Box.pixels`);
 - ``m`` and ``m_min``: their mean and their minimum over the item's subjects;
-- ``success`` (items with several subjects, decided by the first identity metric asked for): the share of the item's
-  images where every subject's crop is more similar (mean cosine over the real photos) to its own subject's photos
-  than to any other subject's of the item;
+- ``success`` (items with several subjects, decided by the first identity metric asked for, the record's
+  ``success_metric``): the share of the item's images where every subject's crop is more similar (mean cosine over
+  the real photos) to its own subject's photos than to any other subject's of the item;
+- ``leakage`` (the same items, the same metric): how much another subject shows in a subject's box, beyond how alike
+  the two subjects are: ``mean over images and ordered pairs k != j of max(0, s(crop_k, photos_j) - s(photos_k,
+  photos_j))``, where ``s`` is the mean cosine over every pair of embeddings (the composition loss's leakage term,
+  `siso.losses.CompositionLoss`, with no margin, on one network); 0 when every box looks no more like another subject
+  than its own subject's photos do;
 - with a detector: ``iou/<subject>``, the IoU of the subject's detected box with its requested one (0 where no box of
   its class was found), and ``iou``, ``iou_min`` over the subjects.
 
@@ -36,7 +42,7 @@ def summary_names(item_names: Sequence[str], identity: Sequence[str], detector: 
     """The per-item metrics a multi-subject suite's summary reports, for the metrics asked for (``item_names``), of
     which ``identity`` are identity metrics."""
     names = [n for name in item_names for n in ([name, f"{name}_min"] if name in identity else [name])]
-    return [*names, *(["success"] if identity else []), *(["iou", "iou_min"] if detector else [])]
+    return [*names, *(["success", "leakage"] if identity else []), *(["iou", "iou_min"] if detector else [])]
 
 
 def match_detections(
@@ -81,13 +87,13 @@ def score_multi_item(
         item: The item.
         metrics: Name -> built metric (`siso.eval.metrics.build_metrics`): identity metrics and whole-image ones.
         identity: The names in ``metrics`` that are identity metrics (`IdentityMetric`); the first decides
-            ``success``.
+            ``success`` and ``leakage``.
         detector: Grounding DINO, to find each subject's class in the images (location accuracy).
 
     Returns:
         The record's fields: ``boxes`` (per image, per subject, the requested box in whole pixels), ``metrics``, and
-        with several subjects and an identity metric ``success_metric`` (the one that decided ``success``); with a
-        detector ``detected_boxes`` (per image, per subject, the matched box or null).
+        with several subjects and an identity metric ``success_metric`` (the one that decided ``success`` and
+        ``leakage``); with a detector ``detected_boxes`` (per image, per subject, the matched box or null).
     """
     subjects = item.subjects
     names = [s.subject for s in subjects]
@@ -102,7 +108,7 @@ def score_multi_item(
         values.update({f"{name}/{subject}": v for subject, v in zip(names, per_subject, strict=True)})
         values[name], values[f"{name}_min"] = sum(per_subject) / len(per_subject), min(per_subject)
     if identity and len(subjects) > 1:
-        values["success"] = _success(metrics[identity[0]], crops, item)
+        values["success"], values["leakage"] = _separation(metrics[identity[0]], crops, item)
         record["success_metric"] = identity[0]
     if detector is not None:
         classes = [s.class_name for s in subjects]
@@ -120,8 +126,9 @@ def score_multi_item(
     return record
 
 
-def _success(metric: IdentityMetric, crops: list[list[Image.Image]], item: MultiItem) -> float:
-    """The share of images where every subject's crop is closer to its own photos than to any other subject's."""
+def _separation(metric: IdentityMetric, crops: list[list[Image.Image]], item: MultiItem) -> tuple[float, float]:
+    """``success`` (the share of images where every subject's crop is closer to its own photos than to any other
+    subject's) and ``leakage`` (the mean excess likeness of a crop to another subject, see the module's docstring)."""
     references = [metric.references(s) for s in item.subjects]
     # (K, N, K): mean cosine of subject k's crop in image n with subject j's photos.
     features = [metric.features(c) for c in crops]
@@ -130,4 +137,8 @@ def _success(metric: IdentityMetric, crops: list[list[Image.Image]], item: Multi
     mine = similarity[own, :, own]  # (K, N)
     others = similarity.clone()
     others[own, :, own] = -torch.inf
-    return float((mine > others.amax(-1)).all(0).float().mean())
+    success = float((mine > others.amax(-1)).all(0).float().mean())
+    alike = torch.stack([torch.stack([(a @ b.T).mean() for b in references]) for a in references])  # (K, K)
+    excess = (similarity - alike[:, None, :]).clamp(min=0)  # (K, N, K)
+    pairs = ~torch.eye(len(crops), dtype=torch.bool, device=similarity.device)
+    return success, float(excess.permute(1, 0, 2)[:, pairs].mean())
