@@ -150,8 +150,13 @@ def test_learn_watch_stop_download_and_generate_in_chromium(served, subject, sub
         download.value.save_as(saved)
         with zipfile.ZipFile(saved) as archive:
             assert "pytorch_lora_weights.safetensors" in archive.namelist()
+        # Save as: the subject goes to the library, which the Generate tab lists at once.
+        page.locator("#save-name").get_by_role("textbox").fill("browser-dog")
+        page.locator("#save").click()
+        _wait(lambda: "as browser-dog" in page.locator("#saved").inner_text(), 30, "the subject to be saved")
 
         page.get_by_role("tab", name="Generate").click()
+        page.locator("#library").get_by_label("browser-dog").wait_for(timeout=30_000)
         page.get_by_label("Prompts (one per line)").fill("a photo of a dog on a beach")
         page.get_by_role("button", name="Generate").click()
         page.locator("#images img").first.wait_for(timeout=60_000)

@@ -42,6 +42,8 @@ class AppSettings:
         check_model: The refine's check network (`siso.config.RefineSettings.check_model`).
         detector, segmenter: Grounding DINO and SAM, to find a subject in the image to refine by its class;
             ``None``: the refine's defaults (`siso.runs.jobs.RefineJob`).
+        library: The library of saved subjects that "Save as" writes and the Generate tab lists; ``None``:
+            `siso.library.default_root` (``$SISO_LIBRARY``, else the user's data folder).
     """
 
     model: str = "sdxl-turbo"
@@ -55,6 +57,7 @@ class AppSettings:
     check_model: str = CHECK_MODEL
     detector: str | None = None
     segmenter: str | None = None
+    library: Path | None = None
 
     def __post_init__(self):
         self.root = Path(self.root)

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from siso.app.edit import edit_spec
+from siso.app.library import LibraryRuns, generation_job
 from siso.app.progress import Progress, finished, frames, identities, photo_counts
 from siso.app.refine import page_message, refine_spec
 from siso.app.sessions import Sessions
@@ -30,14 +31,12 @@ from siso.app.uploads import (
     run_config,
     train_prompt_for,
     unpack_subject_zip,
-    whole_number,
 )
 from siso.backbones import Backbone, config_for, load_backbone
 from siso.config import OptimSettings, RefineConfig, SisoConfig
 from siso.devices import resolve_dtype
 from siso.lora import LoraError, load_saved_subject, unload_saved_subject
 from siso.optimize import EarlyStopping
-from siso.runs.jobs import GenerationJob
 from siso.runs.models import Models
 from siso.runs.run import run as run_spec
 from siso.runs.spec import RunSpec
@@ -57,8 +56,9 @@ __all__ = [
 ]
 
 
-class Studio:
-    """The models, loaded once, and the runs of every browser session, one at a time.
+class Studio(LibraryRuns):
+    """The models, loaded once, and the runs of every browser session, one at a time; the library of saved subjects
+    (`siso.app.library.LibraryRuns`: Save as, and drawing with saved subjects).
 
     Args:
         settings: The app's settings.
@@ -311,22 +311,7 @@ class Studio:
         Raises:
             UploadError: no subject, no prompt, or values out of range.
         """
-        lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
-        if not lines:
-            raise UploadError("type at least one prompt (one per line)")
-        num_images, seed = whole_number(num_images, "number of images"), whole_number(seed, "seed")
-        if not 1 <= num_images <= MAX_IMAGES:
-            raise UploadError(f"number of images must be 1 to {MAX_IMAGES}, got {num_images}")
-        optim = self.defaults.optim
-        try:
-            job = GenerationJob(
-                lines,
-                [seed + k for k in range(num_images)],
-                optim.num_inference_steps if steps is None else whole_number(steps, "steps"),
-                optim.guidance_scale,
-            )
-        except ValueError as err:
-            raise UploadError(str(err)) from None
+        job = generation_job(prompts, num_images, steps, seed, self.defaults.optim)
         with self._busy:
             lora = self.subject_from_zip(session, subject_zip) if subject_zip else self._subjects.get(session)
             if lora is None:

@@ -3,18 +3,19 @@
 Learn a subject: upload a photo (or a few of the same subject: the loss averages over them), Start, and every
 iteration's image arrives in the "Iterations" gallery with its loss while the run goes on; Stop ends it when the
 iteration in progress ends and keeps the best so far. A box puts the subject in its place in the image; a second
-subject, with its class and box, joins it there. Generate: prompts with the learned (or an uploaded) subject, no
-optimization. Edit a photo: paint over (or box) an object and watch the subject take its place, the same way (a second
-subject too, in its own box). Refine: an image that already shows the subject (another model's output) gets its
-identity, the same way, with the similarity to the subject's photos before and after. One run at a time for everyone
-(the queue shows each visitor their place).
+subject, with its class and box, joins it there. Generate: prompts with the learned (or an uploaded) subject, or with
+saved subjects of the library (several side by side), no optimization. Edit a photo: paint over (or box) an object
+and watch the subject take its place, the same way (a second subject too, in its own box). Refine: an image that
+already shows the subject (another model's output) gets its identity, the same way, with the similarity to the
+subject's photos before and after. Save as (each of those three tabs) keeps the session's last subject in the
+library. One run at a time for everyone (the queue shows each visitor their place).
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from siso.app.studio import MAX_IMAGES, Studio
+from siso.app.studio import MAX_IMAGES, Studio, UploadError
 from siso.app.widgets import (
     advanced,
     box_help,
@@ -23,6 +24,7 @@ from siso.app.widgets import (
     paths,
     photos,
     refine_settings,
+    save_as,
     show,
     similarity_table,
     start_stop,
@@ -68,6 +70,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 settings = advanced(optim, "")
                 start, stop = start_stop("")
                 status = gr.Markdown("Upload a subject photo, then press Start.", elem_id="status")
+                learn_save = save_as("")
             with gr.Column(scale=2):
                 view = live_view("", "Best image")
 
@@ -81,6 +84,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                     label="Subject zip (optional: else the subject learned here)",
                     file_types=[".zip"],
                     type="filepath",
+                )
+                saved = gr.CheckboxGroup(
+                    label="Or saved subjects (the library): one alone, several side by side",
+                    choices=studio.saved_names(),
+                    elem_id="library",
+                )
+                saved_boxes = gr.Textbox(
+                    label="Boxes of the saved subjects (optional)",
+                    lines=2,
+                    placeholder="0,0.1,0.5,0.9\n0.5,0.1,1,0.9",
+                    info="One x0,y0,x1,y1 per ticked subject, in the list's order (fractions of the sides, or "
+                    "pixels). Empty: side by side, in the list's order.",
+                    elem_id="library-boxes",
                 )
                 generate = gr.Button("Generate", variant="primary")
             with gr.Column(scale=2):
@@ -117,6 +133,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 edit_status = gr.Markdown(
                     "Upload the photo and the subject, mark the object, press Start.", elem_id="edit-status"
                 )
+                edit_save = save_as("edit-")
             with gr.Column(scale=2):
                 edit_view = live_view("edit-", "Best edit")
 
@@ -152,6 +169,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 refine_status = gr.Markdown(
                     "Upload the image and the subject, mark the subject, press Start.", elem_id="refine-status"
                 )
+                refine_save = save_as("refine-")
             with gr.Column(scale=2):
                 refine_view = live_view("refine-", "Refined image")
                 similarity = gr.Dataframe(
@@ -205,11 +223,24 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return "Stopping: the best iteration so far is kept."
             return "Nothing is running."
 
-        def make_images(text, count, step_count, first_seed, upload, request: gr.Request):
+        def make_images(text, count, step_count, first_seed, upload, chosen, boxes, request: gr.Request):
             try:
+                if chosen and upload:
+                    raise UploadError("draw with saved subjects or with an uploaded subject zip, not both")
+                if chosen:
+                    # In the list's order (by name), whatever order they were ticked in: the boxes' order.
+                    chosen = sorted(chosen)
+                    return studio.draw_saved(request.session_hash, chosen, text, count, step_count, first_seed, boxes)
                 return studio.generate(request.session_hash, text, count, step_count, first_seed, upload)
             except Exception as err:
                 raise page_error(err) from None
+
+        def keep(name, overwrite, request: gr.Request):  # Save as, then the library's subjects anew
+            try:
+                line = studio.save_subject(request.session_hash, name, overwrite)
+            except Exception as err:
+                raise page_error(err) from None
+            return line, gr.CheckboxGroup(choices=studio.saved_names())
 
         def closed(request: gr.Request) -> None:  # the tab closed or reloaded: end its run, free the model
             studio.stop(request.session_hash)
@@ -246,10 +277,13 @@ def build_app(studio: Studio) -> gr.Blocks:
         refine_stop.click(halt, None, refine_status, queue=False)
         generate.click(
             make_images,
-            [prompts, num_images, steps, gen_seed, subject_zip],
+            [prompts, num_images, steps, gen_seed, subject_zip, saved, saved_boxes],
             images,
             concurrency_limit=1,
             concurrency_id=QUEUE,
         )
+        for name, overwrite, button, line in (learn_save, edit_save, refine_save):
+            button.click(keep, [name, overwrite], [line, saved], queue=False)
+        app.load(lambda: gr.CheckboxGroup(choices=studio.saved_names()), None, saved, queue=False)
         app.unload(closed)
     return app

@@ -153,3 +153,14 @@ def show(progress: Progress) -> tuple:
         progress.run_zip,
         progress.message,
     )
+
+
+def save_as(prefix: str) -> tuple[gr.Textbox, gr.Checkbox, gr.Button, gr.Markdown]:
+    """Save as: a name, Overwrite, the button, and the line that says where the subject went."""
+    with gr.Row(equal_height=True):
+        name = gr.Textbox(
+            label="Save the subject in the library as", placeholder="e.g. my-dog", elem_id=f"{prefix}save-name", scale=3
+        )
+        overwrite = gr.Checkbox(label="Overwrite", elem_id=f"{prefix}save-overwrite", scale=1, min_width=100)
+        button = gr.Button("Save as", elem_id=f"{prefix}save", scale=1, min_width=100)
+    return name, overwrite, button, gr.Markdown("", elem_id=f"{prefix}saved")

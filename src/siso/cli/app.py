@@ -15,6 +15,7 @@ INSTALL = "pip install 'siso[app]'"
 def add_parser(sub) -> None:
     """Add the ``app`` command to the top-level subparsers."""
     from siso.app.settings import MAX_UPLOAD_MB, default_root
+    from siso.cli.library import LIBRARY_HELP
 
     app = sub.add_parser(
         "app",
@@ -41,6 +42,7 @@ def add_parser(sub) -> None:
     )
     app.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     app.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: bf16 on CUDA, fp32 elsewhere")
+    app.add_argument("--library", metavar="DIR", help=LIBRARY_HELP)
 
 
 def is_loopback(host: str) -> bool:
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         similarity=SimilaritySettings(dino_model=args.dino_model, ir_model=args.ir_model),
         max_upload_mb=args.max_upload_mb,
+        library=args.library,
     )
     try:
         from siso.app.ui import build_app
