@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The first GPU run, prepared: `siso bench` at real size (random weights) in bf16 for sd-turbo, sdxl-turbo,
-# flux-schnell and sana (reference, default, fast where the backbone has a tiny VAE, and a refine: inversion at the
-# refine's strength, then the loop with the background and structure terms), plus an edit (inversion, then the edit
-# loop) on sd-turbo and sdxl-turbo, in one command that needs no network.
+# flux-schnell and sana (reference, default, fast where the backbone has a tiny VAE, a refine: inversion at the
+# refine's strength, then the loop with the background and structure terms, and compose-saved: two saved subjects'
+# LoRAs drawn together by region, K + 1 = 3 denoiser passes a step, against a one-adapter --lora image, then polish
+# iterations against default's), plus an edit (inversion, then the edit loop) on sd-turbo and sdxl-turbo, in one
+# command that needs no network.
 #
 #   benchmarks/gpu.sh --fetch      here, with network: the wheels the GPU machine lacks, into .whl/ (git-ignored;
 #                                  about 22 MB: diffusers and the transformers/peft versions siso is tested with)
 #   benchmarks/gpu.sh [OUT]        on the GPU machine (a CUDA torch, no diffusers, no network), from a copy of the
 #                                  working tree with .whl/ beside it: installs the wheels into /tmp/siso-site, then
 #                                  writes OUT/bench-<model>.md and .json (OUT: the argument, else $OUT, else
-#                                  benchmarks/results/gpu); at most 9 minutes and a few seconds on an H200, each
-#                                  backbone cut at its share
+#                                  benchmarks/results/gpu); at most 9 minutes 35 seconds and a few seconds on an
+#                                  H200, each backbone cut at its share
 #   benchmarks/gpu.sh --tiny [OUT] the script's path with tiny random models on the CPU, installed as it is (CI runs
 #                                  it: tests/bench/test_gpu_script.py): every configuration once, on sd-turbo (the
-#                                  refine included), and sdxl-turbo's edit, flux-schnell's fast loss and sana's default
+#                                  refine and compose-saved included), and sdxl-turbo's edit, flux-schnell's fast loss
+#                                  and sana's default
 #
 # A backbone that fails or runs out of its time is named at the end and the others still run; the exit status is 1
 # then. The reports say which allocator, device and dtype each row ran with.
@@ -83,13 +86,15 @@ fi
 
 failed=()
 run() {  # MODEL CONFIGS SECONDS
-    local model=$1 configs=$2 seconds=$3 status=0
+    local model=$1 configs=$2 seconds=$3 status=0 subjects=1
+    # compose-saved composes two saved subjects; the other configurations then measure one (`siso bench --help`).
+    case ",$configs," in *,compose-saved,*) subjects=2 ;; esac
     # The shares cut the GPU machine's budget; tiny models on a CPU (CI, a loaded machine) get three times as long.
     if [ "$tiny" = 1 ]; then seconds=$((seconds * 3)); fi
     echo "== gpu.sh: $model ($configs), at most ${seconds} s, from $(date +%T)"
     # shellcheck disable=SC2046
-    timeout "$seconds" "$PY" -m siso bench --model "$(model_arg "$model")" --config "$configs" "${common[@]}" \
-        $(extra "$model") --json "$out/bench-$model.json" >"$out/bench-$model.md" || status=$?
+    timeout "$seconds" "$PY" -m siso bench --model "$(model_arg "$model")" --config "$configs" --subjects "$subjects" \
+        "${common[@]}" $(extra "$model") --json "$out/bench-$model.json" >"$out/bench-$model.md" || status=$?
     if [ "$status" = 0 ]; then
         cat "$out/bench-$model.md"
     else
@@ -99,12 +104,12 @@ run() {  # MODEL CONFIGS SECONDS
 }
 
 if [ "$tiny" = 0 ]; then
-    run sd-turbo reference,default,fast,edit,refine 140
-    run sdxl-turbo reference,default,fast,edit,refine 150
-    run flux-schnell reference,default,fast,refine 170
-    run sana reference,default,refine 90
+    run sd-turbo reference,default,fast,edit,refine,compose-saved 145
+    run sdxl-turbo reference,default,fast,edit,refine,compose-saved 160
+    run flux-schnell reference,default,fast,refine,compose-saved 175
+    run sana reference,default,refine,compose-saved 95
 else  # the script's path: every configuration once (on sd-turbo), every other backbone once, in its own path
-    run sd-turbo reference,default,fast,edit,refine 140
+    run sd-turbo reference,default,fast,edit,refine,compose-saved 140
     run sdxl-turbo edit 130
     run flux-schnell fast 150
     run sana default 80

@@ -7,10 +7,13 @@ only), the time from start to the first image, and by part, seconds and CPU seco
 what the SISO reference code does (fp32, the prompt re-encoded every iteration, every model resident on the device,
 the system's malloc); siso's ``default`` is reported as a ratio to it, so the comparison holds on a noisy machine.
 With several subjects (``subjects``) each configuration also scores that many in side-by-side boxes
-(`siso.losses.CompositionLoss`), reported as ratios to its one-subject row.
+(`siso.losses.CompositionLoss`), reported as ratios to its one-subject row. ``compose-saved`` times saved subjects
+drawn together by region (K + 1 denoiser passes a step) against a single-subject ``--lora`` image, and a polish
+iteration against ``default``'s single-subject one.
 
 Modules: `siso.bench.run` (settings, one process per configuration), `siso.bench.measure` (one configuration),
-`siso.bench.timing` (by part, FLOPs), `siso.bench.architectures` (the real-size models), `siso.bench.report`;
+`siso.bench.compose` (``compose-saved``), `siso.bench.loop` (the timed loop), `siso.bench.timing` (by part, FLOPs),
+`siso.bench.architectures` (the real-size models), `siso.bench.report`;
 `siso.bench.estimate` (``--memory``: the GPU memory of optimizing at real size, estimated on the meta device).
 """
 

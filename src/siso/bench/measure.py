@@ -11,13 +11,13 @@ Each configuration's run is described as every entry point describes one (`bench
 with no run folder) and its loss is put together as every run's is (`siso.runs.objective.objective`; a refine's by
 the refine run's own set-up, `siso.runs.refine.set_up`); the benchmark then times that run's loop itself, with its
 timers on, instead of running it with `siso.runs.run.run`. An edit or a refine inverts its image first
-(`siso.editing.invert_scene`), timed on its own.
+(`siso.editing.invert_scene`), timed on its own. ``compose-saved`` (saved subjects drawn together, then polished) is
+measured by `siso.bench.compose`; the timed loop itself is `siso.bench.loop`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from siso.backbones import config_for, load_backbone
-from siso.bench.timing import _RUSAGE, PARTS, PartTimer, count_flops, device_peak_tflops
+from siso.bench.loop import loop_figures, run_loop
 from siso.compose import Subject, default_slots, subject_names
 from siso.config import (
     AccelSettings,
@@ -43,16 +43,15 @@ from siso.editing import invert_scene, prepare_scene
 from siso.editing.edit import edit_objective
 from siso.losses import ClipImageEmbedding, DinoEmbedding, LossNetworks, load_nets
 from siso.losses.tiny_vae import load_tiny_vae, tiny_vae_name
-from siso.optimize import optimize_lora
 from siso.runs.jobs import EditJob, RefineJob
-from siso.runs.memory import PeakMemory, allocator
+from siso.runs.memory import PeakMemory
 from siso.runs.models import Models
 from siso.runs.objective import objective as run_objective
 from siso.runs.refine import set_up
 from siso.runs.spec import RunSpec
 
 # The configuration classes of the run kinds a configuration measures.
-RUN_CONFIGS = {"learn": SisoConfig, "edit": EditConfig, "refine": RefineConfig}
+RUN_CONFIGS = {"learn": SisoConfig, "edit": EditConfig, "refine": RefineConfig, "compose": SisoConfig}
 
 
 @dataclass
@@ -68,8 +67,9 @@ class Configuration:
             different loss.
         kind: The run it measures (`siso.runs.spec.RUN_KINDS`): ``learn`` (generate), ``edit`` (edit a photo,
             `siso.editing`: the photo is inverted first, timed apart, then each iteration denoises the inverted latent
-            and adds the background term) or ``refine`` (`siso.runs.refine`: an edit at the refine's strength of the
-            subject's own region, adding the structure term).
+            and adds the background term), ``refine`` (`siso.runs.refine`: an edit at the refine's strength of the
+            subject's own region, adding the structure term) or ``compose`` (`siso.bench.compose`: saved subjects'
+            adapters drawn together by region, `siso.compose.regional`, then polished through that forward).
         system_malloc: Run on the C library's own malloc, as the reference code does (its worker process gets no
             ``LD_PRELOAD``); otherwise on the allocator ``siso`` runs on (tcmalloc where installed,
             `siso.cli.startup`). Process-wide, so it applies only where the configuration runs in a process of its
@@ -104,6 +104,9 @@ CONFIGURATIONS = {
     # siso's defaults, refining an image that shows the subject (`siso refine`): ReNoise inversion at the refine's
     # strength, then the loop with the background and structure terms.
     "refine": Configuration(accel=AccelSettings.preset("default"), kind="refine"),
+    # siso's defaults, composing saved subjects (`siso generate --lora A --box .. --lora B --box ..`): each subject's
+    # adapter in its region, K + 1 denoiser passes a step, then `--polish` iterations through that forward.
+    "compose-saved": Configuration(accel=AccelSettings.preset("default"), kind="compose"),
 }
 
 
@@ -114,7 +117,7 @@ def subject_photos(count: int) -> list[Image.Image]:
     ]
 
 
-def _models(model: str, settings, configuration: Configuration) -> tuple[Models, SimilaritySettings, str, object]:
+def build_models(model: str, settings, configuration: Configuration) -> tuple[Models, SimilaritySettings, str, object]:
     """The backbone and similarity networks of a configuration (`siso.runs.models.Models`), the similarity settings
     they stand for, the dtype used and (for the fast loss) the tiny VAE decoder."""
     device = settings.device
@@ -145,13 +148,13 @@ def bench_spec(
 ) -> RunSpec:
     """The run a configuration measures, described as every entry point describes a run (`siso.runs.spec.RunSpec`,
     its settings merged with the family's by `siso.backbones.config_for`): learn ``subjects`` subjects (several side by
-    side, each in its box: `siso.compose.default_slots`), edit the bench's photo, or refine it (one subject, a dog, in
-    the box of the middle half, as ``siso refine --box``); written nowhere (``out`` is ``None``: the benchmark times
-    the loop, it keeps no run folder)."""
+    side, each in its box: `siso.compose.default_slots`; a composition's, even one, in its slot), edit the bench's
+    photo, or refine it (one subject, a dog, in the box of the middle half, as ``siso refine --box``); written nowhere
+    (``out`` is ``None``: the benchmark times the loop, it keeps no run folder)."""
     photos = subject_photos(subjects)
-    slots = default_slots(subjects) if subjects > 1 else [None]
-    chosen = [Subject(photo, box=slot) for photo, slot in zip(photos, slots, strict=True)]
     kind = configuration.kind
+    slots = default_slots(subjects) if subjects > 1 or kind == "compose" else [None]
+    chosen = [Subject(photo, box=slot) for photo, slot in zip(photos, slots, strict=True)]
     config = config_for(
         RUN_CONFIGS[kind],
         model,
@@ -171,21 +174,23 @@ def bench_spec(
         box = f"box {cols[0]},{rows[0]},{cols[-1] + 1},{rows[-1] + 1}"
         subject = Subject(photos[0], class_name="dog", region=mask)
         return RunSpec("refine", config, None, [subject], RefineJob(photo, sources=[box]))
-    return RunSpec("learn", config, None, chosen)
+    return RunSpec("learn", config, None, chosen)  # a composition's loss is the learning run's of its subjects
 
 
 def optim_settings(model: str, settings, kind: str = "learn") -> OptimSettings:
-    """The loop's settings: the family's for the run ``kind`` (`RUN_CONFIGS`; an edit's and a refine's are editing's),
-    run for ``warmup + iters`` full iterations plus a last one (which takes no optimizer step and so builds no graph:
-    run, not measured), never stopping early. ``grad_steps`` beyond the family's denoising steps add steps when
-    generating: all of them then keep their graph (SD-Turbo with ``--grad-steps 3``: 3 steps).
+    """The loop's settings: the family's for the run ``kind`` (`RUN_CONFIGS`; an edit's and a refine's are editing's, a
+    composition's polish learning's), run for ``warmup + iters`` full iterations plus a last one (which takes no
+    optimizer step and so builds no graph: run, not measured), never stopping early. ``grad_steps`` beyond the family's
+    denoising steps add steps when generating or composing: all of them then keep their graph (SD-Turbo with
+    ``--grad-steps 3``: 3 steps).
 
     Raises:
         ValueError: settings the loop refuses.
     """
     family = config_for(RUN_CONFIGS[kind], model).optim
     total = settings.warmup + settings.iters
-    steps = max(family.num_inference_steps, settings.grad_steps or 0) if kind == "learn" else family.num_inference_steps
+    generates = kind in ("learn", "compose")
+    steps = max(family.num_inference_steps, settings.grad_steps or 0) if generates else family.num_inference_steps
     return dataclasses.replace(
         family,
         max_iters=total + 1,
@@ -236,7 +241,7 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
     """
     start = time.perf_counter()
     with PeakMemory(settings.device) as peak:
-        models, similarity, dtype, loss_vae = _models(model, settings, configuration)
+        models, similarity, dtype, loss_vae = build_models(model, settings, configuration)
         spec = bench_spec(model, settings, configuration, subjects, similarity, dtype)
         backbone = models.loaded
         config, loss_fn, scene, structure = _scene_objective(models, spec, subjects)
@@ -251,17 +256,6 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
                 "model_evaluations": inverted.inversion.model_evaluations,
             }
             objective = edit_objective(inverted, scene, config, loss_fn, structure)
-        timer = PartTimer(backbone, loss_fn, loss_vae)
-        # The backward pass starts at the whole objective's loss (an edit's adds terms to the similarity's).
-        hook = objective.register_forward_hook(lambda module, args, terms: timer.backward_started(terms["loss"]))
-        encodings = 0
-
-        def conditioning(cond):
-            nonlocal encodings
-            if configuration.reencode_prompt:
-                encodings += 1
-                return backbone.encode_prompt(config.train_prompt, optim.guidance_scale)
-            return cond
 
         def draw(cond):
             if scene is not None:
@@ -269,60 +263,15 @@ def run_configuration(model: str, settings, name: str, configuration: Configurat
             generator = torch.Generator().manual_seed(optim.seed)
             return backbone.sample(cond, generator, optim.num_inference_steps, optim.grad_steps, optim.guidance_scale)
 
-        def render(cond):
-            timer.new_iteration()
-            return draw(conditioning(cond))
-
-        first_image: list[float] = []
-
-        def callback(iteration, image, terms):
-            if not first_image:
-                first_image.append(time.perf_counter() - start)
-
-        result = optimize_lora(backbone, render, objective, config, callback, progress=False, loss_vae=loss_vae)
-        timer.new_iteration()
-        timer.remove()
-        hook.remove()
-    if not result.complete:  # the loop keeps its best on Ctrl-C; a benchmark keeps nothing of it
-        raise KeyboardInterrupt
-    measured = [h["seconds"] for h in result.history[settings.warmup : settings.warmup + settings.iters]]
-    flops = count_flops(backbone, draw, objective, config, configuration.reencode_prompt, loss_vae)
-    seconds = statistics.median(measured)
-    parts = timer.iteration_parts(settings.warmup)
-    cpu_seconds, kernel_seconds, faults = parts.pop("cpu"), parts.pop("kernel"), parts.pop("faults")
-    kernel_parts = {part: parts.pop(f"kernel {part}") for part in PARTS}
-    parts["other"] = max(0.0, seconds - sum(parts.values()))
-    kernel_parts["other"] = max(0.0, kernel_seconds - sum(kernel_parts.values()))
-    peak_tflops = device_peak_tflops(backbone.device)
-    achieved = flops / seconds / 1e12
+        reencode = configuration.reencode_prompt
+        loop = run_loop(backbone, config, objective, loss_fn, draw, start, reencode, loss_vae)
+    figures = loop_figures(loop, backbone, config, objective, draw, settings, peak, reencode, loss_vae)
     return {
         "config": name,
         "subjects": subjects,
-        "objective": type(objective).__name__,
-        "loss_terms": sorted(key for key in result.history[0] if key not in ("iteration", "seconds")),
         "dtype": dtype,
-        "seconds_per_iteration": seconds,
-        "seconds_min": min(measured),
-        "seconds_max": max(measured),
-        "cpu_seconds_per_iteration": cpu_seconds,
-        # Page faults bring in fresh memory: on a CPU, what allocating costs beyond the arithmetic.
-        "kernel_cpu_seconds_per_iteration": kernel_seconds if _RUSAGE else None,
-        "page_faults_per_iteration": faults if _RUSAGE else None,
-        "peak_memory_gb": peak.peak / 1e9 if peak.kind else None,
-        "peak_memory_kind": peak.kind,
-        "allocator": allocator(),
-        "flops_per_iteration": flops,
-        "achieved_tflops": achieved,
-        "share_of_peak": achieved / peak_tflops if peak_tflops else None,
-        "first_image_seconds": first_image[0],
-        "parts_seconds": parts,
-        # CPU seconds in the kernel by part (all threads; 0 where unknown): where fresh memory is faulted in.
-        "parts_kernel_seconds": kernel_parts if _RUSAGE else None,
-        # The first iteration's time beyond a measured one's: the compile time (and first-call costs).
-        "compile_seconds": result.history[0]["seconds"] - seconds if configuration.accel.compile else None,
+        **figures,
         "loss": "fast (not the paper's)" if configuration.fast else "paper",
-        "prompt_encodings": encodings,
-        "iterations": len(result.history),
         # An edit's or a refine's inversion alone: seconds, CPU seconds and denoiser passes.
         "inversion": inversion,
     }

@@ -49,7 +49,8 @@ def report(result: dict) -> str:
                 f"{inversion['cpu_seconds']:.1f} CPU s); its iterations "
                 f"denoise the inverted latent and add the {terms}, so it has no ratio to the reference.",
             ]
-    against = [r for r in result["rows"] if "vs_default" in r]
+    lines += _composition(result["rows"])
+    against = [r for r in result["rows"] if "vs_default" in r and "composition" not in r]
     if against:
         lines += ["", "Editing and refining against `default` (its row, as ratios):", ""]
         lines += [f"- {label(r)}: {_against_default(r['vs_default'])}" for r in against]
@@ -117,6 +118,38 @@ def _against_default(ratios: dict) -> str:
         f"{_against_one(ratios)}; its inversion took as long as {ratios['inversion']:.2f} `default` iterations "
         f"({ratios['inversion_cpu']:.2f} in CPU time)"
     )
+
+
+def _composition(rows: list[dict]) -> list[str]:
+    """What ``compose-saved`` rows drew and polished, and their ratios to single-subject work; nothing without one."""
+    composed = [r for r in rows if "composition" in r]
+    lines = []
+    for r in composed:
+        c = r["composition"]
+        single, together = c["lora_image"], c["composed_image"]
+        steps = f"{c['steps']} step" + "s" * (c["steps"] > 1)
+        lines += [
+            "",
+            f"`{label(r)}`: the LoRA adapters of {c['adapters']} saved subject{'s' * (c['adapters'] > 1)} (rank "
+            f"{c['rank']}, random weights), each in its box ({', '.join(c['boxes'])}; soft edges of {c['edge']:g} "
+            "px), drawn together by region: the "
+            f"composed image took {together['seconds']:.3f} s ({together['seconds_min']:.3f}-"
+            f"{together['seconds_max']:.3f}; {together['denoiser_passes']} denoiser passes in {steps}), "
+            f"the single-subject `--lora` image {single['seconds']:.3f} s ({single['seconds_min']:.3f}-"
+            f"{single['seconds_max']:.3f}; {single['denoiser_passes']} passes). Its iterations are the polish: the "
+            "composed loss optimizing every subject's adapter at once through the regional forward, so it has no "
+            "ratio to the reference.",
+        ]
+    if composed:
+        lines += ["", "Composing saved subjects against one subject (as ratios):", ""]
+    for r in composed:
+        image = r["composition"]["vs_lora_image"]
+        lines.append(
+            f"- {label(r)}: the image {image['seconds']:.2f}x the time of a single-subject `--lora` image "
+            f"({image['cpu_seconds']:.2f}x the CPU time, {image['denoiser_passes']:.2f}x the denoiser passes); "
+            f"a polish iteration {_against_one(r['vs_default'])} of a `default` iteration"
+        )
+    return lines
 
 
 def _parts_table(title: str, rows: list[dict], key: str, spec: str) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 
 from siso.backbones import check_can_edit
 from siso.bench.architectures import check_tiny_vae
+from siso.bench.compose import run_compose_saved
 from siso.bench.measure import CONFIGURATIONS, Configuration, optim_settings, run_configuration
 from siso.config import DTYPES, MAX_SUBJECTS, SimilaritySettings
 from siso.devices import default_device, resolve_dtype
@@ -28,7 +29,8 @@ class BenchSettings:
             (loaded, with the similarity networks of ``similarity``: the tests' tiny models).
         configs: Configuration names, run in this order (``reference`` first when a ratio is wanted; ``edit`` edits a
             photo and ``refine`` refines one, for the backbones that can edit; ``default`` too when their ratios to it
-            are wanted).
+            are wanted; ``compose-saved`` draws saved subjects together and polishes them, `siso.bench.compose`, and
+            brings its baseline: ``default`` runs before it, at one subject, when not named).
         resolution: Image side in pixels.
         grad_steps: Steps with gradient (``None``: the family's); more than the family's denoising steps add steps.
         iters: Measured iterations per configuration.
@@ -42,7 +44,9 @@ class BenchSettings:
         isolate: Run each configuration in a fresh process (so each peak memory is its own).
         subjects: Subject counts: each configuration is measured scoring each count of subjects, in this order (one:
             `siso.losses.SimilarityLoss`, the paper's loss; several: `siso.losses.CompositionLoss`, in side-by-side
-            boxes, as ``siso generate`` with several ``--subject``). ``edit`` and ``refine`` take one.
+            boxes, as ``siso generate`` with several ``--subject``). ``edit`` and ``refine`` take one. With
+            ``compose-saved`` the counts are its saved subjects' (each count a row) and every other configuration
+            measures one subject: the single-subject work it is compared with (`plan`).
     """
 
     model: str = "sd-turbo"
@@ -79,14 +83,28 @@ class BenchSettings:
             raise ValueError(f"subjects must be between 1 and {MAX_SUBJECTS}, got {list(self.subjects)}")
         for name in self.configs:
             kind = CONFIGURATIONS[name].kind
-            if kind != "learn":
+            if kind in ("edit", "refine"):
                 try:
                     check_can_edit(self.model)
                 except ValueError as err:
                     raise ValueError(f"the {name} configuration needs a backbone that edits: {err}") from None
-                if max(self.subjects) > 1:
+                if max(self.subjects) > 1 and COMPOSE not in self.configs:
                     raise ValueError(f"the {name} configuration measures one subject: give --subjects 1 for it")
             optim_settings(self.model, self, kind)  # checked now, not in a worker process
+
+    def plan(self) -> list[tuple[str, int]]:
+        """The (configuration, subject count) pairs to run, in order: each configuration at each count, one after the
+        other; with ``compose-saved``, it at each count and every other configuration at one subject, ``default``
+        (its baseline) just before it when ``configs`` does not name it."""
+        if COMPOSE not in self.configs:
+            return [(name, count) for name in self.configs for count in self.subjects]
+        names = list(self.configs)
+        if "default" not in names:
+            names.insert(names.index(COMPOSE), "default")
+        return [(name, count) for name in names for count in (self.subjects if name == COMPOSE else (1,))]
+
+
+COMPOSE = "compose-saved"
 
 
 class BenchError(RuntimeError):
@@ -96,35 +114,36 @@ class BenchError(RuntimeError):
 def run_bench(settings: BenchSettings) -> dict:
     """Run every configuration of ``settings`` at every subject count (each configuration's counts one after the
     other, so that they meet the same load on the machine); returns the settings, the device and one row per
-    configuration and count: with ``speedup`` and ``memory_ratio`` against ``reference`` at the same count when it
-    ran, with ``vs_one_subject`` (time, CPU time, peak memory and FLOPs as ratios to the same configuration's
-    one-subject row) for several subjects when one subject ran too, and, for an edit or a refine (which do other work
-    than generation: no ratio to the reference), with ``vs_default`` when ``default`` ran: time, CPU time, peak memory
-    and FLOPs per iteration as ratios to its, and the inversion's seconds and CPU seconds in its iterations
-    (``inversion``, ``inversion_cpu``)."""
+    configuration and count (`BenchSettings.plan`): with ``speedup`` and ``memory_ratio`` against ``reference`` at
+    the same count when it ran, with ``vs_one_subject`` (time, CPU time, peak memory and FLOPs as ratios to the same
+    configuration's one-subject row) for several subjects when one subject ran too, and, for an edit, a refine or a
+    composition's polish (which do other work than generation: no ratio to the reference), with ``vs_default`` when
+    ``default`` ran at one subject: time, CPU time, peak memory and FLOPs per iteration as ratios to its, and an edit's
+    or a refine's inversion's seconds and CPU seconds in its iterations (``inversion``, ``inversion_cpu``)."""
     rows = [
         _run_isolated(settings, name, count) if settings.isolate else _run(settings, name, count)
-        for name in settings.configs
-        for count in settings.subjects
+        for name, count in settings.plan()
     ]
     references = {r["subjects"]: r for r in rows if r["config"] == "reference"}
     singles = {r["config"]: r for r in rows if r["subjects"] == 1}
     compared = ("seconds_per_iteration", "cpu_seconds_per_iteration", "peak_memory_gb", "flops_per_iteration")
-    # siso's default under the same lever as the rest (``default + checkpointing``), for an edit's or a refine's ratios
+    # siso's default under the same lever as the rest (``default + checkpointing``), for the other kinds' ratios
     default = next((r for r in rows if r["subjects"] == 1 and r["config"].split(" + ")[0] == "default"), None)
     for row in rows:
+        learns = CONFIGURATIONS[row["config"].split(" + ")[0]].kind == "learn"
         reference = references.get(row["subjects"])
-        if reference is not None and row["inversion"] is None:  # (an edit does other work: no ratio)
+        if reference is not None and learns:  # (an edit does other work: no ratio)
             row["speedup"] = reference["seconds_per_iteration"] / row["seconds_per_iteration"]
             row["memory_ratio"] = _ratio(row["peak_memory_gb"], reference["peak_memory_gb"])
         single = singles.get(row["config"])
         if single is not None and row["subjects"] > 1:
             row["vs_one_subject"] = {key: _ratio(row[key], single[key]) for key in compared}
-        if default is not None and row["inversion"] is not None:
+        if default is not None and not learns:
             row["vs_default"] = {key: _ratio(row[key], default[key]) for key in compared}
             inversion = row["inversion"]
-            row["vs_default"]["inversion"] = inversion["seconds"] / default["seconds_per_iteration"]
-            row["vs_default"]["inversion_cpu"] = inversion["cpu_seconds"] / default["cpu_seconds_per_iteration"]
+            if inversion is not None:
+                row["vs_default"]["inversion"] = inversion["seconds"] / default["seconds_per_iteration"]
+                row["vs_default"]["inversion_cpu"] = inversion["cpu_seconds"] / default["cpu_seconds_per_iteration"]
     device = torch.device(settings.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return {
@@ -149,7 +168,8 @@ def _run(settings: BenchSettings, name: str, subjects: int) -> dict:
         configuration = dataclasses.replace(configuration, dtype=settings.dtype, memory=memory, accel=accel)
         name += " + checkpointing" if settings.gradient_checkpointing else ""
         name += " + compile" if settings.compile else ""
-    row = run_configuration(settings.model, settings, name, configuration, subjects)
+    measure = run_compose_saved if configuration.kind == "compose" else run_configuration
+    row = measure(settings.model, settings, name, configuration, subjects)
     if settings.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return row

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
         description="Run the SISO loop on a backbone built at its published architecture with random weights (no "
         "download) and report seconds per iteration, peak memory, FLOPs and seconds by part, for the reference "
         "code's configuration (fp32, prompt re-encoded every iteration, everything on the device) and siso's default, "
-        "as a ratio to it. Each configuration runs in a fresh process, once per --subjects count.",
+        "as a ratio to it. Each configuration runs in a fresh process, once per --subjects count (with "
+        "compose-saved, it alone per count).",
     )
     bench.add_argument(
         "--model",
@@ -40,7 +41,10 @@ def add_parser(sub) -> None:
         help="configuration(s) to run, in order: reference, default, fast (the opt-in fast loss, which is not the "
         "paper's loss), edit (invert a photo, then edit it), refine (invert an image at the refine's strength, then "
         "refine the subject's box with the structure term; edit and refine on backbones that edit, as ratios to "
-        "default where it ran too), or all = reference, default and (where the backbone has a tiny VAE) fast",
+        "default where it ran too), compose-saved (--subjects saved subjects' adapters drawn together, each in its "
+        "box: K + 1 denoiser passes a step, as ratios to a single-subject --lora image; then polish iterations, as "
+        "ratios to default's single-subject iteration, which runs too), or all = reference, default and (where the "
+        "backbone has a tiny VAE) fast",
     )
     bench.add_argument(
         "--subjects",
@@ -48,7 +52,8 @@ def add_parser(sub) -> None:
         metavar="N[,N...]",
         help=f"subjects scored per image, 1 to {MAX_SUBJECTS}; several are each in a box, side by side, as with "
         "several --subject in siso generate; a list (1,2) measures each configuration at each count and prints "
-        "their ratio to one subject (1)",
+        "their ratio to one subject; with compose-saved, its saved subjects (the other configurations then measure "
+        "one) (1)",
     )
     bench.add_argument("--resolution", type=int, default=512, metavar="PX", help="image side (512)")
     bench.add_argument(
