@@ -9,11 +9,9 @@ diffusers' ``__call__`` runs under no-grad.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import diffusers
@@ -21,55 +19,13 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from siso.backbones.sampler import EditSampler
+from siso.backbones.sampler import EditSampler, Rollout
 from siso.devices import own_cpu_memory
 from siso.hub import load_pretrained
 from siso.images import tensor_to_pil
 
 if TYPE_CHECKING:
     from siso.config import IPAdapterSettings
-
-
-@dataclass
-class Rollout:
-    """One sampling run of a family's scheduler, stepped by its caller (`Backbone.sample`, or the regional sampler of
-    saved subjects, `siso.compose.regional`, which steps two at once).
-
-    Attributes:
-        latents: The initial latents (the pipeline's ``prepare_latents`` from the run's generator), in the layout the
-            denoiser takes (FLUX: packed).
-        timesteps: (n,) the schedule.
-        scheduler: The scheduler this run steps (its state advances with every `step`).
-        step_kwargs: Extra arguments of ``scheduler.step`` (an ancestral scheduler's generator).
-        extras: What the family's `Backbone.predict` needs besides the latents (FLUX: ``image_ids``).
-        release: Drops what the scheduler keeps of this run after its last step (a multistep solver's model outputs,
-            which hold the autograd graph of its last steps).
-    """
-
-    latents: torch.Tensor
-    timesteps: torch.Tensor
-    scheduler: object
-    step_kwargs: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)
-    release: Callable[[], None] = lambda: None
-
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
-    def step(self, prediction: torch.Tensor, i: int, latents: torch.Tensor) -> torch.Tensor:
-        """Step ``i``: the scheduler's update of ``latents`` given the denoiser's ``prediction``."""
-        return self.scheduler.step(prediction, self.timesteps[i], latents, **self.step_kwargs, return_dict=False)[0]
-
-    def fork(self) -> Rollout:
-        """A twin run from the same latents: a copy of the scheduler in its current state, and of the step's generator
-        (an ancestral twin draws the same noise as this run, in step with it)."""
-        kwargs = {
-            name: torch.Generator(value.device).set_state(value.get_state())
-            if isinstance(value, torch.Generator)
-            else value
-            for name, value in self.step_kwargs.items()
-        }
-        return dataclasses.replace(self, scheduler=copy.deepcopy(self.scheduler), step_kwargs=kwargs)
 
 
 class Backbone:

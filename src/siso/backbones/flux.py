@@ -10,8 +10,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from siso.backbones.base import Backbone, Rollout
-from siso.backbones.sampler import FlowSampler
+from siso.backbones.base import Backbone
+from siso.backbones.sampler import FlowSampler, Rollout
 
 # T5 prompt length: FLUX.1-schnell was distilled with 256 T5 tokens (the pipeline's default, 512, is FLUX.1-dev's),
 # and the reference code samples with 256. The T5 tokens are padded to this length, so it changes the image.

@@ -1,15 +1,61 @@
-"""Editing's samplers: the steps that editing denoises with and inversion (`siso.editing.inversion`) runs backwards.
+"""The samplers: a generation's run of the family's scheduler, stepped one step at a time (`Rollout`), and editing's
+steps, which editing denoises with and inversion (`siso.editing.inversion`) runs backwards.
 
-`EditSampler` is the interface; `FlowSampler` is its rectified-flow form (FLUX, Sana), whose denoiser call comes from
-the backbone. The SD family's Euler sampler is `siso.backbones.unet.EulerSampler`.
+`EditSampler` is editing's interface; `FlowSampler` is its rectified-flow form (FLUX, Sana), whose denoiser call comes
+from the backbone. The SD family's Euler sampler is `siso.backbones.unet.EulerSampler`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+
+
+@dataclass
+class Rollout:
+    """One sampling run of a family's scheduler, stepped by its caller (`Backbone.sample`, or the regional sampler of
+    saved subjects, `siso.compose.regional`, which steps two at once).
+
+    Attributes:
+        latents: The initial latents (the pipeline's ``prepare_latents`` from the run's generator), in the layout the
+            denoiser takes (FLUX: packed).
+        timesteps: (n,) the schedule.
+        scheduler: The scheduler this run steps (its state advances with every `step`).
+        step_kwargs: Extra arguments of ``scheduler.step`` (an ancestral scheduler's generator).
+        extras: What the family's `Backbone.predict` needs besides the latents (FLUX: ``image_ids``).
+        release: Drops what the scheduler keeps of this run after its last step (a multistep solver's model outputs,
+            which hold the autograd graph of its last steps).
+    """
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    scheduler: object
+    step_kwargs: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+    release: Callable[[], None] = lambda: None
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def step(self, prediction: torch.Tensor, i: int, latents: torch.Tensor) -> torch.Tensor:
+        """Step ``i``: the scheduler's update of ``latents`` given the denoiser's ``prediction``."""
+        return self.scheduler.step(prediction, self.timesteps[i], latents, **self.step_kwargs, return_dict=False)[0]
+
+    def fork(self) -> Rollout:
+        """A twin run from the same latents: a copy of the scheduler in its current state, and of the step's generator
+        (an ancestral twin draws the same noise as this run, in step with it)."""
+        kwargs = {
+            name: torch.Generator(value.device).set_state(value.get_state())
+            if isinstance(value, torch.Generator)
+            else value
+            for name, value in self.step_kwargs.items()
+        }
+        return dataclasses.replace(self, scheduler=copy.deepcopy(self.scheduler), step_kwargs=kwargs)
 
 
 def img2img_steps(num_inference_steps: int, strength: float) -> int:

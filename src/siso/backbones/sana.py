@@ -12,8 +12,8 @@ from typing import ClassVar
 import torch
 from diffusers import SanaPipeline
 
-from siso.backbones.base import Backbone, Rollout
-from siso.backbones.sampler import FlowSampler
+from siso.backbones.base import Backbone
+from siso.backbones.sampler import FlowSampler, Rollout
 
 # SanaPipeline.__call__'s default that its encode_prompt lacks: the instruction that prefixes every prompt (Sana's
 # "complex human instruction").

@@ -10,8 +10,8 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from siso.backbones.base import Backbone, Rollout
-from siso.backbones.sampler import EditSampler, img2img_steps
+from siso.backbones.base import Backbone
+from siso.backbones.sampler import EditSampler, Rollout, img2img_steps
 
 
 class EulerSampler(EditSampler):

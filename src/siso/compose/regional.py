@@ -6,7 +6,7 @@ al. 2024, arXiv 2403.10983): ``p = sum_k w_k p_k + (1 - sum_k w_k) p_bare``, K +
 
 Two choices make the composition exact where it should be:
 
-- The bare pass runs on the bare model's own trajectory (a twin of the scheduler, `siso.backbones.base.Rollout.fork`,
+- The bare pass runs on the bare model's own trajectory (a twin of the scheduler, `siso.backbones.sampler.Rollout.fork`,
   stepped with the bare prediction), not on the composed latent. With hard regions (``edge=0``) the composed latent
   outside every region is then the bare model's latent at every step, exactly; inside, each subject's pass sees the
   whole composed latent.
