@@ -197,3 +197,10 @@ def test_check_family(tmp_path, photo, model_dirs):
     with pytest.raises(LibraryError, match=r"^dog was learned on sdxl-turbo \(SDXL family\); .* is of the SD family"):
         check_family(entry, str(model_dirs["sd"]))
     check_family(make_subject(tmp_path / "unknown", [photo], model="/gone/model"), "flux-schnell")
+
+
+def test_a_library_that_is_a_file_is_named_when_read(tmp_path):
+    (tmp_path / "lib").write_text("a file where the folder should be")
+    for read in (Library(tmp_path / "lib").names, Library(tmp_path / "lib").entries):
+        with pytest.raises(LibraryError, match=f"the subject library {tmp_path / 'lib'} is a file, not a folder"):
+            read()

@@ -114,7 +114,13 @@ class Library:
         self.root = default_root() if root is None else Path(root).expanduser()
 
     def names(self) -> list[str]:
-        """The names of the saved subjects, sorted."""
+        """The names of the saved subjects, sorted.
+
+        Raises:
+            LibraryError: the library folder is a file.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise LibraryError(f"the subject library {self.root} is a file, not a folder; {MOVE_IT}")
         if not self.root.is_dir():
             return []
         found = (p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / RECORD_FILE).is_file())
