@@ -126,3 +126,24 @@ def test_without_boxes_each_subject_goes_where_the_bare_model_draws_its_class(ma
     assert [s["class"] for s in config["subjects"]] == ["dog", "cat"]
     assert all(s["box"] != "None" for s in config["subjects"])
     assert metrics["layout_notes"] == notes
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sana"])
+def test_every_family_composes_polishes_and_redraws(family, model_dirs, subject_path, make_config, tmp_path):
+    # (The SD family is the tests above.) FLUX's subjects carry a CLIP text-encoder LoRA too.
+    backbone = load_backbone(str(model_dirs[family]), device="cpu")
+    saved = []
+    for k, (name, box) in enumerate((("dog", Box(0, 0, 0.5, 1)), ("cat", Box(0.5, 0, 1, 1)))):
+        add_lora(backbone, LoraSettings(rank=4, train_text_encoder=family == "flux"), adapter=name)
+        generator = torch.Generator().manual_seed(k)
+        for param in adapter_parameters(backbone.denoiser, name).values():
+            param.data = torch.randn(param.shape, generator=generator) * 0.3
+        info = {"model": str(model_dirs[family]), "photos": [str(subject_path)], "class": name}
+        saved += read_saved(save_lora(backbone, tmp_path / name, adapter=name, **info), name, box)
+    config = make_config(family, max_iters=1, num_inference_steps=2, grad_steps=1)
+    job = GenerationJob([config.train_prompt], [config.optim.seed], 2)
+    metrics = run(RunSpec("compose", config, RunFolder(tmp_path / "p"), job=job, saved=saved, polish=2), progress=False)
+    assert metrics["complete"] and len(metrics["iterations"]) == 2
+    again = read_saved(tmp_path / "p" / "lora")
+    run(RunSpec("compose", config, RunFolder(tmp_path / "r"), job=job, saved=again), progress=False)
+    assert drawn(tmp_path / "r") == drawn(tmp_path / "p") == (tmp_path / "p" / "best.png").read_bytes()
