@@ -15,7 +15,8 @@ Layout::
 An edit (an ``edit`` `siso.runs.spec.RunSpec`) writes the same files except ``images/``, plus
 ``input.png`` (the photo as the model saw it), ``mask.png`` (the dilated object mask), ``inversion.png`` (the inverted
 photo denoised with no LoRA) and, with ``--composite``, ``best_uncomposited.png`` (``best.png`` is then the
-composite).
+composite). A composition of saved subjects (``compose``) writes ``config.json``, ``metrics.json``, ``images/`` and
+``lora/`` as a composed subject folder (`siso.compose.saved`), plus, with a polish, what an optimization writes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one function that runs a run (`run`), whatever built its description (`siso.runs.spec.RunSpec`): learn a
-subject, edit a photo, refine an image (`siso.runs.refine`), or reuse a saved subject, written into a run folder
-(`siso.runs.folder.RunFolder`, whose docstring gives the layout). What a learning run optimizes is put together in
-one order by `siso.runs.objective.objective`."""
+subject, edit a photo, refine an image (`siso.runs.refine`), reuse a saved subject, or compose saved subjects
+(`siso.runs.compose`), written into a run folder (`siso.runs.folder.RunFolder`, whose docstring gives the layout).
+What a learning run optimizes is put together in one order by `siso.runs.objective.objective`."""
 
 from __future__ import annotations
 

@@ -34,14 +34,16 @@ class RunSpec:
 
     Attributes:
         kind: One of `RUN_KINDS`.
-        config: The run's settings: `SisoConfig` (learn, reuse: its ``model``, ``dtype``, ``device`` and
-            ``memory.quantize`` load the backbone; a reuse run's model is the saved subject's, ``siso_subject.json``'s
-            ``model``), `EditConfig` (edit) or `RefineConfig` (refine).
+        config: The run's settings: `SisoConfig` (learn, reuse, compose: its ``model``, ``dtype``, ``device`` and
+            ``memory.quantize`` load the backbone; a reuse or compose run's model is the saved subjects',
+            ``siso_subject.json``'s ``model``; a compose run's polish takes its ``optim``, ``similarity`` and
+            ``compose``), `EditConfig` (edit) or `RefineConfig` (refine).
         out: The run folder it writes; ``None`` only for a run that is measured, not run (`siso bench` times the
             loop of the run it describes and keeps no folder): `siso.runs.run.run` refuses it.
-        subjects: learn, edit and refine: the subjects (photos, class, box or region); reuse: none.
+        subjects: learn, edit and refine: the subjects (photos, class, box or region); reuse, compose: none.
         job: learn: the images to draw after learning (``None``: none); edit: the photo and where the object is
-            (`EditJob`); refine: the image and how to find the regions (`RefineJob`); reuse: the images to draw.
+            (`EditJob`); refine: the image and how to find the regions (`RefineJob`); reuse, compose: the images to
+            draw.
         lora: reuse: the saved subject's folder (`siso.lora.save_lora`'s).
         command: The command line, for config.json.
         paths: edit and refine: the files the run read (``image``, ``mask``, ``subject``), for config.json.
