@@ -46,7 +46,8 @@ def run(
     Args:
         spec: What to run.
         models: The models to run it on, kept for the runs after it (the app's, ``eval run``'s); ``None``: loaded
-            for this run. After a learn or edit run the backbone carries the best LoRA, after reuse the saved one.
+            for this run. After a learn or edit run the backbone carries the best LoRA, after reuse the saved one,
+            after compose every subject's adapter (``subject1``, ...).
         progress: Show progress bars.
         callback: Also called after every iteration with (iteration, image, loss terms), as `optimize_subject`'s
             (returning True stops the run, which keeps the best so far); an edit's image is the crop it scores.
