@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
         "generate",
         help="learn a subject from one photo and generate it, or generate from a saved subject (--lora)",
         description="Learn a subject from one photo (--subject) and generate every --prompt with it, or reuse a "
-        "saved subject (--lora) without optimizing.",
+        "saved subject (--lora) without optimizing, or compose several saved subjects, each in its --box.",
     )
     add_subject_option(
         gen,
@@ -44,14 +44,15 @@ def add_parser(sub) -> None:
         gen,
         "--subject-class",
         metavar="NAME",
-        help="the class of the --subject before it (e.g. dog): what siso looks for to place subjects given no --box "
-        "(default: detected in the photo)",
+        help="the class of the --subject (or --lora) before it (e.g. dog): what siso looks for to place subjects "
+        "given no --box (default: recorded with a saved subject, else detected in the photo)",
     )
     add_subject_option(
         gen,
         "--box",
         metavar="x0,y0,x1,y1",
-        help="where the --subject before it goes: pixels of the generated image, or fractions of its sides when all "
+        help="where the --subject (or --lora) before it goes: pixels of the generated image, or fractions of its "
+        "sides when all "
         "four are at most 1 (0.5,0,1,1: the right half); several subjects without boxes are placed where the "
         "frozen model draws them",
     )
