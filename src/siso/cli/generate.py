@@ -52,9 +52,8 @@ def add_parser(sub) -> None:
         "--box",
         metavar="x0,y0,x1,y1",
         help="where the --subject (or --lora) before it goes: pixels of the generated image, or fractions of its "
-        "sides when all "
-        "four are at most 1 (0.5,0,1,1: the right half); several subjects without boxes are placed where the "
-        "frozen model draws them",
+        "sides when all four are at most 1 (0.5,0,1,1: the right half); several subjects without boxes are placed "
+        "where the frozen model draws them",
     )
     add_subject_option(
         gen,
