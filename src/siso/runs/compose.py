@@ -50,9 +50,7 @@ def compose(spec: RunSpec, models: Models, progress: bool, callback, notify) -> 
                     f"--polish compares each subject with its photos, and {subject.name} keeps none that can be read: "
                     "save it in the library (--save-as), which keeps them"
                 )
-    loaded = models.loaded
-    if loaded is not None and resolution not in (None, loaded.resolution):
-        raise ValueError(f"the subjects were learned at {resolution} px; these models draw at {loaded.resolution} px")
+    models.check_resolution(resolution, "the subjects were")
     config = dataclasses.replace(config, resolution=resolution)
     backbone = models.backbone(config)
     classes, notes = _place(saved, photos, backbone, config, spec.detector)

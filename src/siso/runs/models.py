@@ -50,6 +50,21 @@ class Models:
             )
         return self._backbone
 
+    def check_resolution(self, resolution: int | None, learned: str) -> None:
+        """Refuse saved subjects learned at ``resolution`` px when the loaded backbone draws at another (``None``: not
+        recorded, or nothing loaded yet: the backbone loads at the subjects' resolution).
+
+        Args:
+            resolution: What the subjects were learned at.
+            learned: Who learned it, for the message (``"runs/dog/lora was"``, ``"the subjects were"``).
+
+        Raises:
+            ValueError: naming both resolutions.
+        """
+        loaded = self._backbone
+        if loaded is not None and resolution not in (None, loaded.resolution):
+            raise ValueError(f"{learned} learned at {resolution} px; these models draw at {loaded.resolution} px")
+
     def drop_backbone(self) -> None:
         """Forget the backbone (the next run loads it again), e.g. one that carries another subject's IP-Adapter."""
         self._backbone = None

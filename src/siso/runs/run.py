@@ -235,9 +235,7 @@ def _reuse(spec: RunSpec, models: Models, progress: bool, callback, notify: Noti
     if saved_ip_adapter(lora) is not None:
         check_ip_adapter(spec.config.model)
     config = dataclasses.replace(spec.config, resolution=info.get("resolution"))
-    loaded = models.loaded
-    if loaded is not None and config.resolution not in (None, loaded.resolution):
-        raise ValueError(f"{lora} was learned at {config.resolution} px; these models draw at {loaded.resolution} px")
+    models.check_resolution(config.resolution, f"{lora} was")
     backbone = models.backbone(config)
     load_saved_subject(backbone, lora)
     out.write_json(
