@@ -27,8 +27,9 @@ from pathlib import Path
 import platformdirs
 
 from siso.backbones import BACKBONES, family
+from siso.compose.saved import read_saved
 from siso.io import atomic_folder, write_json
-from siso.lora import SUBJECT_FILE, LoraError, check_lora_file, read_subject_info
+from siso.lora import read_subject_info
 
 __all__ = ["Entry", "Library", "LibraryError", "check_family", "check_name", "default_root"]
 
@@ -178,18 +179,15 @@ class Library:
 
         Raises:
             LibraryError: as `check_free`, or the library could not be written.
-            FileNotFoundError, siso.lora.LoraError: ``folder`` is no usable saved subject (`siso.lora.check_lora_file`
-                of it, or of each subject of a composed one).
+            FileNotFoundError, siso.lora.LoraError: ``folder`` is no usable saved subject
+                (`siso.compose.saved.read_saved`: its weights, or each subject's of a composed one, or a damaged
+                composed record).
         """
         path = self.check_free(name, overwrite)
         folder = Path(folder)
         info = read_subject_info(folder)
-        try:  # a composed subject folder keeps each subject's weights in its own folder (`siso.compose.saved`)
-            parts = [folder / part["folder"] for part in info["composed"]] if "composed" in info else [folder]
-        except (KeyError, TypeError) as err:
-            raise LoraError(f"{folder / SUBJECT_FILE}: its composed record is damaged ({err})") from None
-        for part in parts:
-            check_lora_file(part)
+        # Every subject's weights checked; a composed folder keeps each subject's in its own folder.
+        parts = [subject.folder for subject in read_saved(folder)]
         if photos is None and (folder / RECORD_FILE).is_file():
             photos = sorted((folder / PHOTOS_FOLDER).glob("*"))
         elif photos is None and "composed" in info:
