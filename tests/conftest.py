@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny
+import torch
 from PIL import Image
 
 from siso import OptimSettings, SimilaritySettings, SisoConfig
@@ -22,6 +23,17 @@ from siso import OptimSettings, SimilaritySettings, SisoConfig
 def _library_in_tmp(monkeypatch, tmp_path_factory):
     """No test reads or writes the user's library of saved subjects (`siso.library.default_root`)."""
     monkeypatch.setenv("SISO_LIBRARY", str(tmp_path_factory.getbasetemp() / "default-library"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): on tiny
+    models thread hand-off costs more than the arithmetic, and on a busy 2-core machine two threads can make them many
+    times slower (the launcher's processes use one too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny
-import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
@@ -20,14 +19,7 @@ from siso.runs.folder import RunFolder
 from ..test_docs import ROOT, fenced_blocks
 from .helpers import FOUND_SEEDS, _on_two_processes, _refine_args, _to_refine
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Models this small run many times faster on one thread on a busy machine; the launcher's processes use one too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

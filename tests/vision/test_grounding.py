@@ -11,14 +11,7 @@ from tiny import make_grounding_dino
 from siso.hub import ModelLoadError
 from siso.vision.grounding import SubjectCropper
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a tiny model, thread hand-off costs more than the arithmetic: with the CPU shared, one thread is ~10x faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

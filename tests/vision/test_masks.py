@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from siso.vision.masks import MaskError, box_mask, clean_mask, dilate, load_mask
@@ -12,13 +11,7 @@ from siso.vision.masks import MaskError, box_mask, clean_mask, dilate, load_mask
 SIZE = (40, 30)  # (width, height) of the scene photo
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On tiny models, thread hand-off costs more than the arithmetic (see test_crop.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (tests/conftest.py)
 
 
 def save(array: np.ndarray, path: Path, mode: str | None = None) -> Path:
