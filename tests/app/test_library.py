@@ -106,6 +106,7 @@ def test_bad_choices_are_refused_in_one_line_before_any_run(studio, library, lea
         library.save(make_subject(tmp_path / "flux" / "lora", [], model="flux-schnell"), "flux-dog")
     if "pair" in names and "pair" not in library.names():
         library.save(make_subject(tmp_path / "pair", [], model=studio.settings.model, composed=[]), "pair")
+    studio._unload()  # bare whatever ran before (a learn leaves its subject on the backbone)
     with pytest.raises(ValueError, match=message):
         studio.draw_saved("refused", names, PROMPT, steps=1, boxes=boxes)
     assert not (studio.root / "refused").exists() and bare(studio)
