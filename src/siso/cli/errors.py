@@ -19,7 +19,7 @@ def interruptible(work, out: RunFolder) -> dict | None:
         if (out.path / "best.png").is_file():
             kept = "best-so-far image, LoRA and config are"
         elif (out.path / "metrics.json").is_file():
-            kept = "the images made so far are"
+            kept = "images made so far are"
         else:
             print("siso: interrupted before anything was made; nothing to keep", file=sys.stderr)
             return None
